@@ -1,0 +1,357 @@
+//! The [`Channel`] trait: what an application implements for a family of topics, and the
+//! [`Context`] its callbacks use to reply, push and broadcast.
+//!
+//! A channel instance lives inside its socket's task: callbacks of one socket run one at a
+//! time and in the order their messages arrived, so a channel needs no locking of its own
+//! state. A callback that returns an error or panics "crashes" the channel: the client gets
+//! `phx_error` `{"reason":"channel_crash"}` and may rejoin; the socket and its other channels
+//! carry on.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use plume_wire::{Frame, Payload, Ref, Serializer, event};
+
+use crate::connect::ConnectInfo;
+use crate::outbound::{Out, OutboundTx, SendError, SocketId};
+use crate::pubsub::{Broadcast, PubSub, PubSubError};
+
+/// A boxed future, as used by the type-erased channel interface.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A reply to a client message: `phx_reply` with `{"status", "response"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The status string the client matches on (`push.receive("ok", …)`).
+    pub status: Cow<'static, str>,
+    /// The response payload (binary responses travel as V2 binary reply frames).
+    pub response: Payload,
+}
+
+impl Reply {
+    /// `ok` with a response.
+    pub fn ok(response: Payload) -> Reply {
+        Reply {
+            status: Cow::Borrowed(event::STATUS_OK),
+            response,
+        }
+    }
+
+    /// `ok` with `{}`.
+    pub fn ok_empty() -> Reply {
+        Reply::ok(Payload::empty())
+    }
+
+    /// `error` with a response.
+    pub fn error(response: Payload) -> Reply {
+        Reply {
+            status: Cow::Borrowed(event::STATUS_ERROR),
+            response,
+        }
+    }
+
+    /// `error` with `{"reason": reason}`.
+    pub fn error_reason(reason: &str) -> Reply {
+        Reply::error(reason_payload(reason))
+    }
+}
+
+/// `{"reason": reason}`.
+pub fn reason_payload(reason: &str) -> Payload {
+    #[derive(serde::Serialize)]
+    struct R<'a> {
+        reason: &'a str,
+    }
+    // Serializing a struct of one string cannot fail.
+    Payload::json(&R { reason }).unwrap_or_else(|_| Payload::empty())
+}
+
+/// What a `handle_in` asks the socket to do after it returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing more (the client's push will time out unless a reply is sent some other way).
+    NoReply,
+    /// Send this reply to the message.
+    Reply(Reply),
+    /// Optionally reply, then close the channel gracefully (`phx_close`, no rejoin).
+    Stop(Option<Reply>),
+}
+
+impl From<Reply> for Outcome {
+    fn from(reply: Reply) -> Outcome {
+        Outcome::Reply(reply)
+    }
+}
+
+/// A channel failure. The socket answers it with `phx_error` and drops the channel.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ChannelError(pub String);
+
+impl ChannelError {
+    /// A failure with a message for the log.
+    pub fn new(msg: impl Into<String>) -> ChannelError {
+        ChannelError(msg.into())
+    }
+}
+
+/// Why a join did not succeed.
+#[derive(Debug, Clone)]
+pub enum JoinError {
+    /// The channel refused the join: an `error` reply with this response
+    /// (conventionally `{"reason": …}`).
+    Refused(Payload),
+    /// The join failed unexpectedly: `error` reply `{"reason":"join crashed"}`.
+    Failed(String),
+}
+
+impl JoinError {
+    /// A refusal with `{"reason": reason}`.
+    pub fn reason(reason: &str) -> JoinError {
+        JoinError::Refused(reason_payload(reason))
+    }
+}
+
+/// Why a channel instance ends; passed to [`Channel::terminate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminate {
+    /// The client sent `phx_leave`.
+    Left,
+    /// The channel asked to stop ([`Outcome::Stop`]).
+    Stopped,
+    /// A new join of the same topic on the same socket replaced it.
+    DuplicateJoin,
+    /// The channel failed (error or panic); it may be in an inconsistent state.
+    Crashed,
+    /// The socket closed.
+    SocketClosed,
+}
+
+/// An application channel for the topics of one route (for example `chat:*`).
+///
+/// All methods have access to a [`Context`]. `join` builds the instance; the others run for
+/// that instance until it leaves, stops, crashes or its socket closes. `terminate` runs in
+/// every one of those cases (after a crash too), so cleanup belongs there.
+pub trait Channel: Sized + Send + 'static {
+    /// State shared by all instances of the channel (stores, configuration). Given to `join`.
+    type State: Send + Sync + 'static;
+
+    /// Handles `phx_join`: build the instance and the reply response, or refuse.
+    fn join(
+        state: &Arc<Self::State>,
+        topic: &str,
+        payload: Payload,
+        ctx: &mut Context<'_>,
+    ) -> impl Future<Output = Result<(Self, Payload), JoinError>> + Send;
+
+    /// Handles a client event on the joined topic.
+    fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut Context<'_>,
+    ) -> impl Future<Output = Result<Outcome, ChannelError>> + Send;
+
+    /// Handles a message sent to this instance with [`Context::send_info`] or a
+    /// [`ChannelHandle`]. The default ignores it.
+    fn handle_info(
+        &mut self,
+        info: Box<dyn Any + Send>,
+        ctx: &mut Context<'_>,
+    ) -> impl Future<Output = Result<(), ChannelError>> + Send {
+        let _ = (info, ctx);
+        async { Ok(()) }
+    }
+
+    /// Runs once when the instance ends, whatever the reason.
+    fn terminate(
+        &mut self,
+        reason: Terminate,
+        ctx: &mut Context<'_>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (reason, ctx);
+        async {}
+    }
+}
+
+/// What a socket knows about itself, shared with its channels' contexts.
+pub struct SocketShared {
+    /// This socket's id.
+    pub id: SocketId,
+    /// Its serializer.
+    pub serializer: Serializer,
+    /// What the connect step learnt (params, token, assigns).
+    pub connect: Arc<ConnectInfo>,
+    /// The pub/sub backend.
+    pub pubsub: Arc<dyn PubSub>,
+    /// The socket's own outbound queue.
+    pub tx: OutboundTx,
+}
+
+/// The view a channel callback has of its socket and topic.
+pub struct Context<'a> {
+    pub(crate) socket: &'a SocketShared,
+    pub(crate) topic: &'a str,
+    pub(crate) join_ref: Option<&'a Ref>,
+    pub(crate) channel_id: u64,
+    pub(crate) out: &'a mut Vec<Frame>,
+}
+
+impl<'a> Context<'a> {
+    /// The channel's topic.
+    pub fn topic(&self) -> &str {
+        self.topic
+    }
+
+    /// The join_ref of this instance (the one the client used to join).
+    pub fn join_ref(&self) -> Option<&Ref> {
+        self.join_ref
+    }
+
+    /// This instance's id within its socket (the address of [`Out::Info`]).
+    pub fn channel_id(&self) -> u64 {
+        self.channel_id
+    }
+
+    /// The socket's id.
+    pub fn socket_id(&self) -> SocketId {
+        self.socket.id
+    }
+
+    /// The socket's serializer.
+    pub fn serializer(&self) -> Serializer {
+        self.socket.serializer
+    }
+
+    /// What the connect step learnt about the client.
+    pub fn connect_info(&self) -> &ConnectInfo {
+        &self.socket.connect
+    }
+
+    /// The application data the connect hook attached to the socket, if it has type `T`.
+    pub fn assigns<T: Any>(&self) -> Option<&T> {
+        self.socket.connect.assigns.as_deref()?.downcast_ref()
+    }
+
+    /// The pub/sub backend.
+    pub fn pubsub(&self) -> &Arc<dyn PubSub> {
+        &self.socket.pubsub
+    }
+
+    /// Pushes an event to this client only: `[join_ref, null, topic, event, payload]`.
+    /// Frames are written in the order they are pushed, before the reply of the current
+    /// message. A payload the socket's serializer cannot carry (binary on V1) is logged and
+    /// dropped.
+    pub fn push(&mut self, event: &str, payload: &Payload) {
+        match self
+            .socket
+            .serializer
+            .encode_push(self.join_ref, self.topic, event, payload)
+        {
+            Ok(frame) => self.out.push(frame),
+            Err(err) => tracing::warn!(topic = self.topic, event, %err, "push dropped"),
+        }
+    }
+
+    /// Broadcasts to every subscriber of the topic, this client included.
+    pub fn broadcast(&self, event: &str, payload: Payload) -> Result<(), PubSubError> {
+        self.socket.pubsub.broadcast(Broadcast {
+            topic: self.topic.into(),
+            event: event.into(),
+            payload,
+            from: None,
+        })
+    }
+
+    /// Broadcasts to every subscriber of the topic except this socket.
+    pub fn broadcast_from(&self, event: &str, payload: Payload) -> Result<(), PubSubError> {
+        self.socket.pubsub.broadcast(Broadcast {
+            topic: self.topic.into(),
+            event: event.into(),
+            payload,
+            from: Some(self.socket.id),
+        })
+    }
+
+    /// Sends a message to this instance's own `handle_info`; it runs after the current callback
+    /// (and after the reply to a join), in order with other queued deliveries.
+    pub fn send_info(&self, info: Box<dyn Any + Send>) -> Result<(), SendError> {
+        self.socket.tx.send(Out::Info {
+            channel: self.channel_id,
+            info,
+        })
+    }
+
+    /// A handle that background tasks can use to send this instance messages later.
+    pub fn handle(&self) -> ChannelHandle {
+        ChannelHandle {
+            tx: self.socket.tx.clone(),
+            channel: self.channel_id,
+        }
+    }
+}
+
+/// Sends messages to one channel instance's `handle_info` from anywhere. Messages for an
+/// instance that has since ended are dropped.
+#[derive(Clone)]
+pub struct ChannelHandle {
+    tx: OutboundTx,
+    channel: u64,
+}
+
+impl ChannelHandle {
+    /// Queues a message for the instance.
+    pub fn send_info(&self, info: Box<dyn Any + Send>) -> Result<(), SendError> {
+        self.tx.send(Out::Info {
+            channel: self.channel,
+            info,
+        })
+    }
+}
+
+/// The object-safe form of [`Channel`] the socket stores.
+pub(crate) trait DynChannel: Send {
+    fn handle_in<'a>(
+        &'a mut self,
+        event: &'a str,
+        payload: Payload,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<Outcome, ChannelError>>;
+    fn handle_info<'a>(
+        &'a mut self,
+        info: Box<dyn Any + Send>,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<(), ChannelError>>;
+    fn terminate<'a>(&'a mut self, reason: Terminate, ctx: &'a mut Context<'_>)
+    -> BoxFuture<'a, ()>;
+}
+
+impl<C: Channel> DynChannel for C {
+    fn handle_in<'a>(
+        &'a mut self,
+        event: &'a str,
+        payload: Payload,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<Outcome, ChannelError>> {
+        Box::pin(Channel::handle_in(self, event, payload, ctx))
+    }
+
+    fn handle_info<'a>(
+        &'a mut self,
+        info: Box<dyn Any + Send>,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<(), ChannelError>> {
+        Box::pin(Channel::handle_info(self, info, ctx))
+    }
+
+    fn terminate<'a>(
+        &'a mut self,
+        reason: Terminate,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(Channel::terminate(self, reason, ctx))
+    }
+}

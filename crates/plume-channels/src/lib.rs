@@ -1,0 +1,35 @@
+//! Plume's protocol runtime: sockets, channels, routing and pub/sub, without any IO.
+//!
+//! A connection driver (plume-server) owns one [`Socket`] per WebSocket. It hands the socket
+//! decoded messages and the items of its bounded outbound queue, and writes out the frames the
+//! socket produces. Applications implement [`Channel`] for topic patterns registered on a
+//! [`Router`]; broadcasts travel through a [`PubSub`] backend, encoded once per serializer.
+//!
+//! # Layout
+//!
+//! - [`socket`]: the per-connection state machine (heartbeat, join, leave, routing, stale
+//!   join_refs, duplicate joins, crashes, the channel cap).
+//! - [`channel`]: the [`Channel`] trait, its [`Context`] (reply, push, broadcast,
+//!   broadcast_from, handle_info messages) and outcomes.
+//! - [`router`]: topic patterns (`chat:*`) to channels.
+//! - [`pubsub`]: the [`PubSub`] trait and [`LocalPubSub`], the sharded in-process registry.
+//! - [`outbound`]: the bounded per-socket queue with its overflow policy.
+//! - [`connect`]: what a client presented on connect and the [`ConnectHook`] that judges it.
+//! - [`echo`]: a sample `echo:*` channel that exercises all of the above.
+
+pub mod channel;
+pub mod connect;
+pub mod echo;
+pub mod outbound;
+pub mod pubsub;
+pub mod router;
+pub mod socket;
+
+pub use channel::{
+    Channel, ChannelError, ChannelHandle, Context, JoinError, Outcome, Reply, Terminate,
+};
+pub use connect::{AcceptAll, Accepted, ConnectHook, ConnectInfo, ConnectRequest, Refused};
+pub use outbound::{Out, OutboundRx, OutboundTx, SocketId};
+pub use pubsub::{Broadcast, LocalPubSub, PubSub, PubSubError, Subscriber, SubscriberKind};
+pub use router::Router;
+pub use socket::{Socket, SocketConfig};

@@ -1,0 +1,236 @@
+//! The bounded outbound queue between everything that sends to a socket and its writer.
+//!
+//! Publishers (the pub/sub registry, other sockets' channels, background tasks) push with
+//! [`OutboundTx::send`], which never blocks and never waits: when the queue already holds
+//! `capacity` items the socket is marked overflowed and the item is dropped. The writer sees
+//! the overflow on its next [`OutboundRx::recv_batch`] and closes the socket with
+//! [`plume_wire::close::SLOW_CONSUMER`]. A slow client therefore costs at most `capacity`
+//! queued items, never unbounded memory.
+//!
+//! The queue is a `VecDeque` behind a short mutex rather than a tokio mpsc channel because an
+//! idle socket must be small: an empty `VecDeque` owns no allocation, while an mpsc channel
+//! allocates a block of slots up front. The writer takes everything queued in one lock, which
+//! is what lets it write a whole batch of frames per flush.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use plume_wire::Frame;
+use tokio::sync::Notify;
+
+/// Identifies one socket within this process (unique for the life of the process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId(pub u64);
+
+impl SocketId {
+    /// A fresh id.
+    pub fn next() -> SocketId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        SocketId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// One item for a socket.
+pub enum Out {
+    /// An encoded frame to write as is (broadcasts arrive this way, encoded once for all).
+    Frame(Frame),
+    /// The socket's id topic received a `disconnect` broadcast: close the socket (1001).
+    Disconnect,
+    /// A message for one channel instance's `handle_info`.
+    Info {
+        /// The channel instance (see [`crate::Context::channel_id`]).
+        channel: u64,
+        /// The message.
+        info: Box<dyn Any + Send>,
+    },
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Out::Frame(frame) => f.debug_tuple("Frame").field(frame).finish(),
+            Out::Disconnect => f.write_str("Disconnect"),
+            Out::Info { channel, .. } => f.debug_struct("Info").field("channel", channel).finish(),
+        }
+    }
+}
+
+/// Why [`OutboundTx::send`] did not queue an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The queue was full; the socket is now marked overflowed and will be closed.
+    #[error("outbound queue full")]
+    Full,
+    /// The socket is closed or overflowed already.
+    #[error("socket closed")]
+    Closed,
+}
+
+struct State {
+    items: VecDeque<Out>,
+    overflowed: bool,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+}
+
+/// Sending half; cheap to clone (one reference count).
+#[derive(Clone)]
+pub struct OutboundTx(Arc<Shared>);
+
+/// Receiving half, owned by the socket's connection driver.
+pub struct OutboundRx(Arc<Shared>);
+
+/// What [`OutboundRx::recv_batch`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// Items were moved into the buffer.
+    Items,
+    /// The queue overflowed: close the socket as a slow consumer.
+    Overflowed,
+}
+
+/// Creates a queue that holds at most `capacity` items (at least 1).
+pub fn outbound(capacity: usize) -> (OutboundTx, OutboundRx) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            overflowed: false,
+            closed: false,
+        }),
+        notify: Notify::new(),
+        capacity: capacity.max(1),
+    });
+    (OutboundTx(shared.clone()), OutboundRx(shared))
+}
+
+impl OutboundTx {
+    /// Queues an item without waiting. On overflow the item is dropped, the socket is marked
+    /// for closing, and every later send fails with [`SendError::Closed`].
+    pub fn send(&self, item: Out) -> Result<(), SendError> {
+        let mut state = self.0.state.lock();
+        if state.closed || state.overflowed {
+            return Err(SendError::Closed);
+        }
+        if state.items.len() >= self.0.capacity {
+            state.overflowed = true;
+            state.items.clear();
+            state.items.shrink_to_fit();
+            drop(state);
+            self.0.notify.notify_one();
+            return Err(SendError::Full);
+        }
+        let was_empty = state.items.is_empty();
+        state.items.push_back(item);
+        drop(state);
+        if was_empty {
+            self.0.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// True once the receiver is gone or the queue overflowed.
+    pub fn is_closed(&self) -> bool {
+        let state = self.0.state.lock();
+        state.closed || state.overflowed
+    }
+}
+
+impl OutboundRx {
+    /// Waits until at least one item is queued (or the queue overflowed) and moves every queued
+    /// item into `buf`. Cancel-safe: nothing is taken before the future completes.
+    pub async fn recv_batch(&mut self, buf: &mut Vec<Out>) -> Batch {
+        loop {
+            {
+                let mut state = self.0.state.lock();
+                if state.overflowed {
+                    return Batch::Overflowed;
+                }
+                if !state.items.is_empty() {
+                    buf.extend(state.items.drain(..));
+                    // A burst may have grown the deque; give the memory back once it is large.
+                    if state.items.capacity() > 64 {
+                        state.items.shrink_to_fit();
+                    }
+                    return Batch::Items;
+                }
+            }
+            self.0.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for OutboundRx {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.closed = true;
+        state.items.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn frame(s: &'static str) -> Out {
+        Out::Frame(Frame::Text(Bytes::from_static(s.as_bytes())))
+    }
+
+    #[tokio::test]
+    async fn batches_everything_queued_in_order() {
+        let (tx, mut rx) = outbound(8);
+        tx.send(frame("a")).unwrap();
+        tx.send(frame("b")).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_batch(&mut buf).await, Batch::Items);
+        let texts: Vec<_> = buf
+            .iter()
+            .map(|o| match o {
+                Out::Frame(f) => f.as_bytes().clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+    }
+
+    #[tokio::test]
+    async fn overflow_marks_the_socket_and_refuses_more() {
+        let (tx, mut rx) = outbound(2);
+        tx.send(frame("a")).unwrap();
+        tx.send(frame("b")).unwrap();
+        assert_eq!(tx.send(frame("c")), Err(SendError::Full));
+        assert_eq!(tx.send(frame("d")), Err(SendError::Closed));
+        assert!(tx.is_closed());
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_batch(&mut buf).await, Batch::Overflowed);
+        assert!(buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn send_after_receiver_dropped_fails() {
+        let (tx, rx) = outbound(2);
+        drop(rx);
+        assert_eq!(tx.send(frame("a")), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn wakes_a_waiting_receiver() {
+        let (tx, mut rx) = outbound(4);
+        let waiter = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            rx.recv_batch(&mut buf).await;
+            buf.len()
+        });
+        tokio::task::yield_now().await;
+        tx.send(frame("x")).unwrap();
+        assert_eq!(waiter.await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,76 @@
+//! Topic pub/sub: who is subscribed to which topic, and how a broadcast reaches them.
+//!
+//! [`PubSub`] is the seam between the runtime and a backend. [`LocalPubSub`] is the in-process
+//! registry used by a single node; a clustered backend (plume-redis) wraps it, publishing each
+//! broadcast once to its peers and dispatching what peers publish through the same local
+//! registry.
+//!
+//! Guarantees every implementation gives:
+//! - a broadcast is encoded at most once per [`Serializer`] and the encoded [`Frame`] is shared
+//!   by every subscriber using that serializer;
+//! - broadcasts published on one topic from one caller reach each subscriber in publish order;
+//! - `from` (broadcast_from) excludes exactly that socket's subscription;
+//! - publishing never blocks on a subscriber: a subscriber whose queue is full is closed as a
+//!   slow consumer (see [`crate::outbound`]).
+
+mod local;
+
+use std::sync::Arc;
+
+use plume_wire::{Payload, Serializer};
+
+pub use local::LocalPubSub;
+
+use crate::outbound::{OutboundTx, SocketId};
+
+/// A message for every subscriber of a topic.
+#[derive(Clone, Debug)]
+pub struct Broadcast {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The event name.
+    pub event: Arc<str>,
+    /// The payload (JSON, or binary for V2 binary frames).
+    pub payload: Payload,
+    /// For broadcast_from: the socket that must not receive it.
+    pub from: Option<SocketId>,
+}
+
+/// How a subscription wants its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscriberKind {
+    /// A joined channel: broadcasts arrive as frames encoded with the socket's serializer.
+    Fastlane,
+    /// The socket's id topic: only a `disconnect` event matters, and it closes the socket.
+    Control,
+}
+
+/// One socket's subscription to one topic.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// The subscribing socket.
+    pub socket: SocketId,
+    /// How frames for this socket are encoded.
+    pub serializer: Serializer,
+    /// What the subscription is for.
+    pub kind: SubscriberKind,
+    /// The socket's outbound queue.
+    pub tx: OutboundTx,
+}
+
+/// A publish that could not be handed to the backend.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("pub/sub unavailable: {0}")]
+pub struct PubSubError(pub String);
+
+/// Topic subscriptions and broadcasts. See the module docs for the guarantees.
+pub trait PubSub: Send + Sync + 'static {
+    /// Adds (or replaces) the subscription of `sub.socket` to `topic`.
+    fn subscribe(&self, topic: &str, sub: Subscriber);
+
+    /// Removes the subscription of `socket` to `topic`, if any.
+    fn unsubscribe(&self, topic: &str, socket: SocketId);
+
+    /// Delivers a broadcast to every subscriber (except `from`). Never waits for subscribers.
+    fn broadcast(&self, msg: Broadcast) -> Result<(), PubSubError>;
+}

@@ -1,0 +1,111 @@
+//! [`Router`]: which [`Channel`] serves which topic.
+//!
+//! Patterns are either an exact topic (`lobby`) or a prefix ending in `*` (`chat:*` matches
+//! `chat:42` and `chat:` itself). The first registered match wins, as in a Phoenix socket's
+//! `channel` declarations.
+
+use std::sync::Arc;
+
+use plume_wire::Payload;
+
+use crate::channel::{BoxFuture, Channel, Context, DynChannel, JoinError};
+
+/// A type-erased channel constructor for one route.
+trait Route: Send + Sync {
+    fn join<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Payload,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<(Box<dyn DynChannel>, Payload), JoinError>>;
+}
+
+struct ChannelRoute<C: Channel> {
+    state: Arc<C::State>,
+}
+
+impl<C: Channel> Route for ChannelRoute<C> {
+    fn join<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Payload,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, Result<(Box<dyn DynChannel>, Payload), JoinError>> {
+        Box::pin(async move {
+            let (channel, reply) = C::join(&self.state, topic, payload, ctx).await?;
+            Ok((Box::new(channel) as Box<dyn DynChannel>, reply))
+        })
+    }
+}
+
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    fn parse(pattern: &str) -> Pattern {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => Pattern::Prefix(prefix.to_owned()),
+            None => Pattern::Exact(pattern.to_owned()),
+        }
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        match self {
+            Pattern::Exact(t) => t == topic,
+            Pattern::Prefix(p) => topic.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// Topic patterns and the channels that serve them.
+#[derive(Default)]
+pub struct Router {
+    routes: Vec<(Pattern, Box<dyn Route>)>,
+}
+
+impl Router {
+    /// A router with no routes (every join gets `unmatched topic`).
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Serves topics matching `pattern` with channel `C`, whose instances share `state`.
+    pub fn channel<C: Channel>(mut self, pattern: &str, state: Arc<C::State>) -> Router {
+        self.routes
+            .push((Pattern::parse(pattern), Box::new(ChannelRoute::<C> { state })));
+        self
+    }
+
+    /// True when some route serves `topic`.
+    pub fn has_route(&self, topic: &str) -> bool {
+        self.routes.iter().any(|(p, _)| p.matches(topic))
+    }
+
+    pub(crate) fn join<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Payload,
+        ctx: &'a mut Context<'_>,
+    ) -> Option<BoxFuture<'a, Result<(Box<dyn DynChannel>, Payload), JoinError>>> {
+        let (_, route) = self.routes.iter().find(|(p, _)| p.matches(topic))?;
+        Some(route.join(topic, payload, ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pattern;
+
+    #[test]
+    fn prefix_and_exact_patterns() {
+        let chat = Pattern::parse("chat:*");
+        assert!(chat.matches("chat:1"));
+        assert!(chat.matches("chat:"));
+        assert!(!chat.matches("chats:1"));
+        let lobby = Pattern::parse("lobby");
+        assert!(lobby.matches("lobby"));
+        assert!(!lobby.matches("lobby:1"));
+    }
+}

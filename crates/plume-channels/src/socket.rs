@@ -1,0 +1,445 @@
+//! [`Socket`]: the per-connection state machine of the Phoenix protocol.
+//!
+//! The connection driver (plume-server) feeds it decoded client messages
+//! ([`Socket::handle_message`]) and items from its outbound queue ([`Socket::handle_out`]);
+//! the socket decides what to reply, push, close or broadcast and leaves the frames to write
+//! in [`Socket::frames`]. It performs no IO itself, so every protocol rule is testable without
+//! a network. One method per protocol case, in the order Phoenix's `socket.ex` checks them:
+//! heartbeat, join, leave, message to a joined topic, message to an unjoined topic.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use plume_wire::close::{self, CloseReason};
+use plume_wire::{Frame, Json, Message, Ref, Serializer, event};
+
+use crate::channel::{Context, DynChannel, JoinError, Outcome, Reply, SocketShared, Terminate};
+use crate::connect::ConnectInfo;
+use crate::outbound::{Out, OutboundRx, SocketId, outbound};
+use crate::pubsub::{PubSub, Subscriber, SubscriberKind};
+use crate::router::Router;
+
+/// Limits of one socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SocketConfig {
+    /// Most channels one socket may have joined at once (Phoenix: 100). The next join gets
+    /// `{"reason":"too many channels joined"}`.
+    pub max_channels: usize,
+    /// Most items waiting in the socket's outbound queue; one more closes the socket with
+    /// [`close::SLOW_CONSUMER`].
+    pub outbound_capacity: usize,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            max_channels: 100,
+            outbound_capacity: 1024,
+        }
+    }
+}
+
+struct Joined {
+    topic: String,
+    join_ref: Option<Ref>,
+    id: u64,
+    channel: Box<dyn DynChannel>,
+}
+
+/// One client connection's protocol state: its joined channels and pending output.
+pub struct Socket {
+    shared: SocketShared,
+    router: Arc<Router>,
+    config: SocketConfig,
+    channels: Vec<Joined>,
+    out: Vec<Frame>,
+    next_channel: u64,
+}
+
+fn channel_crash_payload() -> Json {
+    Json::from_text(Bytes::from_static(br#"{"reason":"channel_crash"}"#))
+        .unwrap_or_else(|_| Json::empty_object())
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_owned()
+    }
+}
+
+impl Socket {
+    /// A socket for an accepted connection, with its outbound queue. Subscribes the socket id
+    /// topic (for `disconnect` broadcasts) when the connect hook named one.
+    pub fn new(
+        connect: ConnectInfo,
+        router: Arc<Router>,
+        pubsub: Arc<dyn PubSub>,
+        config: SocketConfig,
+    ) -> (Socket, OutboundRx) {
+        let (tx, rx) = outbound(config.outbound_capacity);
+        let id = SocketId::next();
+        let serializer = connect.request.serializer;
+        if let Some(topic) = &connect.socket_id {
+            pubsub.subscribe(
+                topic,
+                Subscriber {
+                    socket: id,
+                    serializer,
+                    kind: SubscriberKind::Control,
+                    tx: tx.clone(),
+                },
+            );
+        }
+        let shared = SocketShared {
+            id,
+            serializer,
+            connect: Arc::new(connect),
+            pubsub,
+            tx,
+        };
+        let socket = Socket {
+            shared,
+            router,
+            config,
+            channels: Vec::new(),
+            out: Vec::new(),
+            next_channel: 1,
+        };
+        (socket, rx)
+    }
+
+    /// This socket's id.
+    pub fn id(&self) -> SocketId {
+        self.shared.id
+    }
+
+    /// This socket's serializer.
+    pub fn serializer(&self) -> Serializer {
+        self.shared.serializer
+    }
+
+    /// Frames waiting to be written, in order. The driver drains this after every step.
+    pub fn frames(&mut self) -> &mut Vec<Frame> {
+        &mut self.out
+    }
+
+    /// Topics currently joined, with their join_refs.
+    pub fn joined(&self) -> impl Iterator<Item = (&str, Option<&Ref>)> {
+        self.channels
+            .iter()
+            .map(|j| (j.topic.as_str(), j.join_ref.as_ref()))
+    }
+
+    /// Handles one decoded client message.
+    pub async fn handle_message(&mut self, msg: Message) {
+        if msg.topic == event::PHOENIX_TOPIC && msg.event == event::HEARTBEAT {
+            return self.reply(None, msg.ref_.as_ref(), &msg.topic, &Reply::ok_empty());
+        }
+        match msg.event.as_str() {
+            event::PHX_JOIN => self.join(msg).await,
+            event::PHX_LEAVE => self.leave(msg).await,
+            _ => match self.find(&msg.topic) {
+                Some(idx) => self.deliver(idx, msg).await,
+                None => self.unmatched(&msg),
+            },
+        }
+    }
+
+    /// Handles one item from the outbound queue; returns the close to perform, if any.
+    pub async fn handle_out(&mut self, item: Out) -> Option<CloseReason> {
+        match item {
+            Out::Frame(frame) => self.out.push(frame),
+            Out::Disconnect => {
+                return Some(CloseReason::new(close::GOING_AWAY, "disconnected"));
+            }
+            Out::Info { channel, info } => {
+                let found = self.channels.iter().position(|j| j.id == channel);
+                if let Some(idx) = found {
+                    let Socket {
+                        shared,
+                        channels,
+                        out,
+                        ..
+                    } = self;
+                    let joined = &mut channels[idx];
+                    let mut ctx = Context {
+                        socket: shared,
+                        topic: &joined.topic,
+                        join_ref: joined.join_ref.as_ref(),
+                        channel_id: joined.id,
+                        out,
+                    };
+                    let result = AssertUnwindSafe(joined.channel.handle_info(info, &mut ctx))
+                        .catch_unwind()
+                        .await;
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => self.crash(idx, &err.0).await,
+                        Err(panic) => self.crash(idx, &panic_text(&*panic)).await,
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Ends every channel (`terminate` with [`Terminate::SocketClosed`]) and drops every
+    /// subscription. Call once when the connection is over.
+    pub async fn close(&mut self) {
+        while let Some(joined) = self.channels.pop() {
+            self.end(joined, Terminate::SocketClosed).await;
+        }
+        if let Some(topic) = &self.shared.connect.socket_id {
+            self.shared.pubsub.unsubscribe(topic, self.shared.id);
+        }
+    }
+
+    fn find(&self, topic: &str) -> Option<usize> {
+        self.channels.iter().position(|j| j.topic == topic)
+    }
+
+    fn reply(&mut self, join_ref: Option<&Ref>, ref_: Option<&Ref>, topic: &str, reply: &Reply) {
+        match self.shared.serializer.encode_reply(
+            join_ref,
+            ref_,
+            topic,
+            &reply.status,
+            &reply.response,
+        ) {
+            Ok(frame) => self.out.push(frame),
+            Err(err) => tracing::warn!(topic, %err, "reply cannot be encoded; dropped"),
+        }
+    }
+
+    fn control(&mut self, join_ref: Option<&Ref>, topic: &str, event: &str, payload: &Json) {
+        let frame = self
+            .shared
+            .serializer
+            .encode_control(join_ref, topic, event, payload);
+        self.out.push(frame);
+    }
+
+    fn unmatched(&mut self, msg: &Message) {
+        let reply = Reply::error_reason(event::REASON_UNMATCHED_TOPIC);
+        self.reply(None, msg.ref_.as_ref(), &msg.topic, &reply);
+    }
+
+    async fn join(&mut self, msg: Message) {
+        // V2 channels are identified by the join's join_ref (its ref when the client sent
+        // null); V1 has no join_refs on the way out, so it keeps what was sent.
+        let join_ref = match self.shared.serializer {
+            Serializer::V2 => msg.join_ref.clone().or_else(|| msg.ref_.clone()),
+            Serializer::V1 => msg.join_ref.clone(),
+        };
+        // A duplicate join replaces the live instance; its phx_close follows the new reply.
+        let replaced = match self.find(&msg.topic) {
+            Some(idx) => {
+                let old = self.channels.swap_remove(idx);
+                let old_ref = old.join_ref.clone();
+                tracing::debug!(topic = %msg.topic, "duplicate join replaces the channel");
+                self.end(old, Terminate::DuplicateJoin).await;
+                Some(old_ref)
+            }
+            None => None,
+        };
+        self.join_new(&msg, join_ref).await;
+        if let Some(old_ref) = replaced {
+            self.control(
+                old_ref.as_ref(),
+                &msg.topic,
+                event::PHX_CLOSE,
+                &Json::empty_object(),
+            );
+        }
+    }
+
+    async fn join_new(&mut self, msg: &Message, join_ref: Option<Ref>) {
+        if !self.router.has_route(&msg.topic) {
+            return self.unmatched(msg);
+        }
+        if self.channels.len() >= self.config.max_channels {
+            let reply = Reply::error_reason(event::REASON_TOO_MANY_CHANNELS);
+            return self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
+        }
+        let id = self.next_channel;
+        self.next_channel += 1;
+        // Pushes made while joining are held back until the join reply is out.
+        let mut held = Vec::new();
+        let result = {
+            let mut ctx = Context {
+                socket: &self.shared,
+                topic: &msg.topic,
+                join_ref: join_ref.as_ref(),
+                channel_id: id,
+                out: &mut held,
+            };
+            match self.router.join(&msg.topic, msg.payload.clone(), &mut ctx) {
+                Some(fut) => Some(AssertUnwindSafe(fut).catch_unwind().await),
+                None => None,
+            }
+        };
+        let Some(result) = result else {
+            return self.unmatched(msg);
+        };
+        let reply = match result {
+            Ok(Ok((channel, response))) => {
+                self.shared.pubsub.subscribe(
+                    &msg.topic,
+                    Subscriber {
+                        socket: self.shared.id,
+                        serializer: self.shared.serializer,
+                        kind: SubscriberKind::Fastlane,
+                        tx: self.shared.tx.clone(),
+                    },
+                );
+                self.channels.push(Joined {
+                    topic: msg.topic.clone(),
+                    join_ref: join_ref.clone(),
+                    id,
+                    channel,
+                });
+                Reply::ok(response)
+            }
+            Ok(Err(JoinError::Refused(response))) => Reply::error(response),
+            Ok(Err(JoinError::Failed(err))) => {
+                tracing::error!(topic = %msg.topic, %err, "join failed");
+                Reply::error_reason(event::REASON_JOIN_CRASHED)
+            }
+            Err(panic) => {
+                tracing::error!(topic = %msg.topic, panic = %panic_text(&*panic), "join panicked");
+                Reply::error_reason(event::REASON_JOIN_CRASHED)
+            }
+        };
+        self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
+        self.out.append(&mut held);
+    }
+
+    async fn leave(&mut self, msg: Message) {
+        let Some(idx) = self.find(&msg.topic) else {
+            // Leaving a topic that is not joined is fine (the client may have timed out).
+            return self.reply(
+                msg.join_ref.as_ref(),
+                msg.ref_.as_ref(),
+                &msg.topic,
+                &Reply::ok_empty(),
+            );
+        };
+        if is_stale(&msg, &self.channels[idx]) {
+            return;
+        }
+        let joined = self.channels.swap_remove(idx);
+        let join_ref = joined.join_ref.clone();
+        self.reply(
+            join_ref.as_ref(),
+            msg.ref_.as_ref(),
+            &msg.topic,
+            &Reply::ok_empty(),
+        );
+        self.end(joined, Terminate::Left).await;
+        self.control(
+            join_ref.as_ref(),
+            &msg.topic,
+            event::PHX_CLOSE,
+            &Json::empty_object(),
+        );
+    }
+
+    async fn deliver(&mut self, idx: usize, msg: Message) {
+        if is_stale(&msg, &self.channels[idx]) {
+            tracing::debug!(topic = %msg.topic, event = %msg.event, "stale join_ref; dropped");
+            return;
+        }
+        let result = {
+            let Socket {
+                shared,
+                channels,
+                out,
+                ..
+            } = self;
+            let joined = &mut channels[idx];
+            let mut ctx = Context {
+                socket: shared,
+                topic: &joined.topic,
+                join_ref: joined.join_ref.as_ref(),
+                channel_id: joined.id,
+                out,
+            };
+            AssertUnwindSafe(joined.channel.handle_in(&msg.event, msg.payload, &mut ctx))
+                .catch_unwind()
+                .await
+        };
+        let join_ref = self.channels[idx].join_ref.clone();
+        match result {
+            Ok(Ok(Outcome::NoReply)) => {}
+            Ok(Ok(Outcome::Reply(reply))) => {
+                self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
+            }
+            Ok(Ok(Outcome::Stop(reply))) => {
+                if let Some(reply) = reply {
+                    self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
+                }
+                let joined = self.channels.swap_remove(idx);
+                self.end(joined, Terminate::Stopped).await;
+                self.control(
+                    join_ref.as_ref(),
+                    &msg.topic,
+                    event::PHX_CLOSE,
+                    &Json::empty_object(),
+                );
+            }
+            Ok(Err(err)) => self.crash(idx, &err.0).await,
+            Err(panic) => self.crash(idx, &panic_text(&*panic)).await,
+        }
+    }
+
+    /// A channel failed: drop it and tell the client with `phx_error` (ref = join_ref).
+    async fn crash(&mut self, idx: usize, why: &str) {
+        let joined = self.channels.swap_remove(idx);
+        tracing::error!(topic = %joined.topic, socket = self.shared.id.0, error = why,
+            "channel crashed");
+        let (topic, join_ref) = (joined.topic.clone(), joined.join_ref.clone());
+        self.end(joined, Terminate::Crashed).await;
+        self.control(
+            join_ref.as_ref(),
+            &topic,
+            event::PHX_ERROR,
+            &channel_crash_payload(),
+        );
+    }
+
+    /// Unsubscribes an instance and runs its `terminate` (a panic there is logged only).
+    async fn end(&mut self, mut joined: Joined, reason: Terminate) {
+        self.shared.pubsub.unsubscribe(&joined.topic, self.shared.id);
+        let mut ctx = Context {
+            socket: &self.shared,
+            topic: &joined.topic,
+            join_ref: joined.join_ref.as_ref(),
+            channel_id: joined.id,
+            out: &mut self.out,
+        };
+        let result = AssertUnwindSafe(joined.channel.terminate(reason, &mut ctx))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = result {
+            tracing::error!(topic = %joined.topic, panic = %panic_text(&*panic),
+                "channel terminate panicked");
+        }
+    }
+}
+
+/// A message whose non-null join_ref differs from the channel's is for an earlier instance
+/// of the topic and is dropped without a reply (Phoenix 1.8).
+fn is_stale(msg: &Message, joined: &Joined) -> bool {
+    match (&msg.join_ref, &joined.join_ref) {
+        (Some(sent), Some(current)) => sent != current,
+        (Some(_), None) => false,
+        (None, _) => false,
+    }
+}

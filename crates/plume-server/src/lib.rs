@@ -1,0 +1,322 @@
+//! Plume's IO shell: the hyper listener, the WebSocket upgrade, one driver task per
+//! connection, the health endpoint and graceful shutdown.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`ServerConfig`], every transport limit with its default.
+//! - [`handshake`]: the checks an upgrade request passes before the 101 (method, headers,
+//!   origin, auth token subprotocol, `vsn`, the connect hook).
+//! - [`query`]: Plug-style query-string decoding for connect params.
+//! - [`origin`]: the optional `Origin` check.
+//! - [`driver`]: the per-connection loop between the network and the socket state machine.
+//! - this file: [`Server`] (accept loop, HTTP routing, shutdown).
+//!
+//! # HTTP routes
+//!
+//! | route                    | response |
+//! |--------------------------|----------|
+//! | `GET /socket/websocket`  | the WebSocket upgrade (or 400/403, see [`handshake`]) |
+//! | `GET /healthz`           | 200 `{"status":"ok","connections":N}` |
+//! | anything else            | 404 |
+
+pub mod config;
+pub mod driver;
+pub mod handshake;
+pub mod origin;
+pub mod query;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use plume_channels::{ConnectHook, ConnectInfo, PubSub, Router, Socket};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::ServerConfig;
+
+use crate::driver::DriverConfig;
+use crate::origin::OriginPattern;
+
+/// The path phoenix.js connects to for `new Socket("/socket")`.
+pub const WEBSOCKET_PATH: &str = "/socket/websocket";
+/// The health endpoint.
+pub const HEALTH_PATH: &str = "/healthz";
+
+type Body = Full<Bytes>;
+
+/// What the server is made of: configuration and the application's parts.
+pub struct Server {
+    config: ServerConfig,
+    router: Arc<Router>,
+    pubsub: Arc<dyn PubSub>,
+    hook: Arc<dyn ConnectHook>,
+}
+
+struct Shared {
+    config: ServerConfig,
+    origins: Vec<OriginPattern>,
+    router: Arc<Router>,
+    pubsub: Arc<dyn PubSub>,
+    hook: Arc<dyn ConnectHook>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    connections: AtomicUsize,
+}
+
+/// A running server.
+pub struct Running {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// A server with its channels, pub/sub backend and connect hook.
+    pub fn new(
+        config: ServerConfig,
+        router: Router,
+        pubsub: Arc<dyn PubSub>,
+        hook: Arc<dyn ConnectHook>,
+    ) -> Server {
+        Server {
+            config,
+            router: Arc::new(router),
+            pubsub,
+            hook,
+        }
+    }
+
+    /// Binds the configured address and starts accepting connections.
+    pub async fn start(self) -> io::Result<Running> {
+        let listener = TcpListener::bind(self.config.bind).await?;
+        let addr = listener.local_addr()?;
+        let mut origins = Vec::new();
+        for pattern in &self.config.check_origin {
+            match OriginPattern::parse(pattern) {
+                Some(p) => origins.push(p),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("check_origin entry {pattern:?} has no host"),
+                    ));
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            config: self.config,
+            origins,
+            router: self.router,
+            pubsub: self.pubsub,
+            hook: self.hook,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            connections: AtomicUsize::new(0),
+        });
+        tracing::info!(%addr, "listening");
+        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(Running {
+            addr,
+            shared,
+            accept,
+        })
+    }
+}
+
+impl Running {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Stops gracefully: stop accepting, close every socket with 1001 so clients reconnect
+    /// elsewhere, and wait (up to the configured grace period) for them to finish.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.shared.shutdown.cancel();
+        let _ = self.accept.await;
+        self.shared.tracker.close();
+        let grace = self.shared.config.shutdown_grace;
+        if tokio::time::timeout(grace, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.shared.tracker.len(),
+                "shutdown grace period over; dropping remaining connections"
+            );
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                shared
+                    .tracker
+                    .spawn(serve_http(stream, peer, shared.clone()));
+            }
+            Err(err) => {
+                // Out of file descriptors and similar: back off briefly instead of spinning.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let service_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = service_shared.clone();
+        async move { Ok::<_, Infallible>(route(req, peer, shared)) }
+    });
+    let conn = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(%peer, %err, "http connection error");
+            }
+        }
+        () = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+    match req.uri().path() {
+        WEBSOCKET_PATH => upgrade(req, peer, shared),
+        HEALTH_PATH => {
+            let body = format!(
+                r#"{{"status":"ok","connections":{}}}"#,
+                shared.connections.load(Ordering::Relaxed)
+            );
+            let mut resp = text(StatusCode::OK, body);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, ""),
+    }
+}
+
+fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+    let up = match handshake::check(&req, Some(peer), &shared.origins, shared.hook.as_ref()) {
+        Ok(up) => up,
+        Err(refusal) => {
+            tracing::info!(%peer, status = refusal.status.as_u16(), reason = %refusal.reason,
+                "upgrade refused");
+            let body = if refusal.status == StatusCode::BAD_REQUEST {
+                Bytes::from(refusal.reason)
+            } else {
+                Bytes::new()
+            };
+            return text(refusal.status, body);
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let headers = resp.headers_mut();
+    headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&up.accept_key) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if up.select_phoenix {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            header::HeaderValue::from_static(handshake::PHOENIX_SUBPROTOCOL),
+        );
+    }
+    let task_shared = shared.clone();
+    shared.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(%peer, %err, "upgrade failed");
+                return;
+            }
+        };
+        run_socket(upgraded, up, peer, task_shared).await;
+    });
+    resp
+}
+
+async fn run_socket(
+    upgraded: hyper::upgrade::Upgraded,
+    up: handshake::Upgrade,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    let cfg = &shared.config;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(cfg.read_buffer_bytes)
+        .write_buffer_size(cfg.write_buffer_bytes)
+        .max_frame_size(Some(cfg.max_frame_bytes))
+        .max_message_size(Some(cfg.max_frame_bytes));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await;
+    let info = ConnectInfo {
+        request: up.request,
+        socket_id: up.accepted.socket_id,
+        assigns: up.accepted.assigns,
+    };
+    let (socket, rx) = Socket::new(
+        info,
+        shared.router.clone(),
+        shared.pubsub.clone(),
+        cfg.socket,
+    );
+    let id = socket.id();
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(socket = id.0, %peer, "socket connected");
+    let driver_cfg = DriverConfig {
+        idle_timeout: cfg.idle_timeout,
+        write_timeout: cfg.write_timeout,
+        max_frame_bytes: cfg.max_frame_bytes,
+    };
+    driver::drive(ws, socket, rx, driver_cfg, shared.shutdown.clone()).await;
+    shared.connections.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(socket = id.0, %peer, "socket closed");
+}
