@@ -65,7 +65,7 @@ describe("broadcast between sockets", () => {
     await assertNotReceived(h, a, ach, "broadcast_from", mark);
   });
 
-  h.test("broadcast_from with two channels of the same topic on different sockets excludes only the sender's", async () => {
+  h.test("broadcast_from among three sockets excludes only the sender", async () => {
     const topic = `echo:${uniq("three")}`;
     const clients = [];
     for (const label of ["A", "B", "C"]) {

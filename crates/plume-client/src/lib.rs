@@ -170,8 +170,9 @@ impl Client {
                 .map(|(_, v)| v.to_owned())
                 .last()
         });
-        let serializer = Serializer::from_vsn(vsn.as_deref())
-            .map_err(|e| ClientError::Url(e.to_string()))?;
+        // An unsupported vsn is still sent as is (tests check the server refuses it); such a
+        // client would never get to exchange frames, so the serializer does not matter.
+        let serializer = Serializer::from_vsn(vsn.as_deref()).unwrap_or(Serializer::V2);
         if !opts.subprotocols.is_empty() {
             let value = HeaderValue::from_str(&opts.subprotocols.join(", "))
                 .map_err(|e| ClientError::Url(e.to_string()))?;

@@ -205,7 +205,7 @@ mod tests {
         let up = check(&upgrade_req("/socket/websocket", None), None, &[], &AcceptAll)
             .ok()
             .unwrap();
-        assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kZGzzhZRbK+xOo=");
+        assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.request.serializer, Serializer::V1);
         assert!(!up.select_phoenix);
     }
