@@ -325,8 +325,11 @@ pub(crate) trait DynChannel: Send {
         info: Box<dyn Any + Send>,
         ctx: &'a mut Context<'_>,
     ) -> BoxFuture<'a, Result<(), ChannelError>>;
-    fn terminate<'a>(&'a mut self, reason: Terminate, ctx: &'a mut Context<'_>)
-    -> BoxFuture<'a, ()>;
+    fn terminate<'a>(
+        &'a mut self,
+        reason: Terminate,
+        ctx: &'a mut Context<'_>,
+    ) -> BoxFuture<'a, ()>;
 }
 
 impl<C: Channel> DynChannel for C {

@@ -10,6 +10,9 @@ use plume_wire::Payload;
 
 use crate::channel::{BoxFuture, Channel, Context, DynChannel, JoinError};
 
+/// What a route's join produces: the new instance and the reply response.
+type JoinFuture<'a> = BoxFuture<'a, Result<(Box<dyn DynChannel>, Payload), JoinError>>;
+
 /// A type-erased channel constructor for one route.
 trait Route: Send + Sync {
     fn join<'a>(
@@ -17,7 +20,7 @@ trait Route: Send + Sync {
         topic: &'a str,
         payload: Payload,
         ctx: &'a mut Context<'_>,
-    ) -> BoxFuture<'a, Result<(Box<dyn DynChannel>, Payload), JoinError>>;
+    ) -> JoinFuture<'a>;
 }
 
 struct ChannelRoute<C: Channel> {
@@ -30,7 +33,7 @@ impl<C: Channel> Route for ChannelRoute<C> {
         topic: &'a str,
         payload: Payload,
         ctx: &'a mut Context<'_>,
-    ) -> BoxFuture<'a, Result<(Box<dyn DynChannel>, Payload), JoinError>> {
+    ) -> JoinFuture<'a> {
         Box::pin(async move {
             let (channel, reply) = C::join(&self.state, topic, payload, ctx).await?;
             Ok((Box::new(channel) as Box<dyn DynChannel>, reply))
@@ -73,8 +76,10 @@ impl Router {
 
     /// Serves topics matching `pattern` with channel `C`, whose instances share `state`.
     pub fn channel<C: Channel>(mut self, pattern: &str, state: Arc<C::State>) -> Router {
-        self.routes
-            .push((Pattern::parse(pattern), Box::new(ChannelRoute::<C> { state })));
+        self.routes.push((
+            Pattern::parse(pattern),
+            Box::new(ChannelRoute::<C> { state }),
+        ));
         self
     }
 
@@ -88,13 +93,14 @@ impl Router {
         topic: &'a str,
         payload: Payload,
         ctx: &'a mut Context<'_>,
-    ) -> Option<BoxFuture<'a, Result<(Box<dyn DynChannel>, Payload), JoinError>>> {
+    ) -> Option<JoinFuture<'a>> {
         let (_, route) = self.routes.iter().find(|(p, _)| p.matches(topic))?;
         Some(route.join(topic, payload, ctx))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
 mod tests {
     use super::Pattern;
 

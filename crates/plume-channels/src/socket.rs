@@ -416,7 +416,9 @@ impl Socket {
 
     /// Unsubscribes an instance and runs its `terminate` (a panic there is logged only).
     async fn end(&mut self, mut joined: Joined, reason: Terminate) {
-        self.shared.pubsub.unsubscribe(&joined.topic, self.shared.id);
+        self.shared
+            .pubsub
+            .unsubscribe(&joined.topic, self.shared.id);
         let mut ctx = Context {
             socket: &self.shared,
             topic: &joined.topic,

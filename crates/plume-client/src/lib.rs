@@ -17,7 +17,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, StatusCode};
-use plume_wire::client::{ServerMessage, decode_server_binary, decode_server_text, encode_client_push};
+use plume_wire::client::{
+    ServerMessage, decode_server_binary, decode_server_text, encode_client_push,
+};
 use plume_wire::{Frame, Payload, Ref, Serializer};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -111,8 +113,7 @@ impl ConnectOptions {
 
 /// Standard base64 without padding: what phoenix.js's `btoa(token)` minus `=` produces.
 mod base64_lite {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     pub fn encode_no_pad(input: &[u8]) -> String {
         let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
@@ -168,7 +169,7 @@ impl Client {
                 .filter_map(|p| p.split_once('='))
                 .filter(|(k, _)| *k == "vsn")
                 .map(|(_, v)| v.to_owned())
-                .last()
+                .next_back()
         });
         // An unsupported vsn is still sent as is (tests check the server refuses it); such a
         // client would never get to exchange frames, so the serializer does not matter.
@@ -176,7 +177,9 @@ impl Client {
         if !opts.subprotocols.is_empty() {
             let value = HeaderValue::from_str(&opts.subprotocols.join(", "))
                 .map_err(|e| ClientError::Url(e.to_string()))?;
-            request.headers_mut().insert("sec-websocket-protocol", value);
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", value);
         }
         if let Some(origin) = &opts.origin {
             let value =
@@ -357,11 +360,17 @@ impl Client {
     }
 
     /// Waits for the reply to `ref_` on `topic`.
-    pub async fn reply_to(&mut self, topic: &str, ref_: &Ref) -> Result<ServerMessage, ClientError> {
+    pub async fn reply_to(
+        &mut self,
+        topic: &str,
+        ref_: &Ref,
+    ) -> Result<ServerMessage, ClientError> {
         let topic = topic.to_owned();
         let r = ref_.clone();
         self.wait_for(move |m| {
-            m.event == plume_wire::event::PHX_REPLY && m.topic == topic && m.ref_.as_ref() == Some(&r)
+            m.event == plume_wire::event::PHX_REPLY
+                && m.topic == topic
+                && m.ref_.as_ref() == Some(&r)
         })
         .await
     }
@@ -374,8 +383,14 @@ impl Client {
         payload: &Payload,
     ) -> Result<(Ref, ServerMessage), ClientError> {
         let r = self.make_ref();
-        self.send(Some(&r), Some(&r), topic, plume_wire::event::PHX_JOIN, payload)
-            .await?;
+        self.send(
+            Some(&r),
+            Some(&r),
+            topic,
+            plume_wire::event::PHX_JOIN,
+            payload,
+        )
+        .await?;
         let reply = self.reply_to(topic, &r).await?;
         Ok((r, reply))
     }

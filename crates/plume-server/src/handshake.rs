@@ -119,7 +119,9 @@ pub fn check<B>(
     };
     let accept_key = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
 
-    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or(""));
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or(""));
     if !origin_allowed(origins, origin) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
@@ -131,7 +133,12 @@ pub fn check<B>(
     let offered: Vec<&str> = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(',').map(str::trim).filter(|p| !p.is_empty()).collect())
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     let (tokens, rest): (Vec<&str>, Vec<&str>) =
         offered.iter().partition(|p| p.starts_with(TOKEN_PREFIX));
@@ -184,6 +191,7 @@ pub fn check<B>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
 mod tests {
     use super::*;
     use plume_channels::{AcceptAll, Refused};
@@ -202,9 +210,14 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        let up = check(&upgrade_req("/socket/websocket", None), None, &[], &AcceptAll)
-            .ok()
-            .unwrap();
+        let up = check(
+            &upgrade_req("/socket/websocket", None),
+            None,
+            &[],
+            &AcceptAll,
+        )
+        .ok()
+        .unwrap();
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.request.serializer, Serializer::V1);
         assert!(!up.select_phoenix);
@@ -273,6 +286,14 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(err.status, StatusCode::FORBIDDEN);
-        assert!(check(&upgrade_req("/s?token=x&vsn=2.0.0", None), None, &[], &NeedToken).is_ok());
+        assert!(
+            check(
+                &upgrade_req("/s?token=x&vsn=2.0.0", None),
+                None,
+                &[],
+                &NeedToken
+            )
+            .is_ok()
+        );
     }
 }

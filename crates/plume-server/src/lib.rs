@@ -254,7 +254,10 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) ->
     let on_upgrade = hyper::upgrade::on(&mut req);
     let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
     let headers = resp.headers_mut();
-    headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
     headers.insert(
         header::CONNECTION,
         header::HeaderValue::from_static("Upgrade"),

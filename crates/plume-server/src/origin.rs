@@ -109,11 +109,14 @@ pub fn origin_allowed(patterns: &[OriginPattern], origin: Option<&str>) -> bool 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
 mod tests {
     use super::*;
 
     fn pats(list: &[&str]) -> Vec<OriginPattern> {
-        list.iter().filter_map(|p| OriginPattern::parse(p)).collect()
+        list.iter()
+            .filter_map(|p| OriginPattern::parse(p))
+            .collect()
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn insert(map: &mut Map<String, Value>, path: &[&str], value: Value) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
 mod tests {
     use super::parse_query;
     use serde_json::json;

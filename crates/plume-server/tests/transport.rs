@@ -25,7 +25,10 @@ fn refused_status(err: ClientError) -> u16 {
 async fn unsupported_vsn_is_refused_before_the_upgrade() {
     let s = start().await;
     for vsn in ["3.0.0", "2.1.0", "2", "abc"] {
-        let err = Client::connect(&s.url(&format!("vsn={vsn}"))).await.err().unwrap();
+        let err = Client::connect(&s.url(&format!("vsn={vsn}")))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(refused_status(err), 403, "vsn={vsn}");
     }
     assert!(Client::connect(&s.url("vsn=2.0.1")).await.is_ok());
@@ -74,7 +77,11 @@ async fn the_connect_hook_can_refuse_with_403() {
         let err = Client::connect(&s.url(q)).await.err().unwrap();
         assert_eq!(refused_status(err), 403, "{q}");
     }
-    assert!(Client::connect(&s.url("token=user:1&vsn=2.0.0")).await.is_ok());
+    assert!(
+        Client::connect(&s.url("token=user:1&vsn=2.0.0"))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -84,16 +91,25 @@ async fn auth_token_subprotocol_reaches_the_hook_and_phoenix_is_echoed() {
     let mut c = s.connect("vsn=2.0.0", opts).await;
     assert_eq!(c.protocol(), Some("phoenix"));
     let (_, reply) = c.join("echo:t", &json("{}")).await.unwrap();
-    assert!(show(&reply).contains(r#""auth_token":"user:7""#), "{}", show(&reply));
+    assert!(
+        show(&reply).contains(r#""auth_token":"user:7""#),
+        "{}",
+        show(&reply)
+    );
     // Offering only foreign subprotocols is refused.
     let opts = ConnectOptions {
         subprotocols: vec!["mqtt".into()],
         ..ConnectOptions::default()
     };
-    let err = Client::connect_with(&s.url("token=user:1&vsn=2.0.0"), opts).await.err().unwrap();
+    let err = Client::connect_with(&s.url("token=user:1&vsn=2.0.0"), opts)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(refused_status(err), 403);
     // No subprotocol offered: none selected.
-    let c = Client::connect(&s.url("token=user:1&vsn=2.0.0")).await.unwrap();
+    let c = Client::connect(&s.url("token=user:1&vsn=2.0.0"))
+        .await
+        .unwrap();
     assert_eq!(c.protocol(), None);
 }
 
@@ -108,8 +124,15 @@ async fn origin_check_refuses_foreign_origins() {
         origin: Some(o.to_owned()),
         ..ConnectOptions::default()
     };
-    assert!(Client::connect_with(&s.url("vsn=2.0.0"), with_origin("https://app.example.com")).await.is_ok());
-    let err = Client::connect_with(&s.url("vsn=2.0.0"), with_origin("https://evil.com")).await.err().unwrap();
+    assert!(
+        Client::connect_with(&s.url("vsn=2.0.0"), with_origin("https://app.example.com"))
+            .await
+            .is_ok()
+    );
+    let err = Client::connect_with(&s.url("vsn=2.0.0"), with_origin("https://evil.com"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(refused_status(err), 403);
     // Native clients send no Origin and are allowed.
     assert!(Client::connect(&s.url("vsn=2.0.0")).await.is_ok());
@@ -117,28 +140,47 @@ async fn origin_check_refuses_foreign_origins() {
 
 #[tokio::test]
 async fn a_silent_socket_is_closed_after_the_idle_timeout() {
-    let s = start_with(|c| c.idle_timeout = Duration::from_millis(400), Arc::new(AcceptAll)).await;
+    let s = start_with(
+        |c| c.idle_timeout = Duration::from_millis(400),
+        Arc::new(AcceptAll),
+    )
+    .await;
     let mut silent = s.v2().await;
     let mut chatty = s.v2().await;
     // The chatty socket heartbeats more often than the timeout and stays open.
     for i in 0..6 {
-        chatty.send_text(&format!(r#"[null,"{i}","phoenix","heartbeat",{{}}]"#)).await.unwrap();
+        chatty
+            .send_text(&format!(r#"[null,"{i}","phoenix","heartbeat",{{}}]"#))
+            .await
+            .unwrap();
         chatty.recv_message().await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let (code, reason) = silent.expect_close().await.unwrap();
     assert_eq!(code, Some(close::IDLE_TIMEOUT));
     assert!(reason.contains("idle"), "{reason}");
-    chatty.send_text(r#"[null,"x","phoenix","heartbeat",{}]"#).await.unwrap();
-    assert!(chatty.recv_message().await.is_ok(), "the heartbeating socket was closed");
+    chatty
+        .send_text(r#"[null,"x","phoenix","heartbeat",{}]"#)
+        .await
+        .unwrap();
+    assert!(
+        chatty.recv_message().await.is_ok(),
+        "the heartbeating socket was closed"
+    );
 }
 
 #[tokio::test]
 async fn disconnect_broadcast_closes_every_socket_with_that_id() {
     let s = start_with(|_| {}, Arc::new(TokenHook)).await;
-    let mut a1 = Client::connect(&s.url("token=user:a&vsn=2.0.0")).await.unwrap();
-    let mut a2 = Client::connect(&s.url("token=user:a&vsn=2.0.0")).await.unwrap();
-    let mut b = Client::connect(&s.url("token=user:b&vsn=2.0.0")).await.unwrap();
+    let mut a1 = Client::connect(&s.url("token=user:a&vsn=2.0.0"))
+        .await
+        .unwrap();
+    let mut a2 = Client::connect(&s.url("token=user:a&vsn=2.0.0"))
+        .await
+        .unwrap();
+    let mut b = Client::connect(&s.url("token=user:b&vsn=2.0.0"))
+        .await
+        .unwrap();
     join_ok(&mut a1, "echo:x").await;
     let jb = join_ok(&mut b, "echo:x").await;
     // Other events on the id topic are ignored.
@@ -192,7 +234,10 @@ async fn a_slow_consumer_is_closed_with_4008_and_others_are_not() {
     // A new socket on the same topic works normally.
     let mut fresh = s.v2().await;
     let jr = join_ok(&mut fresh, "echo:flood").await;
-    let reply = fresh.call(&jr, "echo:flood", "echo", &json(r#"{"still":"fine"}"#)).await.unwrap();
+    let reply = fresh
+        .call(&jr, "echo:flood", "echo", &json(r#"{"still":"fine"}"#))
+        .await
+        .unwrap();
     assert_eq!(reply.reply_status().as_deref(), Some("ok"));
 }
 
@@ -209,16 +254,22 @@ async fn shutdown_closes_sockets_with_1001() {
         assert_eq!(code, Some(close::GOING_AWAY));
         assert!(reason.contains("shutting down"), "{reason}");
     }
-    tokio::time::timeout(Duration::from_secs(5), stopping).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
 async fn bracket_params_and_empty_pairs_reach_the_hook() {
     let s = start().await;
-    let mut c = Client::connect(&s.url("a%5Bb%5D=1&list[]=x&list[]=y&&flag&vsn=2.0.0")).await.unwrap();
+    let mut c = Client::connect(&s.url("a%5Bb%5D=1&list[]=x&list[]=y&&flag&vsn=2.0.0"))
+        .await
+        .unwrap();
     let (_, reply) = c.join("echo:p", &json("{}")).await.unwrap();
     assert!(
-        show(&reply).contains(r#""params":{"a":{"b":"1"},"flag":"","list":["x","y"],"vsn":"2.0.0"}"#),
+        show(&reply)
+            .contains(r#""params":{"a":{"b":"1"},"flag":"","list":["x","y"],"vsn":"2.0.0"}"#),
         "{}",
         show(&reply)
     );

@@ -10,7 +10,7 @@
 //! is held across an `.await` (there is none on this path).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use indexmap::IndexMap;
@@ -54,9 +54,7 @@ impl LocalPubSub {
     }
 
     fn shard(&self, topic: &str) -> &RwLock<Topics> {
-        let mut h = self.hasher.build_hasher();
-        topic.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(topic) as usize) % SHARDS]
     }
 
     /// Adds a subscription; returns true when it is the topic's first local subscriber (a
@@ -133,7 +131,9 @@ impl LocalPubSub {
                 Err(SendError::Closed) => {}
             }
         }
-        self.stats.delivered.fetch_add(delivered as u64, Ordering::Relaxed);
+        self.stats
+            .delivered
+            .fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
     }
 

@@ -107,7 +107,12 @@ pub async fn next(c: &mut Client) -> String {
 /// Joins an echo topic, asserts the ok reply, returns the join_ref.
 pub async fn join_ok(c: &mut Client, topic: &str) -> Ref {
     let (jr, reply) = c.join(topic, &json("{}")).await.unwrap();
-    assert_eq!(reply.reply_status().as_deref(), Some("ok"), "{}", show(&reply));
+    assert_eq!(
+        reply.reply_status().as_deref(),
+        Some("ok"),
+        "{}",
+        show(&reply)
+    );
     jr
 }
 
