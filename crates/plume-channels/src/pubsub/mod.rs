@@ -6,7 +6,7 @@
 //! registry.
 //!
 //! Guarantees every implementation gives:
-//! - a broadcast is encoded at most once per [`Serializer`] and the encoded [`Frame`] is shared
+//! - a broadcast is encoded at most once per [`Serializer`] and the encoded [`Frame`](plume_wire::Frame) is shared
 //!   by every subscriber using that serializer;
 //! - broadcasts published on one topic from one caller reach each subscriber in publish order;
 //! - `from` (broadcast_from) excludes exactly that socket's subscription;
