@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`api`]: [`HttpApi`], application HTTP routes on the same port.
 //! - [`config`]: [`ServerConfig`], every transport limit with its default.
 //! - [`handshake`]: the checks an upgrade request passes before the 101 (method, headers,
 //!   origin, auth token subprotocol, `vsn`, the connect hook).
@@ -17,8 +18,10 @@
 //! |--------------------------|----------|
 //! | `GET /socket/websocket`  | the WebSocket upgrade (or 400/403, see [`handshake`]) |
 //! | `GET /healthz`           | 200 `{"status":"ok","connections":N}` |
+//! | the [`HttpApi`] prefix   | the application's API, if one is mounted |
 //! | anything else            | 404 |
 
+pub mod api;
 pub mod config;
 pub mod driver;
 pub mod handshake;
@@ -45,6 +48,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use api::{ApiRequest, HttpApi};
 pub use config::ServerConfig;
 
 use crate::driver::DriverConfig;
@@ -63,6 +67,7 @@ pub struct Server {
     router: Arc<Router>,
     pubsub: Arc<dyn PubSub>,
     hook: Arc<dyn ConnectHook>,
+    api: Option<Arc<dyn HttpApi>>,
 }
 
 struct Shared {
@@ -71,6 +76,7 @@ struct Shared {
     router: Arc<Router>,
     pubsub: Arc<dyn PubSub>,
     hook: Arc<dyn ConnectHook>,
+    api: Option<Arc<dyn HttpApi>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     connections: AtomicUsize,
@@ -96,7 +102,14 @@ impl Server {
             router: Arc::new(router),
             pubsub,
             hook,
+            api: None,
         }
+    }
+
+    /// Mounts application HTTP routes on the same port.
+    pub fn with_http_api(mut self, api: Arc<dyn HttpApi>) -> Server {
+        self.api = Some(api);
+        self
     }
 
     /// Binds the configured address and starts accepting connections.
@@ -121,6 +134,7 @@ impl Server {
             router: self.router,
             pubsub: self.pubsub,
             hook: self.hook,
+            api: self.api,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
@@ -193,7 +207,7 @@ async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = service_shared.clone();
-        async move { Ok::<_, Infallible>(route(req, peer, shared)) }
+        async move { Ok::<_, Infallible>(route(req, peer, shared).await) }
     });
     let conn = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -218,7 +232,12 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     resp
 }
 
-fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+    if let Some(api) = &shared.api
+        && req.uri().path().starts_with(api.prefix())
+    {
+        return call_api(api.as_ref(), req).await;
+    }
     match req.uri().path() {
         WEBSOCKET_PATH => upgrade(req, peer, shared),
         HEALTH_PATH => {
@@ -235,6 +254,29 @@ fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Respo
         }
         _ => text(StatusCode::NOT_FOUND, ""),
     }
+}
+
+async fn call_api(api: &dyn HttpApi, req: Request<Incoming>) -> Response<Body> {
+    use http_body_util::{BodyExt, Limited};
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, api::MAX_API_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => {
+            let too_big = err.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            return if too_big {
+                api::json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            } else {
+                api::json_error(StatusCode::BAD_REQUEST, "could not read the request body")
+            };
+        }
+    };
+    api.handle(ApiRequest {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        body,
+    })
+    .await
 }
 
 fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {

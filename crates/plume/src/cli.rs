@@ -21,6 +21,25 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Print an HS256 token signed with the configured secret (development and tests).
+    Token(TokenArgs),
+}
+
+/// `plume token` flags.
+#[derive(Parser, Debug, Default)]
+pub struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// TOML config file to read the secret from.
+    #[arg(long, env = "PLUME_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HS256 secret [default: the config file's, else the development secret].
+    #[arg(long, env = "PLUME_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
 }
 
 /// Log line format.
@@ -32,6 +51,25 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line.
     Json,
+}
+
+/// Public-key JWT algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum JwtAlgorithm {
+    /// RSA with SHA-256.
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+}
+
+/// `--membership` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MembershipArg {
+    /// Members only.
+    Strict,
+    /// Anyone authenticated.
+    Open,
 }
 
 /// `plume serve` flags. Unset flags fall back to the config file, then the defaults.
@@ -62,6 +100,35 @@ pub struct ServeArgs {
     /// empty = no check.
     #[arg(long, env = "PLUME_CHECK_ORIGIN", value_delimiter = ',')]
     pub check_origin: Option<Vec<String>>,
+    /// HS256 secret for connect tokens. Without a secret or public key, a loopback bind uses
+    /// a published development secret (with a warning) and any other bind refuses to start.
+    #[arg(long, env = "PLUME_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256/ES256 connect tokens (instead of a secret).
+    #[arg(long, env = "PLUME_JWT_PUBLIC_KEY", value_name = "PATH")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Algorithm of --jwt-public-key: RS256 or ES256 [default: RS256].
+    #[arg(long, env = "PLUME_JWT_ALGORITHM", value_enum)]
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+    /// Who may join chat:{id}: strict (members added through the API) or open (anyone
+    /// authenticated, recorded as a participant) [default: strict].
+    #[arg(long, env = "PLUME_MEMBERSHIP", value_enum)]
+    pub membership: Option<MembershipArg>,
+    /// Longest message content in characters [default: 4096].
+    #[arg(long, env = "PLUME_MAX_MESSAGE_CHARS", value_name = "N")]
+    pub max_message_chars: Option<usize>,
+    /// Seconds a send is remembered for retries [default: 86400].
+    #[arg(long, env = "PLUME_IDEMPOTENCY_TTL", value_name = "SECS")]
+    pub idempotency_ttl: Option<f64>,
+    /// Most pending notifications kept per user [default: 1000].
+    #[arg(long, env = "PLUME_PENDING_LIMIT", value_name = "N")]
+    pub pending_limit: Option<usize>,
+    /// Bearer key of the backend HTTP API; the API is off without one.
+    #[arg(long, env = "PLUME_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Also mount the sample echo:* channel (runtime diagnostics and the protocol test suite).
+    #[arg(long, env = "PLUME_ECHO_CHANNEL")]
+    pub echo_channel: bool,
     /// Log format [default: human].
     #[arg(long, env = "PLUME_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,

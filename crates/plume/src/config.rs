@@ -1,12 +1,30 @@
 //! The effective configuration: defaults < config file < `PLUME_*` env < flags, validated once.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use plume_chat::{ChatConfig, Membership, PublicKeyAlgorithm};
 use plume_server::ServerConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{LogFormat, ServeArgs};
+use crate::cli::{JwtAlgorithm, LogFormat, MembershipArg, ServeArgs};
+
+/// The HS256 secret used when none is configured and the server only listens on loopback.
+/// It is published here, so tokens signed with it prove nothing: development only.
+pub const DEV_JWT_SECRET: &str = "plume-development-secret-not-for-production";
+
+/// How connect tokens are verified.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret.
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256/ES256.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Algorithm of the public key. Default RS256.
+    pub jwt_algorithm: Option<PublicKeyAlgorithm>,
+}
 
 /// Everything `plume serve` runs with.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -14,21 +32,49 @@ use crate::cli::{LogFormat, ServeArgs};
 pub struct Config {
     /// Log line format.
     pub log_format: LogFormat,
+    /// Bearer key of the backend HTTP API (`/api/`); the API is off without one.
+    pub api_key: Option<String>,
+    /// Mount the sample `echo:*` channel too.
+    pub echo_channel: bool,
+    /// Connect token verification.
+    pub auth: AuthConfig,
+    /// The chat service.
+    pub chat: ChatConfig,
     /// The transport.
     pub server: ServerConfig,
 }
 
-/// Builds the effective configuration from the file (if any) and the flags/env.
-pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut config = match &args.config {
+impl Config {
+    /// The configuration with secrets replaced, for `--print-config`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let hide = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some("<redacted>".into());
+            }
+        };
+        hide(&mut c.api_key);
+        hide(&mut c.auth.jwt_secret);
+        c
+    }
+}
+
+/// Reads the config file, if any.
+pub fn read_file(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config file {}", path.display()))?;
             toml::from_str(&text)
-                .with_context(|| format!("parsing config file {}", path.display()))?
+                .with_context(|| format!("parsing config file {}", path.display()))
         }
-        None => Config::default(),
-    };
+        None => Ok(Config::default()),
+    }
+}
+
+/// Builds the effective configuration from the file (if any) and the flags/env.
+pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = read_file(args.config.as_ref())?;
     apply(&mut config, args)?;
     validate(&config)?;
     Ok(config)
@@ -58,6 +104,41 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(format) = args.log_format {
         config.log_format = format;
     }
+    if let Some(secret) = &args.jwt_secret {
+        config.auth.jwt_secret = Some(secret.clone());
+    }
+    if let Some(path) = &args.jwt_public_key {
+        config.auth.jwt_public_key = Some(path.clone());
+    }
+    if let Some(alg) = args.jwt_algorithm {
+        config.auth.jwt_algorithm = Some(match alg {
+            JwtAlgorithm::RS256 => PublicKeyAlgorithm::RS256,
+            JwtAlgorithm::ES256 => PublicKeyAlgorithm::ES256,
+        });
+    }
+    let chat = &mut config.chat;
+    if let Some(m) = args.membership {
+        chat.membership = match m {
+            MembershipArg::Strict => Membership::Strict,
+            MembershipArg::Open => Membership::Open,
+        };
+    }
+    if let Some(n) = args.max_message_chars {
+        chat.max_message_chars = n;
+    }
+    if let Some(secs) = args.idempotency_ttl {
+        chat.idempotency_ttl =
+            Duration::try_from_secs_f64(secs).context("--idempotency-ttl must be >= 0")?;
+    }
+    if let Some(n) = args.pending_limit {
+        chat.pending_limit = n;
+    }
+    if let Some(key) = &args.api_key {
+        config.api_key = Some(key.clone());
+    }
+    if args.echo_channel {
+        config.echo_channel = true;
+    }
     Ok(())
 }
 
@@ -72,28 +153,52 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if s.socket.outbound_capacity == 0 {
         bail!("outbound capacity must be at least 1");
     }
+    if config.chat.max_message_chars == 0 {
+        bail!("max message chars must be at least 1");
+    }
+    if config.chat.pending_limit == 0 {
+        bail!("pending limit must be at least 1");
+    }
+    let auth = &config.auth;
+    if auth.jwt_secret.is_some() && auth.jwt_public_key.is_some() {
+        bail!("configure either a JWT secret or a JWT public key, not both");
+    }
+    if auth.jwt_secret.as_deref() == Some("") {
+        bail!("the JWT secret must not be empty");
+    }
+    if auth.jwt_secret.is_none() && auth.jwt_public_key.is_none() && !s.bind.ip().is_loopback() {
+        bail!(
+            "listening on {} needs PLUME_JWT_SECRET or PLUME_JWT_PUBLIC_KEY \
+             (the development secret is only used on loopback addresses)",
+            s.bind
+        );
+    }
     Ok(())
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
 mod tests {
     use super::*;
 
     #[test]
     fn flags_override_file_values() {
         let mut config: Config = toml::from_str(
-            "[server]\nbind = \"0.0.0.0:5000\"\nidle_timeout = 30.0\nmax_frame_bytes = 4096\n",
+            "[server]\nbind = \"0.0.0.0:5000\"\nidle_timeout = 30.0\nmax_frame_bytes = 4096\n\
+             [auth]\njwt_secret = \"s\"\n[chat]\nmembership = \"open\"\n",
         )
         .unwrap();
         assert_eq!(config.server.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.chat.membership, Membership::Open);
         let args = ServeArgs {
             max_frame_bytes: Some(8192),
+            membership: Some(MembershipArg::Strict),
             ..ServeArgs::default()
         };
         apply(&mut config, &args).unwrap();
         assert_eq!(config.server.bind.to_string(), "0.0.0.0:5000");
         assert_eq!(config.server.max_frame_bytes, 8192);
+        assert_eq!(config.chat.membership, Membership::Strict);
         assert!(validate(&config).is_ok());
     }
 
@@ -105,9 +210,25 @@ mod tests {
     }
 
     #[test]
-    fn zero_idle_timeout_is_rejected() {
+    fn invalid_settings_are_rejected() {
         let mut config = Config::default();
         config.server.idle_timeout = Duration::ZERO;
         assert!(validate(&config).is_err());
+        let mut public = Config::default();
+        public.server.bind = "0.0.0.0:4000".parse().unwrap();
+        assert!(validate(&public).is_err(), "non-loopback without a key must not start");
+        public.auth.jwt_secret = Some("s".into());
+        assert!(validate(&public).is_ok());
+        public.auth.jwt_public_key = Some("k.pem".into());
+        assert!(validate(&public).is_err(), "secret and public key are exclusive");
+    }
+
+    #[test]
+    fn print_config_hides_secrets() {
+        let mut c = Config::default();
+        c.api_key = Some("k".into());
+        c.auth.jwt_secret = Some("s".into());
+        let text = toml::to_string(&c.redacted()).unwrap();
+        assert!(!text.contains("\"k\"") && !text.contains("\"s\""), "{text}");
     }
 }

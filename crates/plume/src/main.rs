@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - `cli.rs`: the command line (`serve`), every flag with its `PLUME_*` variable.
+//! - `cli.rs`: the command line (`serve`, `token`), every flag with its `PLUME_*` variable.
 //! - `config.rs`: layering defaults < config file < env < flags into one validated config.
 //! - this file: logging, wiring and signal handling.
 
@@ -16,11 +16,13 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use plume_channels::echo::EchoChannel;
-use plume_channels::{AcceptAll, LocalPubSub, Router};
+use plume_channels::{LocalPubSub, PubSub, Router};
+use plume_chat::{ChatConnect, ChatService, JwtVerifier, PublicKeyAlgorithm, Stores};
 use plume_server::Server;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, LogFormat};
+use crate::cli::{Cli, Command, LogFormat, TokenArgs};
+use crate::config::{Config, DEV_JWT_SECRET};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -28,7 +30,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = config::load(&args)?;
             if args.print_config {
-                println!("{}", toml::to_string_pretty(&config)?);
+                println!("{}", toml::to_string_pretty(&config.redacted())?);
                 return Ok(());
             }
             init_logging(config.log_format);
@@ -38,7 +40,20 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the tokio runtime")?;
             runtime.block_on(serve(config))
         }
+        Command::Token(args) => token(&args),
     }
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let file = config::read_file(args.config.as_ref())?;
+    let secret = args
+        .jwt_secret
+        .clone()
+        .or(file.auth.jwt_secret)
+        .unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
+    let token = plume_chat::auth::sign_hs256(secret.as_bytes(), &args.sub, args.ttl)?;
+    println!("{token}");
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -54,10 +69,45 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn serve(config: config::Config) -> anyhow::Result<()> {
-    let pubsub = Arc::new(LocalPubSub::new());
-    let router = Router::new().channel::<EchoChannel>("echo:*", Arc::new(()));
-    let server = Server::new(config.server, router, pubsub, Arc::new(AcceptAll));
+fn verifier(config: &Config) -> anyhow::Result<JwtVerifier> {
+    let auth = &config.auth;
+    if let Some(path) = &auth.jwt_public_key {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading JWT public key {}", path.display()))?;
+        let alg = auth.jwt_algorithm.unwrap_or(PublicKeyAlgorithm::RS256);
+        return JwtVerifier::public_key(alg, &pem)
+            .with_context(|| format!("loading JWT public key {}", path.display()));
+    }
+    match &auth.jwt_secret {
+        Some(secret) => Ok(JwtVerifier::hs256(secret.as_bytes())),
+        None => {
+            tracing::warn!(
+                "no JWT secret configured: accepting tokens signed with the published \
+                 development secret (`plume token` signs with it); set PLUME_JWT_SECRET"
+            );
+            Ok(JwtVerifier::hs256(DEV_JWT_SECRET.as_bytes()))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let verifier = verifier(&config)?;
+    let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
+    let chat = ChatService::new(config.chat.clone(), Stores::memory(), pubsub.clone());
+    let mut router = chat.routes(Router::new());
+    if config.echo_channel {
+        router = router.channel::<EchoChannel>("echo:*", Arc::new(()));
+    }
+    if config.api_key.is_none() {
+        tracing::info!("backend HTTP API off (no PLUME_API_KEY)");
+    }
+    let server = Server::new(
+        config.server.clone(),
+        router,
+        pubsub,
+        Arc::new(ChatConnect::new(verifier)),
+    )
+    .with_http_api(Arc::new(chat.api(config.api_key.clone())));
     let running = server.start().await.context("binding the listener")?;
     wait_for_signal().await?;
     running.shutdown().await;

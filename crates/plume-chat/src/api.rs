@@ -1,0 +1,211 @@
+//! The server HTTP API for backends, under `/api/` on the WebSocket port.
+//!
+//! Every request needs `Authorization: Bearer <api key>` (401 otherwise). Without a
+//! configured key the API is off and every `/api/` path is 404.
+//!
+//! | method and path                              | body                                   | answer |
+//! |----------------------------------------------|----------------------------------------|--------|
+//! | `PUT /api/chats/{chat_id}/members/{user_id}` |                                        | 200 `{"chat_id","user_id","member":true}` |
+//! | `DELETE /api/chats/{chat_id}/members/{user_id}` |                                     | 200 `{"chat_id","user_id","member":false}` |
+//! | `GET /api/chats/{chat_id}/members`           |                                        | 200 `{"members":[…]}` (sorted) |
+//! | `POST /api/broadcast`                        | `{"topic","event","payload"}`          | 202 `{"status":"accepted"}` |
+//! | `POST /api/notify`                           | `{"user_id","chat_id","sender_id","content"}` | 200 `{"status":"delivered"\|"pending","message_id"}` |
+//!
+//! Errors are JSON `{"error": "…"}`: 400 for bad JSON or missing fields, 401, 404, 405, 413
+//! (body over 1 MiB), 503 when a store is unavailable.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, header};
+use http_body_util::Full;
+use percent_encoding::percent_decode_str;
+use plume_channels::Broadcast;
+use plume_server::api::{ApiFuture, ApiRequest, HttpApi, json_error, json_response};
+use plume_wire::{Json, Payload};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::state::ChatState;
+use crate::store::{Notification, StoreError};
+use crate::time::now_rfc3339;
+
+type Resp = Response<Full<Bytes>>;
+
+/// The backend API.
+pub struct ChatApi {
+    state: Arc<ChatState>,
+    key: Option<String>,
+}
+
+impl ChatApi {
+    /// The API, on when `key` is set.
+    pub fn new(state: Arc<ChatState>, key: Option<String>) -> ChatApi {
+        ChatApi {
+            state,
+            key: key.filter(|k| !k.is_empty()),
+        }
+    }
+}
+
+impl HttpApi for ChatApi {
+    fn prefix(&self) -> &str {
+        "/api/"
+    }
+
+    fn handle(&self, req: ApiRequest) -> ApiFuture {
+        let state = self.state.clone();
+        let key = self.key.clone();
+        Box::pin(async move {
+            let Some(key) = key else {
+                return json_error(StatusCode::NOT_FOUND, "the API is off (no API key configured)");
+            };
+            if !authorized(&req, &key) {
+                let mut resp = json_error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                return resp;
+            }
+            route(&state, req).await
+        })
+    }
+}
+
+/// Constant-time comparison of the bearer token with the key.
+fn authorized(req: &ApiRequest, key: &str) -> bool {
+    let Some(given) = req
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), key.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn segment(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+async fn route(state: &ChatState, req: ApiRequest) -> Resp {
+    let path = req.path.trim_end_matches('/');
+    let parts: Vec<&str> = path.split('/').skip(2).collect();
+    let result = match (&req.method, parts.as_slice()) {
+        (&Method::PUT, ["chats", chat, "members", user]) => {
+            set_member(state, &segment(chat), &segment(user), true).await
+        }
+        (&Method::DELETE, ["chats", chat, "members", user]) => {
+            set_member(state, &segment(chat), &segment(user), false).await
+        }
+        (&Method::GET, ["chats", chat, "members"]) => members(state, &segment(chat)).await,
+        (&Method::POST, ["broadcast"]) => broadcast(state, &req.body),
+        (&Method::POST, ["notify"]) => notify(state, &req.body).await,
+        (_, ["chats", _, "members", _] | ["chats", _, "members"] | ["broadcast"] | ["notify"]) => {
+            Err(json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
+        }
+        _ => Err(json_error(StatusCode::NOT_FOUND, "no such API route")),
+    };
+    result.unwrap_or_else(|resp| resp)
+}
+
+fn unavailable(err: &StoreError) -> Resp {
+    tracing::error!(%err, "API: store unavailable");
+    json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+}
+
+fn bad_request(msg: &str) -> Resp {
+    json_error(StatusCode::BAD_REQUEST, msg)
+}
+
+async fn set_member(state: &ChatState, chat: &str, user: &str, member: bool) -> Result<Resp, Resp> {
+    if chat.is_empty() || user.is_empty() {
+        return Err(bad_request("chat_id and user_id must not be empty"));
+    }
+    let store = &state.stores.membership;
+    let result = if member {
+        store.add(chat, user).await
+    } else {
+        store.remove(chat, user).await.map(|_| ())
+    };
+    result.map_err(|e| unavailable(&e))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"chat_id": chat, "user_id": user, "member": member}),
+    ))
+}
+
+async fn members(state: &ChatState, chat: &str) -> Result<Resp, Resp> {
+    let members = state
+        .stores
+        .membership
+        .members(chat)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(json_response(StatusCode::OK, &json!({ "members": members })))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Resp> {
+    serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    topic: String,
+    event: String,
+    payload: Value,
+}
+
+fn broadcast(state: &ChatState, body: &Bytes) -> Result<Resp, Resp> {
+    let b: BroadcastBody = parse(body)?;
+    if b.topic.is_empty() || b.event.is_empty() {
+        return Err(bad_request("topic and event must not be empty"));
+    }
+    if !b.payload.is_object() {
+        return Err(bad_request("payload must be a JSON object"));
+    }
+    let payload = Json::from_value(&b.payload).map_err(|e| bad_request(&e.to_string()))?;
+    state
+        .pubsub
+        .broadcast(Broadcast {
+            topic: b.topic.into(),
+            event: b.event.into(),
+            payload: Payload::Json(payload),
+            from: None,
+        })
+        .map_err(|e| unavailable(&StoreError(e.to_string())))?;
+    Ok(json_response(StatusCode::ACCEPTED, &json!({"status": "accepted"})))
+}
+
+#[derive(Deserialize)]
+struct NotifyBody {
+    user_id: String,
+    chat_id: String,
+    sender_id: String,
+    content: String,
+}
+
+async fn notify(state: &ChatState, body: &Bytes) -> Result<Resp, Resp> {
+    let n: NotifyBody = parse(body)?;
+    if n.user_id.is_empty() {
+        return Err(bad_request("user_id must not be empty"));
+    }
+    let notification = Notification {
+        chat_id: n.chat_id,
+        sender_id: n.sender_id,
+        content: n.content,
+        timestamp: now_rfc3339(),
+        message_id: uuid::Uuid::now_v7().to_string(),
+    };
+    let delivery = state
+        .notify(&n.user_id, &notification)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"status": delivery.as_str(), "message_id": notification.message_id}),
+    ))
+}

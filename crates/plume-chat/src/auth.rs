@@ -1,0 +1,232 @@
+//! JWT authentication on connect.
+//!
+//! The algorithm is pinned by configuration: an HS256 secret, or an RS256/ES256 PEM public
+//! key. A token whose header names another algorithm (`none`, or HS256 signed with the public
+//! key's bytes) is refused before its signature is even considered. `exp` is required and,
+//! like `nbf`, checked with a small leeway for clock skew. The user id is the `sub` claim.
+//!
+//! The token comes from the `token` query parameter or, for phoenix.js `authToken`, from the
+//! `base64url.bearer.phx.…` subprotocol. A refused connect is an HTTP 403 before the upgrade;
+//! the log line says why.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use plume_channels::{Accepted, ConnectHook, ConnectRequest, Refused};
+use serde::{Deserialize, Serialize};
+
+/// Seconds of clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token in the params or the subprotocol.
+    #[error("missing token")]
+    Missing,
+    /// The token failed verification (signature, algorithm, expiry, format).
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// The `sub` claim is missing or empty.
+    #[error("token has no subject")]
+    NoSubject,
+}
+
+/// The claims Plume reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Expiry (seconds since the epoch).
+    pub exp: u64,
+    /// Not before (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+/// Verifies tokens with one pinned algorithm and key.
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// The public-key algorithms Plume accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublicKeyAlgorithm {
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+}
+
+impl JwtVerifier {
+    fn with(key: DecodingKey, alg: Algorithm) -> JwtVerifier {
+        let mut validation = Validation::new(alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        JwtVerifier { key, validation }
+    }
+
+    /// HS256 with a shared secret.
+    pub fn hs256(secret: &[u8]) -> JwtVerifier {
+        JwtVerifier::with(DecodingKey::from_secret(secret), Algorithm::HS256)
+    }
+
+    /// RS256 or ES256 with a PEM public key.
+    pub fn public_key(alg: PublicKeyAlgorithm, pem: &[u8]) -> Result<JwtVerifier, AuthError> {
+        let (key, alg) = match alg {
+            PublicKeyAlgorithm::RS256 => (DecodingKey::from_rsa_pem(pem), Algorithm::RS256),
+            PublicKeyAlgorithm::ES256 => (DecodingKey::from_ec_pem(pem), Algorithm::ES256),
+        };
+        let key = key.map_err(|e| AuthError::Invalid(format!("public key: {e}")))?;
+        Ok(JwtVerifier::with(key, alg))
+    }
+
+    /// Verifies a token and returns its subject.
+    pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if data.claims.sub.is_empty() {
+            return Err(AuthError::NoSubject);
+        }
+        Ok(data.claims.sub)
+    }
+}
+
+/// Signs an HS256 token for `sub`, valid for `ttl_secs` (for `plume token` and tests).
+pub fn sign_hs256(secret: &[u8], sub: &str, ttl_secs: u64) -> Result<String, AuthError> {
+    let now = now_secs();
+    let claims = Claims {
+        sub: sub.to_owned(),
+        exp: now + ttl_secs,
+        nbf: None,
+        iat: Some(now),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| AuthError::Invalid(e.to_string()))
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The authenticated user of a socket, with the connect params the service keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSession {
+    /// The `sub` claim.
+    pub user_id: String,
+    /// `device_unique_id` param; empty when absent.
+    pub device_unique_id: String,
+    /// `preferred_language` param; `en` when absent.
+    pub preferred_language: String,
+}
+
+/// Default `preferred_language`.
+pub const DEFAULT_LANGUAGE: &str = "en";
+
+/// The connect hook of the chat service: a valid JWT or HTTP 403.
+pub struct ChatConnect {
+    verifier: JwtVerifier,
+}
+
+impl ChatConnect {
+    /// A hook that verifies with `verifier`.
+    pub fn new(verifier: JwtVerifier) -> ChatConnect {
+        ChatConnect { verifier }
+    }
+}
+
+impl ConnectHook for ChatConnect {
+    fn connect(&self, req: &ConnectRequest) -> Result<Accepted, Refused> {
+        let token = req
+            .param("token")
+            .filter(|t| !t.is_empty())
+            .or(req.auth_token.as_deref())
+            .unwrap_or("");
+        let user_id = self
+            .verifier
+            .verify(token)
+            .map_err(|e| Refused(e.to_string()))?;
+        let session = UserSession {
+            device_unique_id: req.param("device_unique_id").unwrap_or("").to_owned(),
+            preferred_language: req
+                .param("preferred_language")
+                .filter(|l| !l.is_empty())
+                .unwrap_or(DEFAULT_LANGUAGE)
+                .to_owned(),
+            user_id,
+        };
+        Ok(Accepted {
+            socket_id: Some(format!("user_socket:{}", session.user_id)),
+            assigns: Some(Arc::new(session)),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"test-secret";
+
+    fn claims_token(claims: &serde_json::Value, alg: Algorithm, key: &EncodingKey) -> String {
+        jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+    }
+
+    #[test]
+    fn a_signed_token_gives_its_subject() {
+        let token = sign_hs256(SECRET, "alice", 60).unwrap();
+        assert_eq!(JwtVerifier::hs256(SECRET).verify(&token).unwrap(), "alice");
+    }
+
+    #[test]
+    fn wrong_secret_expired_future_and_garbage_are_refused() {
+        let v = JwtVerifier::hs256(SECRET);
+        let other = sign_hs256(b"other", "alice", 60).unwrap();
+        assert!(matches!(v.verify(&other), Err(AuthError::Invalid(_))));
+        let key = EncodingKey::from_secret(SECRET);
+        let now = now_secs();
+        let expired = claims_token(&serde_json::json!({"sub":"a","exp": now - 3600}), Algorithm::HS256, &key);
+        assert!(matches!(v.verify(&expired), Err(AuthError::Invalid(_))));
+        let not_yet = claims_token(
+            &serde_json::json!({"sub":"a","exp": now + 7200,"nbf": now + 3600}),
+            Algorithm::HS256,
+            &key,
+        );
+        assert!(matches!(v.verify(&not_yet), Err(AuthError::Invalid(_))));
+        // Within the leeway is fine.
+        let skewed = claims_token(&serde_json::json!({"sub":"a","exp": now - 5}), Algorithm::HS256, &key);
+        assert_eq!(v.verify(&skewed).unwrap(), "a");
+        let no_exp = claims_token(&serde_json::json!({"sub":"a"}), Algorithm::HS256, &key);
+        assert!(v.verify(&no_exp).is_err());
+        let no_sub = claims_token(&serde_json::json!({"sub":"","exp": now + 60}), Algorithm::HS256, &key);
+        assert_eq!(v.verify(&no_sub), Err(AuthError::NoSubject));
+        assert!(v.verify("not.a.jwt").is_err());
+        assert_eq!(v.verify(""), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        // {"alg":"none","typ":"JWT"} . {"sub":"a","exp":9999999999} . (no signature)
+        let token = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert!(JwtVerifier::hs256(SECRET).verify(token).is_err());
+    }
+}

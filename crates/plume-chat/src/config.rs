@@ -1,0 +1,57 @@
+//! [`ChatConfig`]: the chat service's settings and their defaults.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Who may join `chat:{id}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Membership {
+    /// Only members registered through the HTTP API (the default).
+    #[default]
+    Strict,
+    /// Any authenticated user; joining records them as a participant (member).
+    Open,
+}
+
+/// Chat service settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChatConfig {
+    /// Join rule for chats. Default strict.
+    pub membership: Membership,
+    /// Longest message content, in characters. Default 4096.
+    pub max_message_chars: usize,
+    /// How long a send is remembered for retries. Default 24 h.
+    #[serde(with = "secs")]
+    pub idempotency_ttl: Duration,
+    /// Most pending notifications kept per user (the oldest are dropped). Default 1000.
+    pub pending_limit: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            membership: Membership::Strict,
+            max_message_chars: 4096,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            pending_limit: 1000,
+        }
+    }
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,50 @@
+//! Topics, events and reasons of the chat service, spelled exactly as on the wire.
+
+/// Prefix of chat topics: `chat:{chat_id}`.
+pub const CHAT_PREFIX: &str = "chat:";
+/// Prefix of notification topics: `notifications:{user_id}`.
+pub const NOTIFICATIONS_PREFIX: &str = "notifications:";
+/// The alias the seed documentation uses: `notification:{user_id}`.
+pub const NOTIFICATION_ALIAS_PREFIX: &str = "notification:";
+
+/// Client to server: send a chat message.
+pub const SEND_MESSAGE: &str = "send_message";
+/// Server to sender: the outcome of a send.
+pub const MESSAGE_SENT: &str = "message_sent";
+/// Server to the chat's other sockets: a new message.
+pub const RECEIVE_MESSAGE: &str = "receive_message";
+/// Server to a user's notifications topic: a message in a chat they are not in.
+pub const NEW_NOTIFICATION: &str = "new_notification";
+/// Server to a user joining notifications: one stored notification.
+pub const PENDING_NOTIFICATION: &str = "pending_notification";
+/// Server to a user joining notifications: every stored notification at once.
+pub const PENDING_NOTIFICATIONS: &str = "pending_notifications";
+
+/// `message_sent` status of a delivered send.
+pub const STATUS_SENT: &str = "sent";
+/// `message_sent` status of a failed send.
+pub const STATUS_ERROR: &str = "error";
+
+/// Join refused: not a member / not your notifications.
+pub const REASON_UNAUTHORIZED: &str = "unauthorized";
+/// Join of `chat:` or `notifications:` without an id.
+pub const REASON_INVALID_TOPIC: &str = "invalid_topic";
+/// The payload is not a JSON object.
+pub const REASON_INVALID_PAYLOAD: &str = "invalid_payload";
+/// `content` missing, not a string, or empty.
+pub const REASON_INVALID_CONTENT: &str = "invalid_content";
+/// `content` longer than the configured maximum.
+pub const REASON_CONTENT_TOO_LONG: &str = "content_too_long";
+/// `mobile_ref_id` missing, not a string, or empty.
+pub const REASON_INVALID_MOBILE_REF_ID: &str = "invalid_mobile_ref_id";
+/// A store could not be reached; nothing was delivered.
+pub const REASON_STORAGE_UNAVAILABLE: &str = "storage_unavailable";
+/// An event the channel does not handle.
+pub const REASON_UNKNOWN_EVENT: &str = "unknown_event";
+
+/// Router pattern of chat topics.
+pub const CHAT_PREFIX_PATTERN: &str = "chat:*";
+/// Router pattern of notification topics.
+pub const NOTIFICATIONS_PATTERN: &str = "notifications:*";
+/// Router pattern of the notification alias.
+pub const NOTIFICATION_ALIAS_PATTERN: &str = "notification:*";

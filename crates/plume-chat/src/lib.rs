@@ -1,0 +1,73 @@
+//! The chat service Plume exists for: `chat:{id}` rooms with acknowledged, idempotent sends,
+//! `notifications:{user_id}` with pending notifications for offline users, JWT authentication
+//! on connect, membership rules on join, and an HTTP API for backends.
+//!
+//! The client side is fixed (phoenix.js unchanged); `protocol-spec/chat.md` is the contract.
+//!
+//! # Layout
+//!
+//! - [`auth`]: JWT verification (algorithm pinned by configuration) and the connect hook.
+//! - [`chat`]: the `chat:*` channel (join rules, `send_message`).
+//! - [`notifications`]: the `notifications:*` / `notification:*` channel (pending delivery).
+//! - [`state`]: what the channels share, and notification delivery.
+//! - [`store`]: the store traits and their in-memory implementations.
+//! - [`api`]: the backend HTTP API.
+//! - [`config`], [`events`], [`time`]: settings, wire names, timestamps.
+//! - [`ChatService`] (this file): wires it all into a router, a connect hook and an API.
+
+pub mod api;
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod events;
+pub mod notifications;
+pub mod state;
+pub mod store;
+pub mod time;
+
+use std::sync::Arc;
+
+use plume_channels::{PubSub, Router};
+
+pub use auth::{ChatConnect, JwtVerifier, PublicKeyAlgorithm, UserSession};
+pub use config::{ChatConfig, Membership};
+pub use state::ChatState;
+pub use store::Stores;
+
+/// The chat service, ready to mount on a server.
+pub struct ChatService {
+    /// The shared state.
+    pub state: Arc<ChatState>,
+}
+
+impl ChatService {
+    /// A service over `stores`, broadcasting through `pubsub`.
+    pub fn new(config: ChatConfig, stores: Stores, pubsub: Arc<dyn PubSub>) -> ChatService {
+        ChatService {
+            state: Arc::new(ChatState {
+                config,
+                stores,
+                pubsub,
+            }),
+        }
+    }
+
+    /// Adds the chat routes (`chat:*`, `notifications:*`, `notification:*`) to `router`.
+    pub fn routes(&self, router: Router) -> Router {
+        router
+            .channel::<chat::ChatChannel>(events::CHAT_PREFIX_PATTERN, self.state.clone())
+            .channel::<notifications::NotificationsChannel>(
+                events::NOTIFICATIONS_PATTERN,
+                self.state.clone(),
+            )
+            .channel::<notifications::NotificationsChannel>(
+                events::NOTIFICATION_ALIAS_PATTERN,
+                self.state.clone(),
+            )
+    }
+
+    /// The backend HTTP API; off unless `api_key` is set.
+    pub fn api(&self, api_key: Option<String>) -> api::ChatApi {
+        api::ChatApi::new(self.state.clone(), api_key)
+    }
+}

@@ -1,0 +1,112 @@
+//! [`NotificationsChannel`]: `notifications:{user_id}` (and the alias `notification:{user_id}`).
+//!
+//! Only the token's own user may join. Right after the join reply the channel records the
+//! user as reachable, then takes the user's pending notifications (atomically, so a second
+//! device joining at the same moment cannot get the same ones) and pushes them oldest first,
+//! each as `pending_notification`, then all together once as `pending_notifications`
+//! `{"notifications":[…]}`. Nothing is pushed when nothing was pending.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use plume_channels::{Channel, ChannelError, Context, JoinError, Outcome, Reply, Terminate};
+use plume_wire::Payload;
+
+use crate::chat::session_user;
+use crate::events::*;
+use crate::state::ChatState;
+
+/// The notifications channel of one socket.
+pub struct NotificationsChannel {
+    state: Arc<ChatState>,
+    user: String,
+    present: bool,
+}
+
+/// Sent to itself after the join reply.
+struct AfterJoin;
+
+impl Channel for NotificationsChannel {
+    type State = ChatState;
+
+    async fn join(
+        state: &Arc<ChatState>,
+        topic: &str,
+        _payload: Payload,
+        ctx: &mut Context<'_>,
+    ) -> Result<(NotificationsChannel, Payload), JoinError> {
+        let wanted = topic
+            .strip_prefix(NOTIFICATIONS_PREFIX)
+            .or_else(|| topic.strip_prefix(NOTIFICATION_ALIAS_PREFIX))
+            .unwrap_or("");
+        if wanted.is_empty() {
+            return Err(JoinError::reason(REASON_INVALID_TOPIC));
+        }
+        let user = session_user(ctx)?;
+        if wanted != user {
+            return Err(JoinError::reason(REASON_UNAUTHORIZED));
+        }
+        ctx.send_info(Box::new(AfterJoin))
+            .map_err(|e| JoinError::Failed(e.to_string()))?;
+        let channel = NotificationsChannel {
+            state: state.clone(),
+            user,
+            present: false,
+        };
+        Ok((channel, Payload::empty()))
+    }
+
+    async fn handle_in(
+        &mut self,
+        _event: &str,
+        _payload: Payload,
+        _ctx: &mut Context<'_>,
+    ) -> Result<Outcome, ChannelError> {
+        Ok(Reply::error_reason(REASON_UNKNOWN_EVENT).into())
+    }
+
+    async fn handle_info(
+        &mut self,
+        info: Box<dyn Any + Send>,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ChannelError> {
+        if !info.is::<AfterJoin>() || self.present {
+            return Ok(());
+        }
+        let stores = &self.state.stores;
+        let fail = |e: crate::store::StoreError| ChannelError::new(e.to_string());
+        // Reachable first, then drain: a notification created in between is either still
+        // pending (and taken below) or broadcast to this subscribed channel. None is lost.
+        stores
+            .presence
+            .enter_notifications(&self.user)
+            .await
+            .map_err(fail)?;
+        self.present = true;
+        let pending = stores.pending.take_all(&self.user).await.map_err(fail)?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for n in &pending {
+            let payload = Payload::json(n).map_err(|e| ChannelError::new(e.to_string()))?;
+            ctx.push(PENDING_NOTIFICATION, &payload);
+        }
+        let all = serde_json::json!({ "notifications": pending });
+        let payload = Payload::json(&all).map_err(|e| ChannelError::new(e.to_string()))?;
+        ctx.push(PENDING_NOTIFICATIONS, &payload);
+        Ok(())
+    }
+
+    async fn terminate(&mut self, _reason: Terminate, _ctx: &mut Context<'_>) {
+        if self.present
+            && let Err(err) = self
+                .state
+                .stores
+                .presence
+                .leave_notifications(&self.user)
+                .await
+        {
+            tracing::error!(user = %self.user, %err, "leave_notifications failed");
+        }
+    }
+}
