@@ -32,6 +32,9 @@ use crate::time::now_rfc3339;
 
 type Resp = Response<Full<Bytes>>;
 
+/// A failed API call: its status and message (sent as `{"error": message}`).
+struct ApiError(StatusCode, String);
+
 /// The backend API.
 pub struct ChatApi {
     state: Arc<ChatState>,
@@ -58,7 +61,10 @@ impl HttpApi for ChatApi {
         let key = self.key.clone();
         Box::pin(async move {
             let Some(key) = key else {
-                return json_error(StatusCode::NOT_FOUND, "the API is off (no API key configured)");
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    "the API is off (no API key configured)",
+                );
             };
             if !authorized(&req, &key) {
                 let mut resp = json_error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
@@ -105,23 +111,31 @@ async fn route(state: &ChatState, req: ApiRequest) -> Resp {
         (&Method::POST, ["broadcast"]) => broadcast(state, &req.body),
         (&Method::POST, ["notify"]) => notify(state, &req.body).await,
         (_, ["chats", _, "members", _] | ["chats", _, "members"] | ["broadcast"] | ["notify"]) => {
-            Err(json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
+            Err(ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed".into(),
+            ))
         }
-        _ => Err(json_error(StatusCode::NOT_FOUND, "no such API route")),
+        _ => Err(ApiError(StatusCode::NOT_FOUND, "no such API route".into())),
     };
-    result.unwrap_or_else(|resp| resp)
+    result.unwrap_or_else(|ApiError(status, msg)| json_error(status, &msg))
 }
 
-fn unavailable(err: &StoreError) -> Resp {
+fn unavailable(err: &StoreError) -> ApiError {
     tracing::error!(%err, "API: store unavailable");
-    json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, "store unavailable".into())
 }
 
-fn bad_request(msg: &str) -> Resp {
-    json_error(StatusCode::BAD_REQUEST, msg)
+fn bad_request(msg: &str) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.to_owned())
 }
 
-async fn set_member(state: &ChatState, chat: &str, user: &str, member: bool) -> Result<Resp, Resp> {
+async fn set_member(
+    state: &ChatState,
+    chat: &str,
+    user: &str,
+    member: bool,
+) -> Result<Resp, ApiError> {
     if chat.is_empty() || user.is_empty() {
         return Err(bad_request("chat_id and user_id must not be empty"));
     }
@@ -138,17 +152,20 @@ async fn set_member(state: &ChatState, chat: &str, user: &str, member: bool) -> 
     ))
 }
 
-async fn members(state: &ChatState, chat: &str) -> Result<Resp, Resp> {
+async fn members(state: &ChatState, chat: &str) -> Result<Resp, ApiError> {
     let members = state
         .stores
         .membership
         .members(chat)
         .await
         .map_err(|e| unavailable(&e))?;
-    Ok(json_response(StatusCode::OK, &json!({ "members": members })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "members": members }),
+    ))
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Resp> {
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
 }
 
@@ -159,7 +176,7 @@ struct BroadcastBody {
     payload: Value,
 }
 
-fn broadcast(state: &ChatState, body: &Bytes) -> Result<Resp, Resp> {
+fn broadcast(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
     let b: BroadcastBody = parse(body)?;
     if b.topic.is_empty() || b.event.is_empty() {
         return Err(bad_request("topic and event must not be empty"));
@@ -177,7 +194,10 @@ fn broadcast(state: &ChatState, body: &Bytes) -> Result<Resp, Resp> {
             from: None,
         })
         .map_err(|e| unavailable(&StoreError(e.to_string())))?;
-    Ok(json_response(StatusCode::ACCEPTED, &json!({"status": "accepted"})))
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"status": "accepted"}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -188,7 +208,7 @@ struct NotifyBody {
     content: String,
 }
 
-async fn notify(state: &ChatState, body: &Bytes) -> Result<Resp, Resp> {
+async fn notify(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
     let n: NotifyBody = parse(body)?;
     if n.user_id.is_empty() {
         return Err(bad_request("user_id must not be empty"));

@@ -204,7 +204,11 @@ mod tests {
         assert!(matches!(v.verify(&other), Err(AuthError::Invalid(_))));
         let key = EncodingKey::from_secret(SECRET);
         let now = now_secs();
-        let expired = claims_token(&serde_json::json!({"sub":"a","exp": now - 3600}), Algorithm::HS256, &key);
+        let expired = claims_token(
+            &serde_json::json!({"sub":"a","exp": now - 3600}),
+            Algorithm::HS256,
+            &key,
+        );
         assert!(matches!(v.verify(&expired), Err(AuthError::Invalid(_))));
         let not_yet = claims_token(
             &serde_json::json!({"sub":"a","exp": now + 7200,"nbf": now + 3600}),
@@ -213,11 +217,19 @@ mod tests {
         );
         assert!(matches!(v.verify(&not_yet), Err(AuthError::Invalid(_))));
         // Within the leeway is fine.
-        let skewed = claims_token(&serde_json::json!({"sub":"a","exp": now - 5}), Algorithm::HS256, &key);
+        let skewed = claims_token(
+            &serde_json::json!({"sub":"a","exp": now - 5}),
+            Algorithm::HS256,
+            &key,
+        );
         assert_eq!(v.verify(&skewed).unwrap(), "a");
         let no_exp = claims_token(&serde_json::json!({"sub":"a"}), Algorithm::HS256, &key);
         assert!(v.verify(&no_exp).is_err());
-        let no_sub = claims_token(&serde_json::json!({"sub":"","exp": now + 60}), Algorithm::HS256, &key);
+        let no_sub = claims_token(
+            &serde_json::json!({"sub":"","exp": now + 60}),
+            Algorithm::HS256,
+            &key,
+        );
         assert_eq!(v.verify(&no_sub), Err(AuthError::NoSubject));
         assert!(v.verify("not.a.jwt").is_err());
         assert_eq!(v.verify(""), Err(AuthError::Missing));

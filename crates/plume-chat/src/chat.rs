@@ -306,7 +306,10 @@ mod tests {
     use plume_wire::Json;
 
     fn payload(s: &str) -> Payload {
-        Payload::Json(Json::from_text(Bytes::copy_from_slice(s.as_bytes())).unwrap_or_else(|_| Json::empty_object()))
+        Payload::Json(
+            Json::from_text(Bytes::copy_from_slice(s.as_bytes()))
+                .unwrap_or_else(|_| Json::empty_object()),
+        )
     }
 
     fn reason(p: &str, max: usize) -> &'static str {
@@ -320,15 +323,39 @@ mod tests {
     fn validation_reasons() {
         assert_eq!(reason(r#"{"content":"hi","mobile_ref_id":"r"}"#, 10), "ok");
         assert_eq!(reason(r#""str""#, 10), REASON_INVALID_PAYLOAD);
-        assert_eq!(reason(r#"{"content":"hi"}"#, 10), REASON_INVALID_MOBILE_REF_ID);
-        assert_eq!(reason(r#"{"content":"hi","mobile_ref_id":""}"#, 10), REASON_INVALID_MOBILE_REF_ID);
-        assert_eq!(reason(r#"{"content":"hi","mobile_ref_id":5}"#, 10), REASON_INVALID_MOBILE_REF_ID);
-        assert_eq!(reason(r#"{"content":"","mobile_ref_id":"r"}"#, 10), REASON_INVALID_CONTENT);
-        assert_eq!(reason(r#"{"content":"  ","mobile_ref_id":"r"}"#, 10), REASON_INVALID_CONTENT);
-        assert_eq!(reason(r#"{"content":7,"mobile_ref_id":"r"}"#, 10), REASON_INVALID_CONTENT);
+        assert_eq!(
+            reason(r#"{"content":"hi"}"#, 10),
+            REASON_INVALID_MOBILE_REF_ID
+        );
+        assert_eq!(
+            reason(r#"{"content":"hi","mobile_ref_id":""}"#, 10),
+            REASON_INVALID_MOBILE_REF_ID
+        );
+        assert_eq!(
+            reason(r#"{"content":"hi","mobile_ref_id":5}"#, 10),
+            REASON_INVALID_MOBILE_REF_ID
+        );
+        assert_eq!(
+            reason(r#"{"content":"","mobile_ref_id":"r"}"#, 10),
+            REASON_INVALID_CONTENT
+        );
+        assert_eq!(
+            reason(r#"{"content":"  ","mobile_ref_id":"r"}"#, 10),
+            REASON_INVALID_CONTENT
+        );
+        assert_eq!(
+            reason(r#"{"content":7,"mobile_ref_id":"r"}"#, 10),
+            REASON_INVALID_CONTENT
+        );
         // Characters, not bytes: ten 'é' are 20 bytes but 10 characters.
-        assert_eq!(reason(r#"{"content":"éééééééééé","mobile_ref_id":"r"}"#, 10), "ok");
-        assert_eq!(reason(r#"{"content":"ééééééééééé","mobile_ref_id":"r"}"#, 10), REASON_CONTENT_TOO_LONG);
+        assert_eq!(
+            reason(r#"{"content":"éééééééééé","mobile_ref_id":"r"}"#, 10),
+            "ok"
+        );
+        assert_eq!(
+            reason(r#"{"content":"ééééééééééé","mobile_ref_id":"r"}"#, 10),
+            REASON_CONTENT_TOO_LONG
+        );
         assert_eq!(
             match validate(&Payload::Binary(Bytes::from_static(b"x")), 10) {
                 Ok(_) => "ok",

@@ -48,8 +48,7 @@ impl ChatState {
         notification: &Notification,
     ) -> Result<Delivery, StoreError> {
         if self.stores.presence.has_notifications(user).await? {
-            let payload =
-                Payload::json(notification).map_err(|e| StoreError(e.to_string()))?;
+            let payload = Payload::json(notification).map_err(|e| StoreError(e.to_string()))?;
             // Both spellings of the topic, since a client may have joined either.
             for prefix in [NOTIFICATIONS_PREFIX, NOTIFICATION_ALIAS_PREFIX] {
                 self.pubsub
@@ -69,8 +68,12 @@ impl ChatState {
             .push(user, notification, self.config.pending_limit)
             .await?;
         if dropped > 0 {
-            tracing::warn!(user, dropped, limit = self.config.pending_limit,
-                "pending notifications over the limit; oldest dropped");
+            tracing::warn!(
+                user,
+                dropped,
+                limit = self.config.pending_limit,
+                "pending notifications over the limit; oldest dropped"
+            );
         }
         Ok(Delivery::Pending)
     }

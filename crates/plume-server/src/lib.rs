@@ -262,7 +262,9 @@ async fn call_api(api: &dyn HttpApi, req: Request<Incoming>) -> Response<Body> {
     let body = match Limited::new(body, api::MAX_API_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) => {
-            let too_big = err.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let too_big = err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
             return if too_big {
                 api::json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
             } else {

@@ -65,8 +65,7 @@ pub fn read_file(path: Option<&PathBuf>) -> anyhow::Result<Config> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config file {}", path.display()))?;
-            toml::from_str(&text)
-                .with_context(|| format!("parsing config file {}", path.display()))
+            toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
         }
         None => Ok(Config::default()),
     }
@@ -216,17 +215,25 @@ mod tests {
         assert!(validate(&config).is_err());
         let mut public = Config::default();
         public.server.bind = "0.0.0.0:4000".parse().unwrap();
-        assert!(validate(&public).is_err(), "non-loopback without a key must not start");
+        assert!(
+            validate(&public).is_err(),
+            "non-loopback without a key must not start"
+        );
         public.auth.jwt_secret = Some("s".into());
         assert!(validate(&public).is_ok());
         public.auth.jwt_public_key = Some("k.pem".into());
-        assert!(validate(&public).is_err(), "secret and public key are exclusive");
+        assert!(
+            validate(&public).is_err(),
+            "secret and public key are exclusive"
+        );
     }
 
     #[test]
     fn print_config_hides_secrets() {
-        let mut c = Config::default();
-        c.api_key = Some("k".into());
+        let mut c = Config {
+            api_key: Some("k".into()),
+            ..Config::default()
+        };
         c.auth.jwt_secret = Some("s".into());
         let text = toml::to_string(&c.redacted()).unwrap();
         assert!(!text.contains("\"k\"") && !text.contains("\"s\""), "{text}");

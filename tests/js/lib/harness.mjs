@@ -19,6 +19,8 @@ export function usePlume(serverOptions = {}) {
   const h = {
     /** @type {import("./server.mjs").PlumeServer | null} */
     server: null,
+    /** Why the server could not be started, if it could not. */
+    startError: null,
     _clients: [],
     _raw: [],
 
@@ -99,6 +101,7 @@ export function usePlume(serverOptions = {}) {
      */
     test(name, fn, opts = {}) {
       return it(name, { timeout: DEFAULT_TEST_TIMEOUT_MS, ...opts }, async (t) => {
+        if (h.startError) throw h.startError;
         try {
           await fn(t);
         } catch (err) {
@@ -119,7 +122,13 @@ export function usePlume(serverOptions = {}) {
   };
 
   before(async () => {
-    h.server = await startServer(serverOptions);
+    // A start failure (e.g. the binary is missing) is re-thrown by every test,
+    // so each one is reported as failed with the reason instead of cancelled.
+    try {
+      h.server = await startServer(serverOptions);
+    } catch (err) {
+      h.startError = err;
+    }
   });
   afterEach(async () => {
     await h.cleanup();

@@ -226,7 +226,13 @@ mod tests {
             dropped += p.push("u", &note(i), 3).await.unwrap();
         }
         assert_eq!(dropped, 2);
-        let got: Vec<_> = p.take_all("u").await.unwrap().into_iter().map(|n| n.content).collect();
+        let got: Vec<_> = p
+            .take_all("u")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.content)
+            .collect();
         assert_eq!(got, ["m2", "m3", "m4"]);
         assert!(p.take_all("u").await.unwrap().is_empty());
     }
@@ -249,7 +255,10 @@ mod tests {
         };
         let ttl = Duration::from_millis(50);
         assert_eq!(s.claim(&key, &first, ttl).await.unwrap(), None);
-        assert_eq!(s.claim(&key, &second, ttl).await.unwrap(), Some(first.clone()));
+        assert_eq!(
+            s.claim(&key, &second, ttl).await.unwrap(),
+            Some(first.clone())
+        );
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert_eq!(s.claim(&key, &second, ttl).await.unwrap(), None);
         s.release(&key).await.unwrap();

@@ -1,0 +1,182 @@
+//! JWT authentication on connect: every refusal is an HTTP 403 before the upgrade.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use plume_chat::{JwtVerifier, PublicKeyAlgorithm};
+use plume_client::{ClientError, ConnectOptions};
+
+fn status(r: Result<plume_client::Client, ClientError>) -> u16 {
+    match r {
+        Ok(_) => 101,
+        Err(ClientError::Refused(s)) => s.as_u16(),
+        Err(other) => panic!("unexpected {other}"),
+    }
+}
+
+fn q(token: &str) -> String {
+    format!("token={token}&device_unique_id=d&preferred_language=EN&vsn=2.0.0")
+}
+
+fn now() -> u64 {
+    plume_chat::auth::now_secs()
+}
+
+fn hs(claims: serde_json::Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn valid_token_connects_and_bad_tokens_get_403() {
+    let chat = start().await;
+    let opts = ConnectOptions::default;
+    assert_eq!(
+        status(chat.connect_with(&q(&token("alice")), opts()).await),
+        101
+    );
+    assert_eq!(
+        status(chat.connect_with("vsn=2.0.0", opts()).await),
+        403,
+        "missing token"
+    );
+    assert_eq!(
+        status(chat.connect_with(&q(""), opts()).await),
+        403,
+        "empty token"
+    );
+    assert_eq!(
+        status(chat.connect_with(&q("abc.def.ghi"), opts()).await),
+        403,
+        "malformed"
+    );
+    let expired = hs(serde_json::json!({"sub":"a","exp": now() - 3600}), SECRET);
+    assert_eq!(
+        status(chat.connect_with(&q(&expired), opts()).await),
+        403,
+        "expired"
+    );
+    let wrong = hs(
+        serde_json::json!({"sub":"a","exp": now() + 600}),
+        b"another-secret",
+    );
+    assert_eq!(
+        status(chat.connect_with(&q(&wrong), opts()).await),
+        403,
+        "wrong signature"
+    );
+    let early = hs(
+        serde_json::json!({"sub":"a","exp": now() + 7200, "nbf": now() + 3600}),
+        SECRET,
+    );
+    assert_eq!(
+        status(chat.connect_with(&q(&early), opts()).await),
+        403,
+        "not yet valid"
+    );
+    // {"alg":"none"} with the claims and an empty signature.
+    let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+    assert_eq!(
+        status(chat.connect_with(&q(none), opts()).await),
+        403,
+        "alg none"
+    );
+}
+
+#[tokio::test]
+async fn the_token_may_arrive_through_the_auth_token_subprotocol() {
+    let chat = start().await;
+    let opts = ConnectOptions::default().with_auth_token(&token("bob"));
+    let mut c = chat
+        .connect_with("device_unique_id=d&vsn=2.0.0", opts)
+        .await
+        .unwrap();
+    assert_eq!(c.protocol(), Some("phoenix"));
+    // The socket belongs to bob: his notifications topic is his to join.
+    join_ok(&mut c, "notifications:bob").await;
+    let bad = ConnectOptions::default().with_auth_token("garbage");
+    assert_eq!(status(chat.connect_with("vsn=2.0.0", bad).await), 403);
+}
+
+fn key(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[tokio::test]
+async fn rs256_public_key_accepts_rs256_and_refuses_hs256_signed_with_the_key() {
+    let verifier =
+        JwtVerifier::public_key(PublicKeyAlgorithm::RS256, &key("rsa_public.pem")).unwrap();
+    let chat = start_custom(|_| {}, verifier, None).await;
+    let claims = serde_json::json!({"sub":"rita","exp": now() + 600});
+    let good = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&key("rsa_private.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        status(
+            chat.connect_with(&q(&good), ConnectOptions::default())
+                .await
+        ),
+        101
+    );
+    // The classic confusion attack: HS256 with the public key's bytes as the secret.
+    let forged = hs(claims, &key("rsa_public.pem"));
+    assert_eq!(
+        status(
+            chat.connect_with(&q(&forged), ConnectOptions::default())
+                .await
+        ),
+        403
+    );
+    let hs_plain = token("rita");
+    assert_eq!(
+        status(
+            chat.connect_with(&q(&hs_plain), ConnectOptions::default())
+                .await
+        ),
+        403
+    );
+}
+
+#[tokio::test]
+async fn es256_public_key_accepts_es256() {
+    let verifier =
+        JwtVerifier::public_key(PublicKeyAlgorithm::ES256, &key("ec_public.pem")).unwrap();
+    let chat = start_custom(|_| {}, verifier, None).await;
+    let claims = serde_json::json!({"sub":"eve","exp": now() + 600});
+    let good = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims,
+        &EncodingKey::from_ec_pem(&key("ec_private.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        status(
+            chat.connect_with(&q(&good), ConnectOptions::default())
+                .await
+        ),
+        101
+    );
+    let forged = hs(claims, &key("ec_public.pem"));
+    assert_eq!(
+        status(
+            chat.connect_with(&q(&forged), ConnectOptions::default())
+                .await
+        ),
+        403
+    );
+}
+
+#[test]
+fn a_key_of_the_wrong_type_is_rejected_at_start_up() {
+    assert!(JwtVerifier::public_key(PublicKeyAlgorithm::ES256, &key("rsa_public.pem")).is_err());
+    assert!(JwtVerifier::public_key(PublicKeyAlgorithm::RS256, b"not a pem").is_err());
+}
