@@ -15,6 +15,7 @@
 //! | `panic`                      | the channel panics: same as `crash`                       |
 //! | `close`                      | reply ok `{}`, then `phx_close`                           |
 //! | `info` P                     | queues P to its own `handle_info`, which pushes `info` P; reply ok `{}` |
+//! | `phx_*` (reserved)           | reply error `{"reason":"reserved event"}`                |
 //! | any other event E with P     | broadcast E P to the whole topic (sender included); reply ok `{}` |
 
 use std::any::Any;
@@ -95,6 +96,9 @@ impl Channel for EchoChannel {
                     .map_err(|e| ChannelError::new(e.to_string()))?;
                 Ok(Reply::ok_empty().into())
             }
+            // Control events belong to the protocol; a client must not make the server send
+            // them to everyone.
+            _ if event.starts_with("phx_") => Ok(Reply::error_reason("reserved event").into()),
             _ => {
                 ctx.broadcast(event, payload)
                     .map_err(|e| ChannelError::new(e.to_string()))?;

@@ -317,8 +317,12 @@ impl Socket {
                 Reply::error_reason(event::REASON_JOIN_CRASHED)
             }
         };
+        let joined = reply.status == event::STATUS_OK;
         self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
-        self.out.append(&mut held);
+        // Pushes from a join that did not succeed would name a channel that does not exist.
+        if joined {
+            self.out.append(&mut held);
+        }
     }
 
     async fn leave(&mut self, msg: Message) {

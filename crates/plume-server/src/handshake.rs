@@ -1,4 +1,6 @@
-//! The WebSocket upgrade request: every check Phoenix makes before the 101, in its order.
+//! The WebSocket upgrade request: every check Phoenix makes before the 101. Plume checks the
+//! request is a well-formed upgrade first (Phoenix leaves that to its HTTP adapter, last),
+//! then follows Phoenix's order:
 //!
 //! 1. method `GET` and the WebSocket upgrade headers (else 400 with a text body);
 //! 2. the `Origin` check (403);

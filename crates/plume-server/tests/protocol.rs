@@ -487,3 +487,24 @@ async fn binary_transcript_frame_is_decoded() {
         Payload::Binary(Bytes::from_static(&[1, 2, 3]))
     );
 }
+
+#[tokio::test]
+async fn the_echo_channel_will_not_rebroadcast_control_events() {
+    let s = start().await;
+    let mut a = s.v2().await;
+    let mut b = s.v2().await;
+    let ja = join_ok(&mut a, "echo:ctl").await;
+    join_ok(&mut b, "echo:ctl").await;
+    let reply = a
+        .call(&ja, "echo:ctl", "phx_close", &json("{}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        show(&reply),
+        format!(
+            r#"[{:?},"4","echo:ctl","phx_reply",{{"response":{{"reason":"reserved event"}},"status":"error"}}]"#,
+            ja.as_str()
+        )
+    );
+    assert!(b.expect_silence(QUIET).await.is_ok());
+}

@@ -39,8 +39,13 @@ impl Serializer {
         };
         let mut parts = v.split('.');
         let (major, minor, patch) = (parts.next(), parts.next(), parts.next());
+        // Semantic versioning numbers: digits, no leading zero (as Elixir's Version parses).
         let is_num = |p: Option<&str>| {
-            p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            p.is_some_and(|p| {
+                !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && !(p.len() > 1 && p.starts_with('0'))
+            })
         };
         if parts.next().is_some() || !is_num(major) || !is_num(minor) || !is_num(patch) {
             return Err(VsnError(v.to_owned()));
@@ -158,5 +163,26 @@ impl Serializer {
             Serializer::V1 => json::encode_v1(ref_, topic, event, payload),
             Serializer::V2 => json::encode_v2(join_ref, ref_, topic, event, payload),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Serializer;
+
+    #[test]
+    fn vsn_negotiation() {
+        assert_eq!(Serializer::from_vsn(None), Ok(Serializer::V1));
+        for v in ["1.0.0", "1.0.7"] {
+            assert_eq!(Serializer::from_vsn(Some(v)), Ok(Serializer::V1), "{v}");
+        }
+        for v in ["2.0.0", "2.0.10"] {
+            assert_eq!(Serializer::from_vsn(Some(v)), Ok(Serializer::V2), "{v}");
+        }
+        for v in [
+            "2.1.0", "3.0.0", "2", "2.0", "2.0.0.0", "2.0.x", "", "02.0.0", "2.0.00", "v2.0.0",
+        ] {
+            assert!(Serializer::from_vsn(Some(v)).is_err(), "{v}");
+        }
     }
 }
