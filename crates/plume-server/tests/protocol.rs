@@ -502,7 +502,7 @@ async fn the_echo_channel_will_not_rebroadcast_control_events() {
     assert_eq!(
         show(&reply),
         format!(
-            r#"[{:?},"4","echo:ctl","phx_reply",{{"response":{{"reason":"reserved event"}},"status":"error"}}]"#,
+            r#"[{:?},"2","echo:ctl","phx_reply",{{"response":{{"reason":"reserved event"}},"status":"error"}}]"#,
             ja.as_str()
         )
     );
