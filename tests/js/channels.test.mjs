@@ -26,11 +26,11 @@ describe("channels: join", () => {
   const h = usePlume();
 
   h.test("join ok: reply frame is [jr, jr, topic, phx_reply, {response, status: ok}]", async () => {
-    const c = await h.connect({ params: { token: "abc" } });
+    const c = await h.connect({ params: { token: h.token, lang: "fr" } });
     const topic = `echo:${uniq()}`;
     const ch = c.socket.channel(topic);
     const response = await joinOk(ch);
-    assert.deepEqual(response, { auth_token: null, params: { token: "abc", vsn: "2.0.0" }, vsn: "2.0.0" });
+    assert.deepEqual(response, { auth_token: null, params: h.params({ lang: "fr" }), vsn: "2.0.0" });
     assert.equal(ch.state, "joined");
 
     const sent = c.rec.find(isFrame("out", topic, "phx_join"));
@@ -44,7 +44,7 @@ describe("channels: join", () => {
     const c = await h.connect();
     const ch = c.socket.channel(`echo:${uniq()}`, { name: "x", nested: { list: [1, 2] }, reject_not: "nope" });
     const response = await joinOk(ch);
-    assert.deepEqual(response, { auth_token: null, params: { vsn: "2.0.0" }, vsn: "2.0.0" });
+    assert.deepEqual(response, { auth_token: null, params: h.params(), vsn: "2.0.0" });
     const sent = c.rec.find(isFrame("out", ch.topic, "phx_join"));
     assert.deepEqual(sent.frame[4], { name: "x", nested: { list: [1, 2] }, reject_not: "nope" });
   });

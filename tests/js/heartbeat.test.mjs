@@ -29,12 +29,14 @@ describe("heartbeat", () => {
     }
   });
 
-  h.test("a socket that heartbeats every 100 ms stays connected (no heartbeat timeout)", async () => {
-    const c = await h.connect({ heartbeatIntervalMs: 100 });
+  h.test("a socket that heartbeats every 250 ms stays connected (no heartbeat timeout)", async () => {
+    // phoenix.js closes the socket when a reply takes longer than the interval;
+    // 250 ms keeps that from tripping on a busy machine.
+    const c = await h.connect({ heartbeatIntervalMs: 250 });
     const ch = c.socket.channel(`echo:${uniq()}`);
     await joinOk(ch);
-    await delay(1_000);
-    assert.ok(c.rec.entries.filter(isHeartbeat).length >= 6, "heartbeats kept flowing");
+    await delay(1_600);
+    assert.ok(c.rec.entries.filter(isHeartbeat).length >= 5, "heartbeats kept flowing");
     assert.equal(c.rec.events("close").length, 0, "no close: phoenix.js never timed out a heartbeat");
     assert.equal(c.rec.events("open").length, 1);
     assert.equal(ch.state, "joined");

@@ -16,8 +16,9 @@ describe("reconnect after a server restart", () => {
     async () => {
       const fast = { reconnectAfterMs: () => 50, rejoinAfterMs: () => 50 };
       const topic = `echo:${uniq("restart")}`;
-      const a = await h.connect({ label: "A", params: { token: "user-a" }, ...fast });
-      const b = await h.connect({ label: "B", params: { token: "user-b" }, ...fast });
+      const tokenA = h.tokenFor("user-a");
+      const a = await h.connect({ label: "A", params: { token: tokenA }, ...fast });
+      const b = await h.connect({ label: "B", params: { token: h.tokenFor("user-b") }, ...fast });
       const ach = a.socket.channel(topic);
       const bch = b.socket.channel(topic);
       await joinOk(ach);
@@ -53,7 +54,7 @@ describe("reconnect after a server restart", () => {
       assert.ok(rejoinReply, "the rejoin reply was recorded");
       assert.equal(rejoinReply.conn, a.rec.transports.length);
       assert.deepEqual(rejoinReply.frame[4], {
-        response: { auth_token: null, params: { token: "user-a", vsn: "2.0.0" }, vsn: "2.0.0" },
+        response: { auth_token: null, params: { token: tokenA, vsn: "2.0.0" }, vsn: "2.0.0" },
         status: "ok",
       });
 

@@ -16,9 +16,10 @@ describe("transcripts", () => {
   const h = usePlume();
 
   h.test("a phoenix.js session matches the chat-demo transcript shape frame by frame", async () => {
-    const c = await h.connect({ params: { token: "user1", device_unique_id: "dev-A" } });
+    const token = h.tokenFor("user1");
+    const c = await h.connect({ params: { token, device_unique_id: "dev-A" } });
     const s = c.socket;
-    const params = { token: "user1", device_unique_id: "dev-A", vsn: "2.0.0" };
+    const params = { token, device_unique_id: "dev-A", vsn: "2.0.0" };
 
     const room = s.channel("echo:1");
     assert.deepEqual(await joinOk(room), { auth_token: null, params, vsn: "2.0.0" });
@@ -76,7 +77,8 @@ describe("transcripts", () => {
   });
 
   h.test("raw V2 script: unjoined pushes, unmatched topics and leave (unjoined_push.txt / join_error.txt shapes)", async () => {
-    const r = await h.raw("token=user1&vsn=2.0.0");
+    const token = h.tokenFor("user1");
+    const r = await h.raw(`token=${token}&vsn=2.0.0`);
     const script = [
       // push to a topic that was never joined, with and without join_ref
       [["5", "1", "echo:2", "hello", {}], [[null, "1", "echo:2", "phx_reply", UNMATCHED]]],
@@ -87,7 +89,7 @@ describe("transcripts", () => {
       // join, then leave, then push to the left topic
       [
         ["6", "6", "echo:1", "phx_join", {}],
-        [["6", "6", "echo:1", "phx_reply", ok({ auth_token: null, params: { token: "user1", vsn: "2.0.0" }, vsn: "2.0.0" })]],
+        [["6", "6", "echo:1", "phx_reply", ok({ auth_token: null, params: { token, vsn: "2.0.0" }, vsn: "2.0.0" })]],
       ],
       [["6", "7", "echo:1", "echo", { x: 1 }], [["6", "7", "echo:1", "phx_reply", ok({ x: 1 })]]],
       [
@@ -132,7 +134,7 @@ describe("transcripts", () => {
       "ref-a",
       "echo:refs",
       "phx_reply",
-      ok({ auth_token: null, params: { vsn: "2.0.0" }, vsn: "2.0.0" }),
+      ok({ auth_token: null, params: h.params(), vsn: "2.0.0" }),
     ]);
     r.send(["j-42", "ref-b", "echo:refs", "push_back", { p: 1 }]);
     const two = (await r.nextN(2)).map((e) => e.frame);

@@ -87,7 +87,9 @@ impl Socket {
         let id = SocketId::next();
         let serializer = connect.request.serializer;
         if let Some(topic) = &connect.socket_id {
-            pubsub.subscribe(
+            // Not awaited: a disconnect published in the first instants may be missed, which
+            // is harmless (the socket has just connected with a valid token).
+            drop(pubsub.subscribe(
                 topic,
                 Subscriber {
                     socket: id,
@@ -95,7 +97,7 @@ impl Socket {
                     kind: SubscriberKind::Control,
                     tx: tx.clone(),
                 },
-            );
+            ));
         }
         let shared = SocketShared {
             id,
@@ -290,7 +292,7 @@ impl Socket {
         };
         let reply = match result {
             Ok(Ok((channel, response))) => {
-                self.shared.pubsub.subscribe(
+                let subscribed = self.shared.pubsub.subscribe(
                     &msg.topic,
                     Subscriber {
                         socket: self.shared.id,
@@ -299,6 +301,7 @@ impl Socket {
                         tx: self.shared.tx.clone(),
                     },
                 );
+                subscribed.await;
                 self.channels.push(Joined {
                     topic: msg.topic.clone(),
                     join_ref: join_ref.clone(),

@@ -52,3 +52,14 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
 pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(status, &serde_json::json!({ "error": message }))
 }
+
+/// The future a [`Readiness`] check returns: `Ok(details)` when ready, `Err(details)` when not.
+pub type ReadyFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<serde_json::Value, serde_json::Value>> + Send + 'a>>;
+
+/// What `GET /readyz` asks before saying a node can take traffic (a load balancer takes a
+/// node out on 503).
+pub trait Readiness: Send + Sync + 'static {
+    /// Checks the node's dependencies.
+    fn check(&self) -> ReadyFuture<'_>;
+}

@@ -17,7 +17,8 @@
 //! | route                    | response |
 //! |--------------------------|----------|
 //! | `GET /socket/websocket`  | the WebSocket upgrade (or 400/403, see [`handshake`]) |
-//! | `GET /healthz`           | 200 `{"status":"ok","connections":N}` |
+//! | `GET /healthz`           | 200 `{"status":"ok","connections":N}` (liveness) |
+//! | `GET /readyz`            | 200 when the [`Readiness`] checks pass, else 503 |
 //! | the [`HttpApi`] prefix   | the application's API, if one is mounted |
 //! | anything else            | 404 |
 
@@ -48,7 +49,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use api::{ApiRequest, HttpApi};
+pub use api::{ApiRequest, HttpApi, Readiness};
 pub use config::ServerConfig;
 
 use crate::driver::DriverConfig;
@@ -56,8 +57,10 @@ use crate::origin::OriginPattern;
 
 /// The path phoenix.js connects to for `new Socket("/socket")`.
 pub const WEBSOCKET_PATH: &str = "/socket/websocket";
-/// The health endpoint.
+/// The liveness endpoint.
 pub const HEALTH_PATH: &str = "/healthz";
+/// The readiness endpoint.
+pub const READY_PATH: &str = "/readyz";
 
 type Body = Full<Bytes>;
 
@@ -68,6 +71,7 @@ pub struct Server {
     pubsub: Arc<dyn PubSub>,
     hook: Arc<dyn ConnectHook>,
     api: Option<Arc<dyn HttpApi>>,
+    readiness: Option<Arc<dyn Readiness>>,
 }
 
 struct Shared {
@@ -77,6 +81,7 @@ struct Shared {
     pubsub: Arc<dyn PubSub>,
     hook: Arc<dyn ConnectHook>,
     api: Option<Arc<dyn HttpApi>>,
+    readiness: Option<Arc<dyn Readiness>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     connections: AtomicUsize,
@@ -103,7 +108,14 @@ impl Server {
             pubsub,
             hook,
             api: None,
+            readiness: None,
         }
+    }
+
+    /// Makes `GET /readyz` check these dependencies.
+    pub fn with_readiness(mut self, readiness: Arc<dyn Readiness>) -> Server {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Mounts application HTTP routes on the same port.
@@ -135,6 +147,7 @@ impl Server {
             pubsub: self.pubsub,
             hook: self.hook,
             api: self.api,
+            readiness: self.readiness,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
@@ -252,7 +265,28 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) ->
             );
             resp
         }
+        READY_PATH => ready(&shared).await,
         _ => text(StatusCode::NOT_FOUND, ""),
+    }
+}
+
+async fn ready(shared: &Shared) -> Response<Body> {
+    if shared.shutdown.is_cancelled() {
+        let body = serde_json::json!({"status": "stopping"});
+        return api::json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+    }
+    let Some(readiness) = &shared.readiness else {
+        return api::json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}));
+    };
+    match readiness.check().await {
+        Ok(details) => api::json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready", "checks": details}),
+        ),
+        Err(details) => api::json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "unavailable", "checks": details}),
+        ),
     }
 }
 

@@ -126,6 +126,16 @@ pub struct ServeArgs {
     /// Bearer key of the backend HTTP API; the API is off without one.
     #[arg(long, env = "PLUME_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Redis URL (`redis://host:6379/0`): share pub/sub and every store with other nodes.
+    /// Without it everything stays in this process.
+    #[arg(long, env = "PLUME_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// This node's id in the cluster (1-64 of A-Z a-z 0-9 . _ -) [default: random].
+    #[arg(long, env = "PLUME_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Seconds a node counts as alive after its last heartbeat [default: 15].
+    #[arg(long, env = "PLUME_NODE_TTL", value_name = "SECS")]
+    pub node_ttl: Option<f64>,
     /// Also mount the sample echo:* channel (runtime diagnostics and the protocol test suite).
     #[arg(long, env = "PLUME_ECHO_CHANNEL")]
     pub echo_channel: bool,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use plume_chat::{ChatConfig, Membership, PublicKeyAlgorithm};
+use plume_redis::RedisConfig;
 use plume_server::ServerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The chat service.
     pub chat: ChatConfig,
+    /// The Redis cluster backend (used when `url` is set).
+    pub redis: RedisConfig,
     /// The transport.
     pub server: ServerConfig,
 }
@@ -55,7 +58,20 @@ impl Config {
         };
         hide(&mut c.api_key);
         hide(&mut c.auth.jwt_secret);
+        if !c.redis.url.is_empty() {
+            c.redis.url = redact_url(&c.redis.url);
+        }
         c
+    }
+}
+
+/// `redis://user:password@host` -> `redis://<redacted>@host`.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}<redacted>{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -135,6 +151,16 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(key) = &args.api_key {
         config.api_key = Some(key.clone());
     }
+    if let Some(url) = &args.redis_url {
+        config.redis.url = url.clone();
+    }
+    if let Some(id) = &args.node_id {
+        config.redis.node_id = id.clone();
+    }
+    if let Some(secs) = args.node_ttl {
+        config.redis.node_ttl =
+            Duration::try_from_secs_f64(secs).context("--node-ttl must be >= 0")?;
+    }
     if args.echo_channel {
         config.echo_channel = true;
     }
@@ -157,6 +183,12 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     }
     if config.chat.pending_limit == 0 {
         bail!("pending limit must be at least 1");
+    }
+    if !config.redis.node_id.is_empty() && !plume_redis::valid_node_id(&config.redis.node_id) {
+        bail!("node id must be 1-64 characters of A-Z a-z 0-9 . _ -");
+    }
+    if config.redis.node_ttl < Duration::from_secs(1) {
+        bail!("node TTL must be at least 1 second");
     }
     let auth = &config.auth;
     if auth.jwt_secret.is_some() && auth.jwt_public_key.is_some() {
@@ -235,7 +267,12 @@ mod tests {
             ..Config::default()
         };
         c.auth.jwt_secret = Some("s".into());
+        c.redis.url = "redis://:hunter2@redis:6379/0".into();
         let text = toml::to_string(&c.redacted()).unwrap();
         assert!(!text.contains("\"k\"") && !text.contains("\"s\""), "{text}");
+        assert!(
+            !text.contains("hunter2") && text.contains("@redis:6379/0"),
+            "{text}"
+        );
     }
 }

@@ -18,7 +18,11 @@ use clap::Parser;
 use plume_channels::echo::EchoChannel;
 use plume_channels::{LocalPubSub, PubSub, Router};
 use plume_chat::{ChatConnect, ChatService, JwtVerifier, PublicKeyAlgorithm, Stores};
+use plume_redis::{Cluster, RedisPubSub};
 use plume_server::Server;
+use plume_server::api::{Readiness, ReadyFuture};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, LogFormat, TokenArgs};
@@ -90,10 +94,50 @@ fn verifier(config: &Config) -> anyhow::Result<JwtVerifier> {
     }
 }
 
+/// `/readyz`: the Redis link, including a pub/sub round trip.
+struct RedisReadiness(Arc<RedisPubSub>);
+
+impl Readiness for RedisReadiness {
+    fn check(&self) -> ReadyFuture<'_> {
+        Box::pin(async move {
+            let stats = self.0.stats();
+            let counters = serde_json::json!({
+                "published": stats.published.load(Ordering::Relaxed),
+                "publish_errors": stats.publish_errors.load(Ordering::Relaxed),
+                "publish_dropped": stats.publish_dropped.load(Ordering::Relaxed),
+                "received": stats.received.load(Ordering::Relaxed),
+                "reconnects": stats.reconnects.load(Ordering::Relaxed),
+            });
+            match self.0.health(Duration::from_secs(2)).await {
+                Ok(rtt) => Ok(serde_json::json!({
+                    "redis": "ok",
+                    "pubsub_round_trip_ms": rtt.as_secs_f64() * 1000.0,
+                    "counters": counters,
+                })),
+                Err(err) => Err(serde_json::json!({
+                    "redis": "error",
+                    "error": err,
+                    "counters": counters,
+                })),
+            }
+        })
+    }
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let verifier = verifier(&config)?;
-    let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
-    let chat = ChatService::new(config.chat.clone(), Stores::memory(), pubsub.clone());
+    let local = Arc::new(LocalPubSub::new());
+    let (pubsub, stores, cluster): (Arc<dyn PubSub>, Stores, Option<Cluster>) =
+        if config.redis.url.is_empty() {
+            (local, Stores::memory(), None)
+        } else {
+            let cluster = Cluster::connect(&config.redis, local)
+                .await
+                .context("joining the redis cluster")?;
+            let stores = plume_chat::store::redis::stores(cluster.state.clone());
+            (cluster.pubsub.clone(), stores, Some(cluster))
+        };
+    let chat = ChatService::new(config.chat.clone(), stores, pubsub.clone());
     let mut router = chat.routes(Router::new());
     if config.echo_channel {
         router = router.channel::<EchoChannel>("echo:*", Arc::new(()));
@@ -108,9 +152,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Arc::new(ChatConnect::new(verifier)),
     )
     .with_http_api(Arc::new(chat.api(config.api_key.clone())));
+    let server = match &cluster {
+        Some(cluster) => server.with_readiness(Arc::new(RedisReadiness(cluster.pubsub.clone()))),
+        None => server,
+    };
     let running = server.start().await.context("binding the listener")?;
     wait_for_signal().await?;
     running.shutdown().await;
+    if let Some(cluster) = cluster {
+        cluster.depart().await;
+    }
     Ok(())
 }
 

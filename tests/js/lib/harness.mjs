@@ -4,6 +4,7 @@
 
 import { after, afterEach, before, it } from "node:test";
 import { startServer } from "./server.mjs";
+import { signJwt, withToken } from "./auth.mjs";
 import { DEFAULT_WAIT_MS, RawClient, createClient, waitForOpen, withTimeout } from "./client.mjs";
 
 export const DEFAULT_TEST_TIMEOUT_MS = 20_000;
@@ -23,14 +24,35 @@ export function usePlume(serverOptions = {}) {
     startError: null,
     _clients: [],
     _raw: [],
+    /** A valid connect token (user "test-user"), sent as the `token` param by default. */
+    token: signJwt("test-user"),
+
+    /** A valid connect token for another user id. */
+    tokenFor(sub) {
+      return signJwt(sub);
+    },
+
+    /** The params the server should report for a default client: token, extras, vsn. */
+    params(extra = {}, vsn = "2.0.0") {
+      return { token: h.token, ...extra, vsn };
+    },
+
+    /** Query string for raw clients: `token=<jwt>&<query>` unless it names a token. */
+    query(query = "vsn=2.0.0") {
+      return /(^|&)token=/.test(query) ? query : `token=${h.token}${query ? `&${query}` : ""}`;
+    },
 
     get url() {
       if (!h.server) throw new Error("plume server is not running (see the before hook error)");
       return h.server.url;
     },
 
-    /** Creates a phoenix.js client (not connected). */
-    client(opts = {}) {
+    /**
+     * Creates a phoenix.js client (not connected). The default token is added
+     * to its params unless they name one or `auth: false` is given.
+     */
+    client({ auth = true, ...opts } = {}) {
+      if (auth) opts.params = withToken(opts.params, h.token);
       const client = createClient(h.url, { label: `S${h._clients.length + 1}`, ...opts });
       h._clients.push(client);
       return client;
@@ -44,7 +66,7 @@ export function usePlume(serverOptions = {}) {
       return client;
     },
 
-    /** Opens a raw `ws` connection to /socket/websocket?<query>. */
+    /** Opens a raw `ws` connection to /socket/websocket?token=<jwt>&<query>. */
     async raw(query = "vsn=2.0.0", opts = {}) {
       const client = h.rawUnopened(query, opts);
       await withTimeout(client.opened, DEFAULT_WAIT_MS, `raw connect to ${client.url}`);
@@ -52,8 +74,9 @@ export function usePlume(serverOptions = {}) {
     },
 
     /** Creates a raw client without waiting for the handshake (for refusals). */
-    rawUnopened(query, opts = {}) {
-      const client = new RawClient(h.server.wsUrl(query), { label: `R${h._raw.length + 1}`, ...opts });
+    rawUnopened(query, { auth = true, ...opts } = {}) {
+      const q = auth ? h.query(query) : query;
+      const client = new RawClient(h.server.wsUrl(q), { label: `R${h._raw.length + 1}`, ...opts });
       h._raw.push(client);
       return client;
     },

@@ -8,6 +8,7 @@ import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { TEST_JWT_SECRET } from "./auth.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
@@ -19,7 +20,20 @@ const LISTEN_ADDR_RE = /addr=(\d+\.\d+\.\d+\.\d+:\d+)/;
 const ANSI_RE = /\x1b\[[0-9;]*[A-Za-z]/g;
 
 const DEFAULT_START_TIMEOUT_MS = 10_000;
-const DEFAULT_STOP_TIMEOUT_MS = 10_000;
+// Above the server's default shutdown grace period (10 s).
+const DEFAULT_STOP_TIMEOUT_MS = 15_000;
+
+/**
+ * Environment every server gets (tests may override it):
+ * - PLUME_ECHO_CHANNEL mounts the sample `echo:*` channel, which is opt-in
+ *   once the chat service is wired in (binaries without the flag ignore it);
+ * - PLUME_JWT_SECRET makes the tokens from lib/auth.mjs valid.
+ */
+export const DEFAULT_SERVER_ENV = {
+  NO_COLOR: "1",
+  PLUME_ECHO_CHANNEL: "true",
+  PLUME_JWT_SECRET: TEST_JWT_SECRET,
+};
 
 // Every child we spawn, so that an abnormal exit of the test process
 // does not leave servers behind.
@@ -65,7 +79,8 @@ export function assertBinaryExists(bin = plumeBinaryPath()) {
  */
 export async function startServer(opts = {}) {
   const server = new PlumeServer(opts);
-  await server.start("127.0.0.1:0");
+  // Port 0 cannot clash, so an early exit is a real failure: no retries.
+  await server.start("127.0.0.1:0", { attempts: 1 });
   return server;
 }
 
@@ -120,10 +135,10 @@ export class PlumeServer {
 
   /**
    * Spawns the binary bound to `bind` and waits for the listening line.
-   * A process that dies before listening (e.g. the port is still held by
-   * the previous process during a restart) is retried a few times.
+   * With `attempts` > 1, a process that dies before listening (e.g. the port
+   * is still held by the previous process during a restart) is retried.
    */
-  async start(bind, { attempts = 5 } = {}) {
+  async start(bind, { attempts = 1 } = {}) {
     if (this.child) throw new Error("plume server is already running");
     let lastError;
     for (let attempt = 1; attempt <= attempts; attempt++) {
@@ -145,7 +160,7 @@ export class PlumeServer {
     this._note("harness", `spawn ${this.bin} ${args.join(" ")}`);
     const child = spawn(this.bin, args, {
       cwd: REPO_ROOT,
-      env: { ...process.env, NO_COLOR: "1", ...this.extraEnv },
+      env: { ...process.env, ...DEFAULT_SERVER_ENV, ...this.extraEnv },
       stdio: ["ignore", "pipe", "pipe"],
     });
     liveChildren.add(child);
@@ -229,7 +244,7 @@ export class PlumeServer {
 
   /**
    * Sends `signal` (SIGTERM by default) and waits for the process to exit.
-   * If it does not exit within `timeoutMs` it is killed with SIGKILL and
+   * If it does not exit within `timeoutMs` (15 s) it is killed with SIGKILL and
    * `lastExit.forced` is set.
    */
   async stop({ signal = "SIGTERM", timeoutMs = DEFAULT_STOP_TIMEOUT_MS } = {}) {

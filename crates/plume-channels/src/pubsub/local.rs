@@ -17,7 +17,9 @@ use indexmap::IndexMap;
 use parking_lot::RwLock;
 use plume_wire::{Frame, Serializer, event};
 
-use super::{Broadcast, PubSub, PubSubError, Subscriber, SubscriberKind};
+use super::{
+    Broadcast, PubSub, PubSubError, Subscribed, Subscriber, SubscriberKind, subscribed_now,
+};
 use crate::outbound::{Out, SendError, SocketId};
 
 const SHARDS: usize = 64;
@@ -137,6 +139,14 @@ impl LocalPubSub {
         delivered
     }
 
+    /// Every topic with at least one local subscriber.
+    pub fn topics(&self) -> Vec<String> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.read().keys().map(|k| k.to_string()).collect::<Vec<_>>())
+            .collect()
+    }
+
     /// Number of topics with at least one local subscriber.
     pub fn topic_count(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
@@ -170,8 +180,9 @@ fn encode(serializer: Serializer, msg: &Broadcast) -> Option<Frame> {
 }
 
 impl PubSub for LocalPubSub {
-    fn subscribe(&self, topic: &str, sub: Subscriber) {
+    fn subscribe(&self, topic: &str, sub: Subscriber) -> Subscribed {
         self.add(topic, sub);
+        subscribed_now()
     }
 
     fn unsubscribe(&self, topic: &str, socket: SocketId) {

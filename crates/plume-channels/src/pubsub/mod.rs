@@ -58,6 +58,14 @@ pub struct Subscriber {
     pub tx: OutboundTx,
 }
 
+/// Completes when a subscription is effective cluster-wide (see [`PubSub::subscribe`]).
+pub type Subscribed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A subscription that is effective immediately.
+pub fn subscribed_now() -> Subscribed {
+    Box::pin(std::future::ready(()))
+}
+
 /// A publish that could not be handed to the backend.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("pub/sub unavailable: {0}")]
@@ -65,8 +73,12 @@ pub struct PubSubError(pub String);
 
 /// Topic subscriptions and broadcasts. See the module docs for the guarantees.
 pub trait PubSub: Send + Sync + 'static {
-    /// Adds (or replaces) the subscription of `sub.socket` to `topic`.
-    fn subscribe(&self, topic: &str, sub: Subscriber);
+    /// Adds (or replaces) the subscription of `sub.socket` to `topic`. Local delivery starts
+    /// at once; the returned future completes when broadcasts from other nodes will arrive
+    /// too (a clustered backend confirms its upstream subscription, or gives up after a short
+    /// timeout and keeps retrying in the background). The socket awaits it before answering
+    /// a join, so a message published right after the join reply is not missed.
+    fn subscribe(&self, topic: &str, sub: Subscriber) -> Subscribed;
 
     /// Removes the subscription of `socket` to `topic`, if any.
     fn unsubscribe(&self, topic: &str, socket: SocketId);

@@ -1,10 +1,12 @@
 //! The chat service's state, behind traits so a node can keep it in memory (the single-node
-//! default, [`memory`]) or share it through Redis (plume-redis) without the channels changing.
+//! default, [`memory`]) or share it through Redis ([`redis`], over plume-redis) without the
+//! channels changing.
 //!
 //! Every method is async and returns [`StoreError`] when the backend cannot answer; the
 //! channels turn that into an error reply (`storage_unavailable`) instead of dropping data.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;

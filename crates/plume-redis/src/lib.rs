@@ -1,0 +1,214 @@
+//! Plume's Redis adapter: what lets several `plume serve` nodes behind a load balancer act as
+//! one server.
+//!
+//! - [`RedisPubSub`]: cross-node fan-out, one `PUBLISH` per broadcast, per-topic
+//!   subscriptions, reconnect and resubscribe.
+//! - [`RedisState`]: the shared state (membership, idempotency keys, pending notifications,
+//!   cluster-wide presence with per-node expiry).
+//! - [`envelope`]: the versioned message format between nodes.
+//! - [`Cluster`] (this file): connects both and runs the node heartbeat.
+//! - `test_server` (feature `test-server`): a private `redis-server` for tests.
+//!
+//! Depends only on plume-channels and plume-wire; the chat service adapts [`RedisState`] to
+//! its store traits.
+
+pub mod envelope;
+pub mod pubsub;
+pub mod state;
+#[cfg(feature = "test-server")]
+pub mod test_server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plume_channels::LocalPubSub;
+use redis::aio::ConnectionManagerConfig;
+use serde::{Deserialize, Serialize};
+
+pub use pubsub::RedisPubSub;
+pub use state::{RedisState, StateError};
+
+/// Redis settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// This node's id; must be unique in the cluster. Random when empty.
+    pub node_id: String,
+    /// How long a node counts as alive after its last heartbeat. Default 15 s.
+    #[serde(with = "secs")]
+    pub node_ttl: Duration,
+    /// Broadcasts waiting to be published before new ones are refused. Default 65536.
+    pub publish_queue: usize,
+    /// Timeout of one Redis command. Default 2 s.
+    #[serde(with = "secs")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            node_id: String::new(),
+            node_ttl: Duration::from_secs(15),
+            publish_queue: 65536,
+            command_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A random node id: `node-` and 12 hex digits.
+pub fn random_node_id() -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("node-{}", &id[id.len() - 12..])
+}
+
+/// Checks a node id: 1 to 64 characters of `[A-Za-z0-9._-]` (it is embedded in Redis keys
+/// and fields, where `|` separates it from the rest).
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A node's connection to the cluster.
+pub struct Cluster {
+    /// Fan-out.
+    pub pubsub: Arc<RedisPubSub>,
+    /// Shared state.
+    pub state: RedisState,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+/// The cluster could not be joined at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct ClusterError(pub String);
+
+impl Cluster {
+    /// Connects to Redis (failing if it is unreachable now: a node should not start blind),
+    /// clears records a previous process with the same node id left behind, and starts the
+    /// fan-out tasks and the heartbeat. Later outages are survived: see [`pubsub`].
+    pub async fn connect(
+        config: &RedisConfig,
+        local: Arc<LocalPubSub>,
+    ) -> Result<Cluster, ClusterError> {
+        let node = if config.node_id.is_empty() {
+            random_node_id()
+        } else {
+            config.node_id.clone()
+        };
+        if !valid_node_id(&node) {
+            return Err(ClusterError(format!(
+                "node id {node:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+            )));
+        }
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| ClusterError(format!("bad url {:?}: {e}", config.url)))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.command_timeout))
+            .set_response_timeout(Some(config.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = tokio::time::timeout(
+            config.command_timeout * 2,
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        .map_err(|_| ClusterError(format!("connecting to {} timed out", config.url)))?
+        .map_err(|e| ClusterError(format!("connecting to {}: {e}", config.url)))?;
+        let state = RedisState::new(conn.clone(), node.clone(), config.node_ttl);
+        state
+            .clear_node(&node)
+            .await
+            .map_err(|e| ClusterError(e.to_string()))?;
+        state
+            .heartbeat()
+            .await
+            .map_err(|e| ClusterError(e.to_string()))?;
+        let pubsub = Arc::new(RedisPubSub::start(
+            client,
+            conn,
+            local,
+            node.clone().into(),
+            config.publish_queue,
+        ));
+        // Ready means subscribed: wait (briefly) for the pub/sub connection.
+        let deadline = tokio::time::Instant::now() + config.command_timeout * 2;
+        while !pubsub
+            .stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ClusterError(
+                    "the pub/sub connection did not come up".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let heartbeat = tokio::spawn(heartbeat_loop(state.clone(), config.node_ttl / 3));
+        tracing::info!(node, url = %config.url, "joined the redis cluster");
+        Ok(Cluster {
+            pubsub,
+            state,
+            heartbeat,
+        })
+    }
+
+    /// Leaves the cluster cleanly (on graceful shutdown): stops the heartbeat and removes
+    /// this node's presence records, so its users stop counting as connected at once.
+    pub async fn depart(self) {
+        self.heartbeat.abort();
+        if let Err(err) = self.state.depart().await {
+            tracing::warn!(%err, "could not clear this node's presence on shutdown");
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// Dropping the handle without [`Cluster::depart`] stops the heartbeat, as a crash would:
+    /// the node's records expire after the TTL.
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+async fn heartbeat_loop(state: RedisState, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match state.heartbeat().await {
+            Ok(()) if failing => {
+                tracing::info!("redis heartbeat recovered");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(err) if !failing => {
+                tracing::warn!(%err, "redis heartbeat failed");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}

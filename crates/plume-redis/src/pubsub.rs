@@ -1,0 +1,388 @@
+//! [`RedisPubSub`]: cluster-wide fan-out on top of the local registry.
+//!
+//! - A broadcast is dispatched to this node's subscribers at once, then handed to one
+//!   publisher task, which sends it as one Redis `PUBLISH` on `plume:t:{topic}`. Batches of
+//!   queued publishes go out as one pipeline, in queue order, so per-topic order holds.
+//! - One subscriber task owns the node's Redis pub/sub connection. The node subscribes to
+//!   `plume:t:{topic}` when the topic gets its first local subscriber and unsubscribes after
+//!   the last one leaves. The task reconciles against the local registry, so the order in
+//!   which joins and leaves race does not matter: it subscribes exactly to the topics that
+//!   have local subscribers.
+//! - A message from another node is decoded once and dispatched through the local registry,
+//!   which encodes it once per serializer. The node ignores its own messages.
+//! - When the connection drops, the task reconnects with backoff (100 ms doubling to 5 s) and
+//!   resubscribes every local topic. Meanwhile local delivery continues; cross-node messages
+//!   published during the outage are lost (Redis pub/sub keeps nothing), which the counters
+//!   and the log show.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use plume_channels::{
+    Broadcast, LocalPubSub, PubSub, PubSubError, SocketId, Subscribed, Subscriber,
+};
+use redis::aio::{ConnectionManager, PubSubSink};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::envelope;
+
+/// Prefix of the per-topic Redis channels.
+pub const TOPIC_CHANNEL_PREFIX: &str = "plume:t:";
+
+/// How long a join waits for the upstream subscription before answering anyway.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
+
+fn topic_channel(topic: &str) -> String {
+    format!("{TOPIC_CHANNEL_PREFIX}{topic}")
+}
+
+fn health_channel(node: &str) -> String {
+    format!("plume:health:{node}")
+}
+
+/// Counters of the Redis link, for `/readyz` and the logs.
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Whether the pub/sub connection is up and subscribed.
+    pub connected: AtomicBool,
+    /// Broadcasts published to Redis.
+    pub published: AtomicU64,
+    /// Broadcasts that failed to publish (Redis error).
+    pub publish_errors: AtomicU64,
+    /// Broadcasts refused because the publish queue was full.
+    pub publish_dropped: AtomicU64,
+    /// Messages received from other nodes.
+    pub received: AtomicU64,
+    /// Messages from other nodes that could not be decoded.
+    pub malformed: AtomicU64,
+    /// Pub/sub reconnections.
+    pub reconnects: AtomicU64,
+}
+
+enum Control {
+    /// Make the Redis subscription of `topic` match the local registry, then ack.
+    Reconcile {
+        topic: String,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// Resolve `done` when the health nonce comes back.
+    HealthWait {
+        nonce: u64,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Fan-out through Redis. See the module docs.
+pub struct RedisPubSub {
+    local: Arc<LocalPubSub>,
+    node: Arc<str>,
+    control: mpsc::UnboundedSender<Control>,
+    publish: mpsc::Sender<(String, Bytes)>,
+    conn: ConnectionManager,
+    stats: Arc<Stats>,
+    nonce: AtomicU64,
+}
+
+impl RedisPubSub {
+    /// Starts the subscriber and publisher tasks. `publish_queue` bounds the broadcasts
+    /// waiting to be published.
+    pub(crate) fn start(
+        client: redis::Client,
+        conn: ConnectionManager,
+        local: Arc<LocalPubSub>,
+        node: Arc<str>,
+        publish_queue: usize,
+    ) -> RedisPubSub {
+        let stats = Arc::new(Stats::default());
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (publish, publish_rx) = mpsc::channel(publish_queue.max(1));
+        tokio::spawn(subscriber(
+            client,
+            local.clone(),
+            node.clone(),
+            control_rx,
+            stats.clone(),
+        ));
+        tokio::spawn(publisher(conn.clone(), publish_rx, stats.clone()));
+        RedisPubSub {
+            local,
+            node,
+            control,
+            publish,
+            conn,
+            stats,
+            nonce: AtomicU64::new(1),
+        }
+    }
+
+    /// The link's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The local registry under this backend.
+    pub fn local(&self) -> &Arc<LocalPubSub> {
+        &self.local
+    }
+
+    /// Checks the Redis link: a PING on the command connection and a message round trip
+    /// through this node's pub/sub subscription. Returns the round-trip time.
+    pub async fn health(&self, limit: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let ping =
+            tokio::time::timeout(limit, redis::cmd("PING").query_async::<String>(&mut conn)).await;
+        match ping {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return Err(format!("redis PING failed: {err}")),
+            Err(_) => return Err("redis PING timed out".into()),
+        }
+        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
+        let (done, wait) = oneshot::channel();
+        self.control
+            .send(Control::HealthWait { nonce, done })
+            .map_err(|_| "subscriber task gone".to_owned())?;
+        let published = redis::cmd("PUBLISH")
+            .arg(health_channel(&self.node))
+            .arg(nonce.to_string())
+            .query_async::<i64>(&mut conn)
+            .await;
+        if let Err(err) = published {
+            return Err(format!("redis PUBLISH failed: {err}"));
+        }
+        match tokio::time::timeout(limit, wait).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            _ => Err("pub/sub round trip did not complete".into()),
+        }
+    }
+}
+
+impl PubSub for RedisPubSub {
+    fn subscribe(&self, topic: &str, sub: Subscriber) -> Subscribed {
+        self.local.add(topic, sub);
+        let (done, wait) = oneshot::channel();
+        let sent = self.control.send(Control::Reconcile {
+            topic: topic.to_owned(),
+            done: Some(done),
+        });
+        Box::pin(async move {
+            if sent.is_ok() {
+                let _ = tokio::time::timeout(SUBSCRIBE_WAIT, wait).await;
+            }
+        })
+    }
+
+    fn unsubscribe(&self, topic: &str, socket: SocketId) {
+        if self.local.remove(topic, socket) {
+            let _ = self.control.send(Control::Reconcile {
+                topic: topic.to_owned(),
+                done: None,
+            });
+        }
+    }
+
+    fn broadcast(&self, msg: Broadcast) -> Result<(), PubSubError> {
+        self.local.dispatch(&msg);
+        let from = msg.from.map_or(0, |s| s.0);
+        let data = envelope::encode(&self.node, from, &msg.event, &msg.payload)
+            .map_err(|e| PubSubError(e.to_string()))?;
+        match self.publish.try_send((topic_channel(&msg.topic), data)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                Err(PubSubError("redis publish queue full".into()))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(PubSubError("redis publisher stopped".into()))
+            }
+        }
+    }
+}
+
+async fn publisher(
+    mut conn: ConnectionManager,
+    mut rx: mpsc::Receiver<(String, Bytes)>,
+    stats: Arc<Stats>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    let mut last_warning: Option<Instant> = None;
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let n = batch.len() as u64;
+        let mut pipe = redis::pipe();
+        for (channel, data) in batch.drain(..) {
+            pipe.cmd("PUBLISH").arg(channel).arg(data.as_ref()).ignore();
+        }
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => {
+                stats.published.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(err) => {
+                let total = stats.publish_errors.fetch_add(n, Ordering::Relaxed) + n;
+                // One line per second at most while Redis is down.
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    tracing::warn!(%err, lost = n, total_lost = total,
+                        "redis publish failed; cross-node delivery interrupted");
+                    last_warning = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+struct SubscriberState {
+    local: Arc<LocalPubSub>,
+    node: Arc<str>,
+    stats: Arc<Stats>,
+    subscribed: HashSet<String>,
+    health_waiters: HashMap<u64, oneshot::Sender<()>>,
+}
+
+impl SubscriberState {
+    /// Subscribes or unsubscribes `topic` to match the local registry.
+    async fn reconcile(&mut self, sink: &mut PubSubSink, topic: &str) -> redis::RedisResult<()> {
+        let wanted = self.local.subscriber_count(topic) > 0;
+        let have = self.subscribed.contains(topic);
+        if wanted && !have {
+            sink.subscribe(topic_channel(topic)).await?;
+            self.subscribed.insert(topic.to_owned());
+        } else if !wanted && have {
+            sink.unsubscribe(topic_channel(topic)).await?;
+            self.subscribed.remove(topic);
+        }
+        Ok(())
+    }
+
+    fn handle_message(&mut self, msg: &redis::Msg) {
+        let channel = msg.get_channel_name();
+        if let Some(topic) = channel.strip_prefix(TOPIC_CHANNEL_PREFIX) {
+            let data = Bytes::copy_from_slice(msg.get_payload_bytes());
+            match envelope::decode(data) {
+                Ok(env) if *env.node == *self.node => {}
+                Ok(env) => {
+                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    self.local.dispatch(&Broadcast {
+                        topic: topic.into(),
+                        event: env.event.into(),
+                        payload: env.payload,
+                        from: None,
+                    });
+                }
+                Err(err) => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(channel, %err, "dropping an undecodable cluster message");
+                }
+            }
+        } else if let Ok(nonce) = std::str::from_utf8(msg.get_payload_bytes())
+            .unwrap_or("")
+            .parse::<u64>()
+            && let Some(done) = self.health_waiters.remove(&nonce)
+        {
+            let _ = done.send(());
+        }
+    }
+
+    fn handle_control_offline(&mut self, ctl: Control) {
+        match ctl {
+            // Offline: the topic is resubscribed on reconnect; do not hold the join up.
+            Control::Reconcile { done, .. } => {
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            // Dropping the waiter fails the health check, which is the truth.
+            Control::HealthWait { .. } => {}
+        }
+    }
+}
+
+async fn subscriber(
+    client: redis::Client,
+    local: Arc<LocalPubSub>,
+    node: Arc<str>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    stats: Arc<Stats>,
+) {
+    let mut state = SubscriberState {
+        local,
+        node,
+        stats,
+        subscribed: HashSet::new(),
+        health_waiters: HashMap::new(),
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        if !first {
+            state.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            // Sleep, but keep acknowledging joins meanwhile.
+            let wake = tokio::time::sleep(backoff);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    () = &mut wake => break,
+                    ctl = control.recv() => match ctl {
+                        Some(ctl) => state.handle_control_offline(ctl),
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        first = false;
+        let (mut sink, mut stream) = match client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub.split(),
+            Err(err) => {
+                tracing::warn!(%err, retry_in = ?backoff, "redis pub/sub connect failed");
+                continue;
+            }
+        };
+        state.subscribed.clear();
+        let mut setup = sink.subscribe(health_channel(&state.node)).await;
+        if setup.is_ok() {
+            for topic in state.local.topics() {
+                setup = state.reconcile(&mut sink, &topic).await;
+                if setup.is_err() {
+                    break;
+                }
+            }
+        }
+        if let Err(err) = setup {
+            tracing::warn!(%err, "redis pub/sub subscribe failed");
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        state.stats.connected.store(true, Ordering::Relaxed);
+        tracing::info!(topics = state.subscribed.len(), "redis pub/sub connected");
+        loop {
+            tokio::select! {
+                ctl = control.recv() => match ctl {
+                    None => return,
+                    Some(Control::Reconcile { topic, done }) => {
+                        let result = state.reconcile(&mut sink, &topic).await;
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                        if let Err(err) = result {
+                            tracing::warn!(%err, topic, "redis subscription change failed");
+                            break;
+                        }
+                    }
+                    Some(Control::HealthWait { nonce, done }) => {
+                        state.health_waiters.insert(nonce, done);
+                    }
+                },
+                msg = stream.next() => match msg {
+                    Some(msg) => state.handle_message(&msg),
+                    None => break,
+                },
+            }
+        }
+        state.stats.connected.store(false, Ordering::Relaxed);
+        state.health_waiters.clear();
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+    }
+}

@@ -1,0 +1,320 @@
+//! [`RedisState`]: the shared state of a cluster in Redis. The chat service's store traits
+//! are implemented on top of these operations (in plume-chat), which keeps this crate free of
+//! application types.
+//!
+//! Keys (every id is used verbatim; where a key holds several ids they are length-prefixed so
+//! no id can forge another key):
+//!
+//! | key | type | what |
+//! |-----|------|------|
+//! | `plume:members:{chat}` | set | members of a chat |
+//! | `plume:idem:{len}:{user}:{len}:{chat}:{ref}` | string, with expiry | the first result of a send |
+//! | `plume:pending:{user}` | list | pending notifications, oldest first (JSON) |
+//! | `plume:presence:{user}` | hash `{node}\|{target}` -> count | sockets of the user per node and target |
+//! | `plume:node-users:{node}` | set | users with presence records on a node (for cleanup) |
+//! | `plume:nodes` | sorted set node -> expiry (ms, Redis clock) | live nodes |
+//!
+//! Presence records are per node and count only while the node is alive: each node refreshes
+//! its expiry in `plume:nodes` every third of the TTL. A query ignores records of nodes whose
+//! expiry has passed, so a crashed node's users stop counting as connected within the TTL
+//! (default 15 s); live nodes also sweep the dead node's records.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, RedisError, Script};
+
+/// A Redis operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct StateError(pub String);
+
+impl From<RedisError> for StateError {
+    fn from(err: RedisError) -> Self {
+        StateError(err.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, StateError>;
+
+const NODES: &str = "plume:nodes";
+
+fn members_key(chat: &str) -> String {
+    format!("plume:members:{chat}")
+}
+
+fn idem_key(user: &str, chat: &str, mobile_ref_id: &str) -> String {
+    format!(
+        "plume:idem:{}:{user}:{}:{chat}:{mobile_ref_id}",
+        user.len(),
+        chat.len()
+    )
+}
+
+fn pending_key(user: &str) -> String {
+    format!("plume:pending:{user}")
+}
+
+fn presence_key(user: &str) -> String {
+    format!("plume:presence:{user}")
+}
+
+fn node_users_key(node: &str) -> String {
+    format!("plume:node-users:{node}")
+}
+
+/// `1` when any live node has a positive count for the target. KEYS: presence hash, nodes
+/// zset. ARGV: target.
+const PRESENT_LUA: &str = r"
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local f = fields[i]
+  local sep = string.find(f, '|', 1, true)
+  if sep and string.sub(f, sep + 1) == ARGV[1] and tonumber(fields[i + 1]) > 0 then
+    local expiry = redis.call('ZSCORE', KEYS[2], string.sub(f, 1, sep - 1))
+    if expiry and tonumber(expiry) >= now_ms then
+      return 1
+    end
+  end
+end
+return 0
+";
+
+/// Decrements a presence count and deletes it at zero. KEYS: presence hash. ARGV: field.
+const LEAVE_LUA: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return n
+";
+
+/// Refreshes this node's expiry and returns the nodes that have expired (removing them from
+/// the live set). KEYS: nodes zset. ARGV: node, ttl ms.
+const HEARTBEAT_LUA: &str = r"
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now_ms)
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now_ms)
+end
+return dead
+";
+
+/// Removes every presence record of a node. KEYS: node-users set. ARGV: node.
+const CLEAR_NODE_LUA: &str = r"
+local prefix = ARGV[1] .. '|'
+local users = redis.call('SMEMBERS', KEYS[1])
+for _, user in ipairs(users) do
+  local key = 'plume:presence:' .. user
+  local fields = redis.call('HKEYS', key)
+  for _, f in ipairs(fields) do
+    if string.sub(f, 1, #prefix) == prefix then
+      redis.call('HDEL', key, f)
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+return #users
+";
+
+/// Shared cluster state in Redis.
+#[derive(Clone)]
+pub struct RedisState {
+    conn: ConnectionManager,
+    node: String,
+    node_ttl: Duration,
+}
+
+impl RedisState {
+    pub(crate) fn new(conn: ConnectionManager, node: String, node_ttl: Duration) -> RedisState {
+        RedisState {
+            conn,
+            node,
+            node_ttl,
+        }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    // Membership.
+
+    /// Adds a member.
+    pub async fn add_member(&self, chat: &str, user: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.sadd(members_key(chat), user).await?;
+        Ok(())
+    }
+
+    /// Removes a member; true if they were one.
+    pub async fn remove_member(&self, chat: &str, user: &str) -> Result<bool> {
+        let mut c = self.conn.clone();
+        let n: i64 = c.srem(members_key(chat), user).await?;
+        Ok(n > 0)
+    }
+
+    /// Whether `user` is a member.
+    pub async fn is_member(&self, chat: &str, user: &str) -> Result<bool> {
+        let mut c = self.conn.clone();
+        Ok(c.sismember(members_key(chat), user).await?)
+    }
+
+    /// All members, sorted.
+    pub async fn members(&self, chat: &str) -> Result<Vec<String>> {
+        let mut c = self.conn.clone();
+        let mut members: Vec<String> = c.smembers(members_key(chat)).await?;
+        members.sort();
+        Ok(members)
+    }
+
+    // Idempotency.
+
+    /// Atomically stores `value` for the send key unless one is stored; returns the stored
+    /// value when there was one (`SET NX GET PX`).
+    pub async fn claim_send(
+        &self,
+        user: &str,
+        chat: &str,
+        mobile_ref_id: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>> {
+        let mut c = self.conn.clone();
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(idem_key(user, chat, mobile_ref_id))
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await?;
+        Ok(previous)
+    }
+
+    /// Forgets a send key.
+    pub async fn release_send(&self, user: &str, chat: &str, mobile_ref_id: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.del(idem_key(user, chat, mobile_ref_id)).await?;
+        Ok(())
+    }
+
+    // Pending notifications.
+
+    /// Appends to a user's pending list, keeping the newest `limit`; returns how many were
+    /// dropped. One transaction.
+    pub async fn push_pending(&self, user: &str, item: &str, limit: usize) -> Result<usize> {
+        let key = pending_key(user);
+        let limit = limit.max(1) as i64;
+        let mut c = self.conn.clone();
+        let (len,): (i64,) = redis::pipe()
+            .atomic()
+            .rpush(&key, item)
+            .ltrim(&key, -(limit as isize), -1)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok((len - limit).max(0) as usize)
+    }
+
+    /// Removes and returns a user's whole pending list, oldest first. One transaction, so
+    /// two concurrent takers never get the same items.
+    pub async fn take_pending(&self, user: &str) -> Result<Vec<String>> {
+        let key = pending_key(user);
+        let mut c = self.conn.clone();
+        let (items,): (Vec<String>,) = redis::pipe()
+            .atomic()
+            .lrange(&key, 0, -1)
+            .del(&key)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        Ok(items)
+    }
+
+    // Presence.
+
+    fn field(&self, target: &str) -> String {
+        format!("{}|{target}", self.node)
+    }
+
+    /// One more socket of `user` on this node for `target` (`chat:{id}`, `notifications`).
+    pub async fn enter(&self, user: &str, target: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .hincr(presence_key(user), self.field(target), 1)
+            .ignore()
+            .sadd(node_users_key(&self.node), user)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// One socket of `user` on this node left `target`.
+    pub async fn leave(&self, user: &str, target: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = Script::new(LEAVE_LUA)
+            .key(presence_key(user))
+            .arg(self.field(target))
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether any live node has a socket of `user` on `target`.
+    pub async fn present(&self, user: &str, target: &str) -> Result<bool> {
+        let mut c = self.conn.clone();
+        let found: i64 = Script::new(PRESENT_LUA)
+            .key(presence_key(user))
+            .key(NODES)
+            .arg(target)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(found == 1)
+    }
+
+    /// Refreshes this node's liveness and sweeps the records of nodes that died.
+    pub async fn heartbeat(&self) -> Result<()> {
+        let mut c = self.conn.clone();
+        let dead: Vec<String> = Script::new(HEARTBEAT_LUA)
+            .key(NODES)
+            .arg(&self.node)
+            .arg(self.node_ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        for node in dead {
+            let users = self.clear_node(&node).await?;
+            tracing::info!(
+                node,
+                users,
+                "swept presence of a node that stopped heartbeating"
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes every presence record of `node`; returns how many users had some.
+    pub async fn clear_node(&self, node: &str) -> Result<i64> {
+        let mut c = self.conn.clone();
+        Ok(Script::new(CLEAR_NODE_LUA)
+            .key(node_users_key(node))
+            .arg(node)
+            .invoke_async(&mut c)
+            .await?)
+    }
+
+    /// Leaves the cluster: clears this node's records and its liveness entry.
+    pub async fn depart(&self) -> Result<()> {
+        self.clear_node(&self.node).await?;
+        let mut c = self.conn.clone();
+        let _: i64 = c.zrem(NODES, &self.node).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,355 @@
+//! plume-redis against a real, private redis-server: fan-out between two nodes, the shared
+//! state operations, presence expiry and surviving a Redis restart.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use plume_channels::outbound::{Batch, outbound};
+use plume_channels::{
+    Broadcast, LocalPubSub, Out, OutboundRx, PubSub, SocketId, Subscriber, SubscriberKind,
+};
+use plume_redis::test_server::RedisServer;
+use plume_redis::{Cluster, RedisConfig};
+use plume_wire::{Frame, Json, Payload, Serializer};
+
+fn config(redis: &RedisServer, node: &str) -> RedisConfig {
+    RedisConfig {
+        url: redis.url(),
+        node_id: node.into(),
+        node_ttl: Duration::from_secs(2),
+        ..RedisConfig::default()
+    }
+}
+
+async fn node(redis: &RedisServer, name: &str) -> Cluster {
+    Cluster::connect(&config(redis, name), Arc::new(LocalPubSub::new()))
+        .await
+        .unwrap()
+}
+
+/// Subscribes a fake socket to `topic` on `pubsub`; returns its queue.
+async fn subscribe(pubsub: &dyn PubSub, topic: &str, id: u64) -> OutboundRx {
+    let (tx, rx) = outbound(1024);
+    pubsub
+        .subscribe(
+            topic,
+            Subscriber {
+                socket: SocketId(id),
+                serializer: Serializer::V2,
+                kind: SubscriberKind::Fastlane,
+                tx,
+            },
+        )
+        .await;
+    rx
+}
+
+fn json(s: &str) -> Payload {
+    Payload::Json(Json::from_text(Bytes::copy_from_slice(s.as_bytes())).unwrap())
+}
+
+fn broadcast(topic: &str, event: &str, payload: &str, from: Option<u64>) -> Broadcast {
+    Broadcast {
+        topic: topic.into(),
+        event: event.into(),
+        payload: json(payload),
+        from: from.map(SocketId),
+    }
+}
+
+/// Collects frames from a queue until `n` arrived (or 5 s passed).
+async fn frames(rx: &mut OutboundRx, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv_batch(&mut buf)).await {
+            Ok(Batch::Items) => {}
+            _ => break,
+        }
+        for item in buf.drain(..) {
+            if let Out::Frame(Frame::Text(b)) = item {
+                got.push(String::from_utf8(b.to_vec()).unwrap());
+            }
+        }
+    }
+    got
+}
+
+async fn silent(rx: &mut OutboundRx) -> bool {
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_millis(300), rx.recv_batch(&mut buf))
+        .await
+        .is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_reach_every_node_exactly_once_in_order() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    let mut on_a = subscribe(a.pubsub.as_ref(), "room:1", 1).await;
+    let mut on_b = subscribe(b.pubsub.as_ref(), "room:1", 2).await;
+    for i in 0..50 {
+        a.pubsub
+            .broadcast(broadcast("room:1", "n", &format!(r#"{{"i":{i}}}"#), None))
+            .unwrap();
+    }
+    let expected: Vec<String> = (0..50)
+        .map(|i| format!(r#"[null,null,"room:1","n",{{"i":{i}}}]"#))
+        .collect();
+    assert_eq!(frames(&mut on_a, 50).await, expected);
+    assert_eq!(frames(&mut on_b, 50).await, expected);
+    assert!(
+        silent(&mut on_a).await,
+        "node a delivered its own broadcast twice"
+    );
+    assert!(silent(&mut on_b).await, "node b got duplicates");
+    assert_eq!(
+        a.pubsub
+            .stats()
+            .published
+            .load(std::sync::atomic::Ordering::Relaxed),
+        50
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_from_excludes_only_the_sender_across_nodes() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    let mut sender = subscribe(a.pubsub.as_ref(), "room:2", 1).await;
+    let mut neighbour = subscribe(a.pubsub.as_ref(), "room:2", 2).await;
+    let mut remote = subscribe(b.pubsub.as_ref(), "room:2", 1).await; // same socket number, other node
+    a.pubsub
+        .broadcast(broadcast("room:2", "m", "{}", Some(1)))
+        .unwrap();
+    assert_eq!(frames(&mut neighbour, 1).await.len(), 1);
+    assert_eq!(frames(&mut remote, 1).await.len(), 1);
+    assert!(silent(&mut sender).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_subscribe_only_to_topics_with_local_subscribers() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    let mut rx = subscribe(b.pubsub.as_ref(), "only:b", 7).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("plume:t:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(channels, ["plume:t:only:b"]);
+    a.pubsub
+        .broadcast(broadcast("only:b", "x", "{}", None))
+        .unwrap();
+    assert_eq!(frames(&mut rx, 1).await.len(), 1);
+    // After the last local subscriber leaves, the node unsubscribes.
+    b.pubsub.unsubscribe("only:b", SocketId(7));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg("plume:t:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if channels.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still subscribed: {channels:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_state_operations() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let s = &a.state;
+    s.add_member("c:1", "bob").await.unwrap();
+    s.add_member("c:1", "al").await.unwrap();
+    assert_eq!(s.members("c:1").await.unwrap(), ["al", "bob"]);
+    assert!(s.is_member("c:1", "al").await.unwrap());
+    assert!(s.remove_member("c:1", "al").await.unwrap());
+    assert!(!s.is_member("c:1", "al").await.unwrap());
+
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        s.claim_send("u", "c", "r", "first", ttl).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.claim_send("u", "c", "r", "second", ttl)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("first")
+    );
+    // Length prefixes keep ("u:1","c") and ("u","1:c") apart.
+    assert_eq!(s.claim_send("u:1", "c", "r", "x", ttl).await.unwrap(), None);
+    assert_eq!(s.claim_send("u", "1:c", "r", "y", ttl).await.unwrap(), None);
+    s.release_send("u", "c", "r").await.unwrap();
+    assert_eq!(
+        s.claim_send("u", "c", "r", "third", ttl).await.unwrap(),
+        None
+    );
+
+    let mut dropped = 0;
+    for i in 0..5 {
+        dropped += s.push_pending("u", &format!("n{i}"), 3).await.unwrap();
+    }
+    assert_eq!(dropped, 2);
+    assert_eq!(s.take_pending("u").await.unwrap(), ["n2", "n3", "n4"]);
+    assert!(s.take_pending("u").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_takes_never_share_a_notification() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    for i in 0..200 {
+        a.state
+            .push_pending("u", &format!("n{i}"), 1000)
+            .await
+            .unwrap();
+    }
+    let (x, y) = tokio::join!(a.state.take_pending("u"), b.state.take_pending("u"));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(
+        x.len() + y.len(),
+        200,
+        "a notification was lost or duplicated"
+    );
+    assert!(
+        x.is_empty() || y.is_empty(),
+        "both takers got some: {} and {}",
+        x.len(),
+        y.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_cluster_wide_and_expires_with_its_node() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    a.state.enter("u", "notifications").await.unwrap();
+    a.state.enter("u", "notifications").await.unwrap();
+    assert!(b.state.present("u", "notifications").await.unwrap());
+    assert!(!b.state.present("u", "chat:1").await.unwrap());
+    a.state.leave("u", "notifications").await.unwrap();
+    assert!(
+        b.state.present("u", "notifications").await.unwrap(),
+        "one socket is left"
+    );
+    // Node a dies without leaving (no depart, no heartbeat): after its TTL it no longer
+    // counts, and node b's heartbeat sweeps its records.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.state.present("u", "notifications").await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead node still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A node that departs cleanly stops counting at once.
+    b.state.enter("v", "chat:9").await.unwrap();
+    let c = node(&redis, "c").await;
+    assert!(c.state.present("v", "chat:9").await.unwrap());
+    b.depart().await;
+    assert!(!c.state.present("v", "chat:9").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_resumes_after_redis_restarts_and_data_survives() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    a.state.add_member("kept", "x").await.unwrap();
+    a.state.push_pending("x", "waiting", 10).await.unwrap();
+    let mut on_b = subscribe(b.pubsub.as_ref(), "room:r", 1).await;
+    a.pubsub
+        .broadcast(broadcast("room:r", "before", "{}", None))
+        .unwrap();
+    assert_eq!(frames(&mut on_b, 1).await.len(), 1);
+    assert!(a.pubsub.health(Duration::from_secs(2)).await.is_ok());
+
+    redis.restart();
+    // Within seconds, cross-node delivery works again (the subscriber reconnects and
+    // resubscribes; the publisher's connection manager reconnects).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut i = 0;
+    loop {
+        i += 1;
+        let _ = a.pubsub.broadcast(broadcast(
+            "room:r",
+            "after",
+            &format!(r#"{{"i":{i}}}"#),
+            None,
+        ));
+        let got = frames_within(&mut on_b, Duration::from_millis(200)).await;
+        if got.iter().any(|f| f.contains(r#""after""#)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cross-node delivery did not resume"
+        );
+    }
+    assert!(a.state.is_member("kept", "x").await.unwrap());
+    assert_eq!(a.state.take_pending("x").await.unwrap(), ["waiting"]);
+    assert!(a.pubsub.health(Duration::from_secs(2)).await.is_ok());
+}
+
+async fn frames_within(rx: &mut OutboundRx, limit: Duration) -> Vec<String> {
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    if let Ok(Batch::Items) = tokio::time::timeout(limit, rx.recv_batch(&mut buf)).await {
+        for item in buf {
+            if let Out::Frame(Frame::Text(b)) = item {
+                got.push(String::from_utf8(b.to_vec()).unwrap());
+            }
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fails_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    assert!(a.pubsub.health(Duration::from_secs(2)).await.is_ok());
+    redis.stop();
+    assert!(a.pubsub.health(Duration::from_millis(500)).await.is_err());
+    assert!(
+        a.state.is_member("c", "u").await.is_err(),
+        "a store call must fail, not hang"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_broadcast_is_delivered_even_when_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let mut local = subscribe(a.pubsub.as_ref(), "room:l", 1).await;
+    redis.stop();
+    let _ = a.pubsub.broadcast(broadcast("room:l", "still", "{}", None));
+    assert_eq!(
+        frames(&mut local, 1).await,
+        [r#"[null,null,"room:l","still",{}]"#]
+    );
+    let _unused: Option<Arc<LocalPubSub>> = None;
+}
