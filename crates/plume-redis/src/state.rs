@@ -19,6 +19,7 @@
 //! expiry has passed, so a crashed node's users stop counting as connected within the TTL
 //! (default 15 s); live nodes also sweep the dead node's records.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -121,6 +122,9 @@ redis.call('DEL', KEYS[1])
 return #users
 ";
 
+static PRESENT: LazyLock<Script> = LazyLock::new(|| Script::new(PRESENT_LUA));
+static LEAVE: LazyLock<Script> = LazyLock::new(|| Script::new(LEAVE_LUA));
+
 /// Shared cluster state in Redis.
 #[derive(Clone)]
 pub struct RedisState {
@@ -143,32 +147,68 @@ impl RedisState {
         &self.node
     }
 
+    /// Runs a command, retrying once if the connection turned out to be dead (after a Redis
+    /// restart the first command on the old connection fails before reaching Redis; the
+    /// connection manager reconnects for the retry).
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match op(self.conn.clone()).await {
+            Err(err) if err.is_connection_dropped() || err.is_io_error() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(op(self.conn.clone()).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
     // Membership.
 
     /// Adds a member.
     pub async fn add_member(&self, chat: &str, user: &str) -> Result<()> {
-        let mut c = self.conn.clone();
-        let _: i64 = c.sadd(members_key(chat), user).await?;
+        let key = members_key(chat);
+        let _: i64 = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.sadd(key, user).await }
+            })
+            .await?;
         Ok(())
     }
 
     /// Removes a member; true if they were one.
     pub async fn remove_member(&self, chat: &str, user: &str) -> Result<bool> {
-        let mut c = self.conn.clone();
-        let n: i64 = c.srem(members_key(chat), user).await?;
+        let key = members_key(chat);
+        let n: i64 = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.srem(key, user).await }
+            })
+            .await?;
         Ok(n > 0)
     }
 
     /// Whether `user` is a member.
     pub async fn is_member(&self, chat: &str, user: &str) -> Result<bool> {
-        let mut c = self.conn.clone();
-        Ok(c.sismember(members_key(chat), user).await?)
+        let key = members_key(chat);
+        self.run(|mut c| {
+            let key = key.clone();
+            async move { c.sismember(key, user).await }
+        })
+        .await
     }
 
     /// All members, sorted.
     pub async fn members(&self, chat: &str) -> Result<Vec<String>> {
-        let mut c = self.conn.clone();
-        let mut members: Vec<String> = c.smembers(members_key(chat)).await?;
+        let key = members_key(chat);
+        let mut members: Vec<String> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.smembers(key).await }
+            })
+            .await?;
         members.sort();
         Ok(members)
     }
@@ -185,23 +225,30 @@ impl RedisState {
         value: &str,
         ttl: Duration,
     ) -> Result<Option<String>> {
-        let mut c = self.conn.clone();
-        let previous: Option<String> = redis::cmd("SET")
-            .arg(idem_key(user, chat, mobile_ref_id))
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(idem_key(user, chat, mobile_ref_id))
             .arg(value)
             .arg("NX")
             .arg("GET")
             .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut c)
-            .await?;
-        Ok(previous)
+            .arg(ttl.as_millis().max(1) as u64);
+        // SET NX is safe to retry: a second attempt cannot overwrite the first.
+        self.run(|mut c| {
+            let cmd = cmd.clone();
+            async move { cmd.query_async::<Option<String>>(&mut c).await }
+        })
+        .await
     }
 
     /// Forgets a send key.
     pub async fn release_send(&self, user: &str, chat: &str, mobile_ref_id: &str) -> Result<()> {
-        let mut c = self.conn.clone();
-        let _: i64 = c.del(idem_key(user, chat, mobile_ref_id)).await?;
+        let key = idem_key(user, chat, mobile_ref_id);
+        let _: i64 = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.del(key).await }
+            })
+            .await?;
         Ok(())
     }
 
@@ -212,13 +259,16 @@ impl RedisState {
     pub async fn push_pending(&self, user: &str, item: &str, limit: usize) -> Result<usize> {
         let key = pending_key(user);
         let limit = limit.max(1) as i64;
-        let mut c = self.conn.clone();
-        let (len,): (i64,) = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .rpush(&key, item)
             .ltrim(&key, -(limit as isize), -1)
-            .ignore()
-            .query_async(&mut c)
+            .ignore();
+        let (len,): (i64,) = self
+            .run(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
             .await?;
         Ok((len - limit).max(0) as usize)
     }
@@ -227,13 +277,13 @@ impl RedisState {
     /// two concurrent takers never get the same items.
     pub async fn take_pending(&self, user: &str) -> Result<Vec<String>> {
         let key = pending_key(user);
-        let mut c = self.conn.clone();
-        let (items,): (Vec<String>,) = redis::pipe()
-            .atomic()
-            .lrange(&key, 0, -1)
-            .del(&key)
-            .ignore()
-            .query_async(&mut c)
+        let mut pipe = redis::pipe();
+        pipe.atomic().lrange(&key, 0, -1).del(&key).ignore();
+        let (items,): (Vec<String>,) = self
+            .run(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
             .await?;
         Ok(items)
     }
@@ -246,36 +296,40 @@ impl RedisState {
 
     /// One more socket of `user` on this node for `target` (`chat:{id}`, `notifications`).
     pub async fn enter(&self, user: &str, target: &str) -> Result<()> {
-        let mut c = self.conn.clone();
-        redis::pipe()
-            .hincr(presence_key(user), self.field(target), 1)
+        let mut pipe = redis::pipe();
+        pipe.hincr(presence_key(user), self.field(target), 1)
             .ignore()
             .sadd(node_users_key(&self.node), user)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await?;
-        Ok(())
+            .ignore();
+        self.run(|mut c| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async::<()>(&mut c).await }
+        })
+        .await
     }
 
     /// One socket of `user` on this node left `target`.
     pub async fn leave(&self, user: &str, target: &str) -> Result<()> {
-        let mut c = self.conn.clone();
-        let _: i64 = Script::new(LEAVE_LUA)
-            .key(presence_key(user))
-            .arg(self.field(target))
-            .invoke_async(&mut c)
+        let (key, field) = (presence_key(user), self.field(target));
+        let _: i64 = self
+            .run(|mut c| {
+                let mut call = LEAVE.key(&key);
+                call.arg(&field);
+                async move { call.invoke_async(&mut c).await }
+            })
             .await?;
         Ok(())
     }
 
     /// Whether any live node has a socket of `user` on `target`.
     pub async fn present(&self, user: &str, target: &str) -> Result<bool> {
-        let mut c = self.conn.clone();
-        let found: i64 = Script::new(PRESENT_LUA)
-            .key(presence_key(user))
-            .key(NODES)
-            .arg(target)
-            .invoke_async(&mut c)
+        let key = presence_key(user);
+        let found: i64 = self
+            .run(|mut c| {
+                let mut call = PRESENT.key(&key);
+                call.key(NODES).arg(target);
+                async move { call.invoke_async(&mut c).await }
+            })
             .await?;
         Ok(found == 1)
     }

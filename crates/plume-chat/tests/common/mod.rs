@@ -52,6 +52,44 @@ pub async fn start_custom(
     Chat { running }
 }
 
+/// A node of a cluster: the chat service over Redis stores and Redis fan-out.
+pub async fn start_node(
+    redis_url: &str,
+    node: &str,
+    configure: impl FnOnce(&mut ChatConfig),
+) -> (Chat, plume_redis::Cluster) {
+    let mut chat_config = ChatConfig::default();
+    configure(&mut chat_config);
+    let redis = plume_redis::RedisConfig {
+        url: redis_url.to_owned(),
+        node_id: node.to_owned(),
+        node_ttl: Duration::from_secs(3),
+        command_timeout: Duration::from_millis(500),
+        ..plume_redis::RedisConfig::default()
+    };
+    let cluster = plume_redis::Cluster::connect(&redis, Arc::new(LocalPubSub::new()))
+        .await
+        .unwrap();
+    let pubsub: Arc<dyn PubSub> = cluster.pubsub.clone();
+    let stores = plume_chat::store::redis::stores(cluster.state.clone());
+    let service = ChatService::new(chat_config, stores, pubsub.clone());
+    let config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
+    let running = Server::new(
+        config,
+        service.routes(Router::new()),
+        pubsub,
+        Arc::new(ChatConnect::new(JwtVerifier::hs256(SECRET))),
+    )
+    .with_http_api(Arc::new(service.api(Some(API_KEY.into()))))
+    .start()
+    .await
+    .unwrap();
+    (Chat { running }, cluster)
+}
+
 pub fn token(user: &str) -> String {
     plume_chat::auth::sign_hs256(SECRET, user, 600).unwrap()
 }
