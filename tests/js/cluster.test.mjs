@@ -1,0 +1,189 @@
+// Several nodes behind a real load balancer: a private redis-server, three plume nodes with
+// --redis-url and nginx in front (the docker-compose.yml topology as local processes), driven
+// by the real phoenix.js client.
+
+import assert from "node:assert/strict";
+import { after, afterEach, before, describe, it } from "node:test";
+import { signJwt } from "./lib/auth.mjs";
+import { api, httpGet, startCluster } from "./lib/cluster.mjs";
+import {
+  collectEvents,
+  createClient,
+  delay,
+  joinOk,
+  pushAndReceive,
+  waitForEvent,
+  waitUntil,
+} from "./lib/client.mjs";
+
+const API_KEY = "cluster-api-key";
+let cluster;
+const clients = [];
+
+function connect(url, user) {
+  const client = createClient(url, { label: user, params: { token: signJwt(user), device_unique_id: `${user}-dev` } });
+  clients.push(client);
+  client.socket.connect();
+  return client;
+}
+
+function nodeUrl(i) {
+  return cluster.servers[i].url;
+}
+
+const http = (i) => cluster.servers[i].port;
+
+async function member(chat, user) {
+  const { status } = await api(http(0), "PUT", `/api/chats/${chat}/members/${user}`, API_KEY);
+  assert.equal(status, 200);
+}
+
+async function chatChannel(client, chat) {
+  const ch = client.socket.channel(`chat:${chat}`, {});
+  await joinOk(ch);
+  return ch;
+}
+
+function send(ch, content, ref) {
+  return pushAndReceive(ch, "send_message", { content, mobile_ref_id: ref });
+}
+
+describe("cluster: 3 nodes + redis + nginx", { timeout: 120_000 }, () => {
+  before(async () => {
+    cluster = await startCluster({ nodes: 3, args: ["--api-key", API_KEY] });
+  });
+
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.socket.disconnect();
+  });
+
+  after(async () => {
+    if (cluster) await cluster.destroy();
+  });
+
+  it("chat messages cross nodes both ways exactly once", async () => {
+    await member("x", "alice");
+    await member("x", "bob");
+    const alice = connect(nodeUrl(0), "alice");
+    const bob = connect(nodeUrl(1), "bob");
+    const ca = await chatChannel(alice, "x");
+    const cb = await chatChannel(bob, "x");
+    const atBob = collectEvents(cb, "receive_message");
+    const atAlice = collectEvents(ca, "receive_message");
+    for (let i = 0; i < 5; i++) {
+      assert.equal((await send(ca, `a${i}`, `a${i}`)).status, "ok");
+      assert.equal((await send(cb, `b${i}`, `b${i}`)).status, "ok");
+    }
+    await waitUntil(() => atBob.length >= 5 && atAlice.length >= 5, { what: "deliveries on both nodes" });
+    await delay(300); // anything extra would be a duplicate
+    assert.deepEqual(atBob.map((e) => e.payload.content), ["a0", "a1", "a2", "a3", "a4"]);
+    assert.deepEqual(atAlice.map((e) => e.payload.content), ["b0", "b1", "b2", "b3", "b4"]);
+    assert.ok(atBob.every((e) => e.payload.sender_id === "alice" && e.payload.chat_id === "x"));
+  });
+
+  it("notifications and pending notifications reach users on other nodes", async () => {
+    for (const u of ["alice", "carol", "dave"]) await member("n", u);
+    const alice = connect(nodeUrl(0), "alice");
+    const carol = connect(nodeUrl(2), "carol");
+    const ca = await chatChannel(alice, "n");
+    const notes = carol.socket.channel("notifications:carol", {});
+    await joinOk(notes);
+    await delay(100);
+    const live = waitForEvent(notes, "new_notification");
+    assert.equal((await send(ca, "hello", "n1")).status, "ok");
+    assert.equal((await live).payload.content, "hello");
+    // dave was offline on every node; he connects through the load balancer later.
+    const dave = connect(cluster.nginx.url, "dave");
+    const daveNotes = dave.socket.channel("notifications:dave", {});
+    const pending = waitForEvent(daveNotes, "pending_notification");
+    const all = waitForEvent(daveNotes, "pending_notifications");
+    await joinOk(daveNotes);
+    assert.equal((await pending).payload.content, "hello");
+    assert.equal((await all).payload.notifications.length, 1);
+  });
+
+  it("clients of a killed node reconnect through nginx to the others and rejoin", async () => {
+    await member("k", "u1");
+    await member("k", "u2");
+    await member("k", "u3");
+    // A fresh round robin puts three sockets on three different nodes.
+    const users = ["u1", "u2", "u3"].map((u) => connect(cluster.nginx.url, u));
+    const channels = [];
+    for (const c of users) channels.push(await chatChannel(c, "k"));
+    const closes = users.map((c) => {
+      let closed = false;
+      c.socket.onClose(() => {
+        closed = true;
+      });
+      return () => closed;
+    });
+    const victim = cluster.servers[0];
+    await victim.stop({ signal: "SIGKILL" });
+    // The socket that was on the killed node sees its connection drop, reconnects through
+    // nginx (which skips the dead node) and rejoins chat:k.
+    await waitUntil(() => closes.some((f) => f()), { timeout: 5_000, what: "a socket of the killed node to close" });
+    await waitUntil(() => users.every((c) => c.socket.isConnected()) && channels.every((ch) => ch.state === "joined"), {
+      timeout: 15_000,
+      what: "every client reconnected and rejoined",
+    });
+    // Everyone, on the surviving nodes, still gets everyone's messages.
+    const inbox = channels.map((ch) => collectEvents(ch, "receive_message"));
+    assert.equal((await send(channels[0], "after the crash", "k1")).status, "ok");
+    await waitUntil(() => inbox[1].length === 1 && inbox[2].length === 1, { what: "delivery after the crash" });
+    assert.equal(inbox[0].length, 0, "the sender does not receive its own message");
+    await victim.start(`127.0.0.1:${victim.port}`, { attempts: 5 });
+  });
+
+  it("after redis-server restarts, cross-node delivery resumes within seconds and nothing stored is lost", async () => {
+    await member("r", "alice");
+    await member("r", "bob");
+    await member("r", "erin");
+    const alice = connect(nodeUrl(1), "alice");
+    const bob = connect(nodeUrl(2), "bob");
+    const ca = await chatChannel(alice, "r");
+    const cb = await chatChannel(bob, "r");
+    // erin is offline: this message waits in Redis as a pending notification.
+    assert.equal((await send(ca, "stored before", "r0")).status, "ok");
+    assert.equal((await httpGet(http(1), "/readyz")).status, 200);
+
+    await cluster.redis.stop();
+    await waitUntil(async () => (await httpGet(http(1), "/readyz")).status === 503, {
+      timeout: 10_000,
+      what: "/readyz to report the Redis outage",
+    });
+    const failed = await send(ca, "during the outage", "r1");
+    assert.equal(failed.status, "error");
+    assert.equal(failed.response.reason, "storage_unavailable");
+
+    await cluster.redis.start();
+    const started = Date.now();
+    const atBob = collectEvents(cb, "receive_message");
+    let n = 0;
+    await waitUntil(
+      async () => {
+        n += 1;
+        const r = await send(ca, `after ${n}`, `r-after-${n}`);
+        await delay(200);
+        return r.status === "ok" && atBob.length > 0;
+      },
+      { timeout: 20_000, interval: 100, what: "cross-node delivery after the Redis restart" },
+    );
+    const resumedMs = Date.now() - started;
+    assert.ok(resumedMs < 20_000, `resumed after ${resumedMs} ms`);
+    await waitUntil(async () => (await httpGet(http(1), "/readyz")).status === 200, {
+      timeout: 10_000,
+      what: "/readyz to recover",
+    });
+    // What was stored before the restart is still there.
+    const { json } = await api(http(0), "GET", "/api/chats/r/members", API_KEY);
+    assert.deepEqual(json.members, ["alice", "bob", "erin"]);
+    const erin = connect(cluster.nginx.url, "erin");
+    const notes = erin.socket.channel("notifications:erin", {});
+    const all = waitForEvent(notes, "pending_notifications");
+    await joinOk(notes);
+    const contents = (await all).payload.notifications.map((x) => x.content);
+    assert.equal(contents[0], "stored before");
+    assert.ok(!contents.includes("during the outage"), "a failed send must not leave a notification");
+  });
+});
+
