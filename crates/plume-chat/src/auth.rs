@@ -241,4 +241,48 @@ mod tests {
         let token = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(JwtVerifier::hs256(SECRET).verify(token).is_err());
     }
+
+    fn request(params: serde_json::Value, auth_token: Option<&str>) -> ConnectRequest {
+        ConnectRequest {
+            params: params.as_object().unwrap().clone(),
+            auth_token: auth_token.map(str::to_owned),
+            serializer: plume_wire::Serializer::V2,
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn the_hook_keeps_device_and_language_with_defaults() {
+        let hook = ChatConnect::new(JwtVerifier::hs256(SECRET));
+        let token = sign_hs256(SECRET, "u1", 60).unwrap();
+        let accepted = hook
+            .connect(&request(
+                serde_json::json!({"token": token, "device_unique_id": "dev-9", "preferred_language": "pt"}),
+                None,
+            ))
+            .unwrap();
+        assert_eq!(accepted.socket_id.as_deref(), Some("user_socket:u1"));
+        let session = accepted.assigns.unwrap().downcast::<UserSession>().unwrap();
+        assert_eq!(
+            *session,
+            UserSession {
+                user_id: "u1".into(),
+                device_unique_id: "dev-9".into(),
+                preferred_language: "pt".into()
+            }
+        );
+        // Defaults, and the token taken from the authToken subprotocol.
+        let accepted = hook
+            .connect(&request(serde_json::json!({"vsn": "2.0.0"}), Some(&token)))
+            .unwrap();
+        let session = accepted.assigns.unwrap().downcast::<UserSession>().unwrap();
+        assert_eq!(
+            (
+                session.device_unique_id.as_str(),
+                session.preferred_language.as_str()
+            ),
+            ("", DEFAULT_LANGUAGE)
+        );
+        assert!(hook.connect(&request(serde_json::json!({}), None)).is_err());
+    }
 }
