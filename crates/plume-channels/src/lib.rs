@@ -16,9 +16,11 @@
 //! - [`outbound`]: the bounded per-socket queue with its overflow policy.
 //! - [`connect`]: what a client presented on connect and the [`ConnectHook`] that judges it.
 //! - [`echo`]: a sample `echo:*` channel that exercises all of the above.
+//! - [`duration_secs`]: durations as seconds in config files (shared by every crate's config).
 
 pub mod channel;
 pub mod connect;
+pub mod duration_secs;
 pub mod echo;
 pub mod outbound;
 pub mod pubsub;

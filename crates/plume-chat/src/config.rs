@@ -24,7 +24,7 @@ pub struct ChatConfig {
     /// Longest message content, in characters. Default 4096.
     pub max_message_chars: usize,
     /// How long a send is remembered for retries. Default 24 h.
-    #[serde(with = "secs")]
+    #[serde(with = "plume_channels::duration_secs")]
     pub idempotency_ttl: Duration,
     /// Most pending notifications kept per user (the oldest are dropped). Default 1000.
     pub pending_limit: usize,
@@ -38,20 +38,5 @@ impl Default for ChatConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             pending_limit: 1000,
         }
-    }
-}
-
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
 }

@@ -37,12 +37,12 @@ pub struct RedisConfig {
     /// This node's id; must be unique in the cluster. Random when empty.
     pub node_id: String,
     /// How long a node counts as alive after its last heartbeat. Default 15 s.
-    #[serde(with = "secs")]
+    #[serde(with = "plume_channels::duration_secs")]
     pub node_ttl: Duration,
     /// Broadcasts waiting to be published before new ones are refused. Default 65536.
     pub publish_queue: usize,
     /// Timeout of one Redis command. Default 2 s.
-    #[serde(with = "secs")]
+    #[serde(with = "plume_channels::duration_secs")]
     pub command_timeout: Duration,
 }
 
@@ -55,21 +55,6 @@ impl Default for RedisConfig {
             publish_queue: 65536,
             command_timeout: Duration::from_secs(2),
         }
-    }
-}
-
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
 }
 

@@ -14,7 +14,7 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// Close a socket that sent nothing (not even a heartbeat) for this long, with close code
     /// 4000. phoenix.js sends a heartbeat every 30 s. Default 60 s.
-    #[serde(with = "secs")]
+    #[serde(with = "plume_channels::duration_secs")]
     pub idle_timeout: Duration,
     /// Largest WebSocket frame or message accepted from a client; a larger one closes the
     /// socket with 1009. Default 1 MiB.
@@ -26,12 +26,12 @@ pub struct ServerConfig {
     pub write_buffer_bytes: usize,
     /// A flush that cannot complete within this time (the client stopped reading) closes the
     /// connection. Default 10 s.
-    #[serde(with = "secs")]
+    #[serde(with = "plume_channels::duration_secs")]
     pub write_timeout: Duration,
     /// Allowed `Origin`s (Phoenix `check_origin` list syntax); empty = no check. Default empty.
     pub check_origin: Vec<String>,
     /// How long a graceful shutdown waits for sockets to close. Default 10 s.
-    #[serde(with = "secs")]
+    #[serde(with = "plume_channels::duration_secs")]
     pub shutdown_grace: Duration,
     /// Per-socket limits (channel cap, outbound queue).
     pub socket: SocketConfig,
@@ -50,21 +50,5 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             socket: SocketConfig::default(),
         }
-    }
-}
-
-/// Durations as (fractional) seconds in config files.
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
 }
