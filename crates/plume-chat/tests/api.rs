@@ -127,3 +127,19 @@ async fn bad_json_and_missing_fields_are_400_with_a_json_error() {
         assert!(resp["error"].is_string(), "{path} {body}: {resp}");
     }
 }
+
+#[tokio::test]
+async fn a_disconnect_broadcast_on_the_user_socket_topic_closes_the_users_sockets() {
+    let chat = start().await;
+    let mut phone = chat.connect("mallory", "phone").await;
+    let mut laptop = chat.connect("mallory", "laptop").await;
+    let mut other = chat.connect("oscar", "o").await;
+    let body = r#"{"topic":"user_socket:mallory","event":"disconnect","payload":{}}"#;
+    let (code, _) = chat.api("POST", "/api/broadcast", Some(body)).await;
+    assert_eq!(code, 202);
+    for c in [&mut phone, &mut laptop] {
+        let (code, _) = c.expect_close().await.unwrap();
+        assert_eq!(code, Some(plume_wire::close::GOING_AWAY));
+    }
+    join_ok(&mut other, "notifications:oscar").await;
+}
