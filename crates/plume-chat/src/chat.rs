@@ -187,12 +187,11 @@ impl ChatChannel {
             timestamp: sent.timestamp.clone(),
             message_id: sent.message_id.clone(),
         };
-        for member in stores.membership.members(&self.chat_id).await? {
-            if member == self.user || stores.presence.in_chat(&member, &self.chat_id).await? {
-                continue;
-            }
-            self.state.notify(&member, &notification).await?;
-        }
+        let mut others = stores.membership.members(&self.chat_id).await?;
+        others.retain(|member| *member != self.user);
+        self.state
+            .notify_all(&others, Some(&self.chat_id), &notification)
+            .await?;
         let receive = ReceiveMessage {
             chat_id: &self.chat_id,
             content: &send.content,

@@ -47,34 +47,71 @@ impl ChatState {
         user: &str,
         notification: &Notification,
     ) -> Result<Delivery, StoreError> {
-        if self.stores.presence.has_notifications(user).await? {
-            let payload = Payload::json(notification).map_err(|e| StoreError(e.to_string()))?;
-            // Both spellings of the topic, since a client may have joined either.
-            for prefix in [NOTIFICATIONS_PREFIX, NOTIFICATION_ALIAS_PREFIX] {
-                self.pubsub
-                    .broadcast(Broadcast {
-                        topic: format!("{prefix}{user}").into(),
-                        event: NEW_NOTIFICATION.into(),
-                        payload: payload.clone(),
-                        from: None,
-                    })
-                    .map_err(|e| StoreError(e.to_string()))?;
+        let users = [user.to_owned()];
+        let done = self.notify_all(&users, None, notification).await?;
+        Ok(done.first().copied().flatten().unwrap_or(Delivery::Pending))
+    }
+
+    /// Notifies each of `users` who has no socket in `chat` (all of them when `chat` is
+    /// `None`): live where they have notifications joined, pending otherwise. A store is asked
+    /// once for everybody's whereabouts and once to store every pending copy, so a chat with
+    /// many members costs two round trips, not two per member. Returns, per user, what
+    /// happened (`None`: in the chat, not notified).
+    pub async fn notify_all(
+        &self,
+        users: &[String],
+        chat: Option<&str>,
+        notification: &Notification,
+    ) -> Result<Vec<Option<Delivery>>, StoreError> {
+        let located = self.stores.presence.locate(users, chat).await?;
+        let mut offline = Vec::new();
+        let mut outcome = Vec::with_capacity(users.len());
+        let mut payload = None;
+        for (user, at) in users.iter().zip(&located) {
+            if at.in_chat {
+                outcome.push(None);
+            } else if at.notifications {
+                let payload = match &payload {
+                    Some(p) => p,
+                    None => payload.insert(
+                        Payload::json(notification).map_err(|e| StoreError(e.to_string()))?,
+                    ),
+                };
+                self.broadcast_notification(user, payload)?;
+                outcome.push(Some(Delivery::Delivered));
+            } else {
+                offline.push(user.clone());
+                outcome.push(Some(Delivery::Pending));
             }
-            return Ok(Delivery::Delivered);
         }
         let dropped = self
             .stores
             .pending
-            .push(user, notification, self.config.pending_limit)
+            .push_many(&offline, notification, self.config.pending_limit)
             .await?;
         if dropped > 0 {
             tracing::warn!(
-                user,
                 dropped,
                 limit = self.config.pending_limit,
                 "pending notifications over the limit; oldest dropped"
             );
         }
-        Ok(Delivery::Pending)
+        Ok(outcome)
+    }
+
+    /// `new_notification` on both spellings of the user's topic, since a client may have
+    /// joined either.
+    fn broadcast_notification(&self, user: &str, payload: &Payload) -> Result<(), StoreError> {
+        for prefix in [NOTIFICATIONS_PREFIX, NOTIFICATION_ALIAS_PREFIX] {
+            self.pubsub
+                .broadcast(Broadcast {
+                    topic: format!("{prefix}{user}").into(),
+                    event: NEW_NOTIFICATION.into(),
+                    payload: payload.clone(),
+                    from: None,
+                })
+                .map_err(|e| StoreError(e.to_string()))?;
+        }
+        Ok(())
     }
 }

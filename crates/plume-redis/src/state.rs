@@ -64,23 +64,41 @@ fn node_users_key(node: &str) -> String {
     format!("plume:node-users:{node}")
 }
 
-/// `1` when any live node has a positive count for the target. KEYS: presence hash, nodes
-/// zset. ARGV: target.
-const PRESENT_LUA: &str = r"
+/// For each presence hash (KEYS[2..]) and each target (ARGV), `1` when a live node has a
+/// positive count for it: the answers for every user and target in one round trip, row by
+/// row. KEYS[1]: the nodes zset.
+const PRESENT_MANY_LUA: &str = r"
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  local f = fields[i]
-  local sep = string.find(f, '|', 1, true)
-  if sep and string.sub(f, sep + 1) == ARGV[1] and tonumber(fields[i + 1]) > 0 then
-    local expiry = redis.call('ZSCORE', KEYS[2], string.sub(f, 1, sep - 1))
-    if expiry and tonumber(expiry) >= now_ms then
-      return 1
+local alive = {}
+local function live(node)
+  local known = alive[node]
+  if known == nil then
+    local expiry = redis.call('ZSCORE', KEYS[1], node)
+    known = (expiry and tonumber(expiry) >= now_ms) and true or false
+    alive[node] = known
+  end
+  return known
+end
+local out = {}
+for k = 2, #KEYS do
+  local found = {}
+  local fields = redis.call('HGETALL', KEYS[k])
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    local sep = string.find(f, '|', 1, true)
+    if sep and tonumber(fields[i + 1]) > 0 then
+      local target = string.sub(f, sep + 1)
+      if not found[target] and live(string.sub(f, 1, sep - 1)) then
+        found[target] = true
+      end
     end
   end
+  for a = 1, #ARGV do
+    out[#out + 1] = found[ARGV[a]] and 1 or 0
+  end
 end
-return 0
+return out
 ";
 
 /// Decrements a presence count and deletes it at zero. KEYS: presence hash. ARGV: field.
@@ -122,7 +140,7 @@ redis.call('DEL', KEYS[1])
 return #users
 ";
 
-static PRESENT: LazyLock<Script> = LazyLock::new(|| Script::new(PRESENT_LUA));
+static PRESENT_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(PRESENT_MANY_LUA));
 static LEAVE: LazyLock<Script> = LazyLock::new(|| Script::new(LEAVE_LUA));
 
 /// Shared cluster state in Redis.
@@ -323,15 +341,76 @@ impl RedisState {
 
     /// Whether any live node has a socket of `user` on `target`.
     pub async fn present(&self, user: &str, target: &str) -> Result<bool> {
-        let key = presence_key(user);
-        let found: i64 = self
+        let rows = self.present_many(&[user.to_owned()], &[target]).await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// For every user, for every target, whether a live node has a socket of the user on the
+    /// target; one round trip whatever the number of users (a chat message checks all its
+    /// members at once).
+    pub async fn present_many(&self, users: &[String], targets: &[&str]) -> Result<Vec<Vec<bool>>> {
+        if users.is_empty() || targets.is_empty() {
+            return Ok(vec![Vec::new(); users.len()]);
+        }
+        let keys: Vec<String> = users.iter().map(|u| presence_key(u)).collect();
+        let flat: Vec<i64> = self
             .run(|mut c| {
-                let mut call = PRESENT.key(&key);
-                call.key(NODES).arg(target);
+                let mut call = PRESENT_MANY.key(NODES);
+                for key in &keys {
+                    call.key(key);
+                }
+                for target in targets {
+                    call.arg(*target);
+                }
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
-        Ok(found == 1)
+        if flat.len() != users.len() * targets.len() {
+            return Err(StateError(format!(
+                "presence script returned {} answers for {} questions",
+                flat.len(),
+                users.len() * targets.len()
+            )));
+        }
+        Ok(flat
+            .chunks(targets.len())
+            .map(|row| row.iter().map(|v| *v == 1).collect())
+            .collect())
+    }
+
+    /// Appends `item` to the pending lists of several users in one pipeline, keeping each
+    /// list's newest `limit`; returns how many were dropped in total.
+    pub async fn push_pending_many(
+        &self,
+        users: &[String],
+        item: &str,
+        limit: usize,
+    ) -> Result<usize> {
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let limit = limit.max(1);
+        let mut pipe = redis::pipe();
+        for user in users {
+            let key = pending_key(user);
+            pipe.rpush(&key, item)
+                .ltrim(&key, -(limit as isize), -1)
+                .ignore();
+        }
+        let lens: Vec<i64> = self
+            .run(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(lens
+            .iter()
+            .map(|len| (*len - limit as i64).max(0) as usize)
+            .sum())
     }
 
     /// Refreshes this node's liveness and sweeps the records of nodes that died.

@@ -353,3 +353,38 @@ async fn a_local_broadcast_is_delivered_even_when_redis_is_down() {
     );
     let _unused: Option<Arc<LocalPubSub>> = None;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_users_are_located_and_notified_in_one_round_trip_each() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    a.state.enter("in-chat", "chat:7").await.unwrap();
+    b.state.enter("listening", "notifications").await.unwrap();
+    b.state.enter("both", "notifications").await.unwrap();
+    a.state.enter("both", "chat:7").await.unwrap();
+    let users: Vec<String> = ["in-chat", "listening", "both", "offline"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let rows = a
+        .state
+        .present_many(&users, &["notifications", "chat:7"])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            vec![false, true],
+            vec![true, false],
+            vec![true, true],
+            vec![false, false]
+        ]
+    );
+    let offline = vec!["x".to_owned(), "y".to_owned()];
+    for _ in 0..3 {
+        a.state.push_pending_many(&offline, "n", 2).await.unwrap();
+    }
+    assert_eq!(a.state.take_pending("x").await.unwrap(), ["n", "n"]);
+    assert_eq!(a.state.take_pending("y").await.unwrap(), ["n", "n"]);
+}

@@ -96,6 +96,30 @@ pub trait PendingStore: Send + Sync + 'static {
     /// Removes and returns every stored notification of `user`, oldest first. Atomic: two
     /// concurrent callers never both get the same notification.
     async fn take_all(&self, user: &str) -> Result<Vec<Notification>, StoreError>;
+
+    /// [`PendingStore::push`] for several users (one round trip for a remote store); returns
+    /// how many were dropped in total.
+    async fn push_many(
+        &self,
+        users: &[String],
+        notification: &Notification,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        for user in users {
+            dropped += self.push(user, notification, limit).await?;
+        }
+        Ok(dropped)
+    }
+}
+
+/// Where a user is, as far as notifications are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Whereabouts {
+    /// Has a socket joined to the chat in question.
+    pub in_chat: bool,
+    /// Has a notifications topic joined somewhere.
+    pub notifications: bool,
 }
 
 /// Which users have sockets joined where: `chat:{id}` and their notifications topic.
@@ -114,6 +138,27 @@ pub trait PresenceStore: Send + Sync + 'static {
     async fn leave_notifications(&self, user: &str) -> Result<(), StoreError>;
     /// Whether `user` has its notifications topic joined on any socket.
     async fn has_notifications(&self, user: &str) -> Result<bool, StoreError>;
+
+    /// [`Whereabouts`] of each of `users` for `chat` (`None`: only notifications matter).
+    /// One round trip for a remote store, whatever the number of users.
+    async fn locate(
+        &self,
+        users: &[String],
+        chat: Option<&str>,
+    ) -> Result<Vec<Whereabouts>, StoreError> {
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            let in_chat = match chat {
+                Some(chat) => self.in_chat(user, chat).await?,
+                None => false,
+            };
+            out.push(Whereabouts {
+                in_chat,
+                notifications: self.has_notifications(user).await?,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// The four stores the chat service uses.

@@ -9,7 +9,7 @@ use plume_redis::{RedisState, StateError};
 
 use super::{
     IdempotencyStore, MembershipStore, Notification, PendingStore, PresenceStore, SendKey,
-    SentMessage, StoreError, Stores,
+    SentMessage, StoreError, Stores, Whereabouts,
 };
 
 /// The presence target of a user's notifications topic.
@@ -97,6 +97,19 @@ impl PendingStore for RedisStores {
         self.0.push_pending(user, &item, limit).await.map_err(err)
     }
 
+    async fn push_many(
+        &self,
+        users: &[String],
+        notification: &Notification,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let item = serde_json::to_string(notification).map_err(|e| StoreError(e.to_string()))?;
+        self.0
+            .push_pending_many(users, &item, limit)
+            .await
+            .map_err(err)
+    }
+
     async fn take_all(&self, user: &str) -> Result<Vec<Notification>, StoreError> {
         let items = self.0.take_pending(user).await.map_err(err)?;
         let mut out = Vec::with_capacity(items.len());
@@ -137,5 +150,25 @@ impl PresenceStore for RedisStores {
             .present(user, NOTIFICATIONS_TARGET)
             .await
             .map_err(err)
+    }
+
+    async fn locate(
+        &self,
+        users: &[String],
+        chat: Option<&str>,
+    ) -> Result<Vec<Whereabouts>, StoreError> {
+        let chat_target = chat.map(chat_target);
+        let targets: Vec<&str> = match &chat_target {
+            Some(target) => vec![NOTIFICATIONS_TARGET, target.as_str()],
+            None => vec![NOTIFICATIONS_TARGET],
+        };
+        let rows = self.0.present_many(users, &targets).await.map_err(err)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Whereabouts {
+                notifications: row.first().copied().unwrap_or(false),
+                in_chat: row.get(1).copied().unwrap_or(false),
+            })
+            .collect())
     }
 }
