@@ -1,0 +1,170 @@
+//! What the benchmark reads from `/proc`: a process's resident memory and CPU time, its open
+//! file limit, and a description of the machine. The parsers are pure functions over the
+//! file text; the readers are thin wrappers.
+
+use std::fs;
+
+use serde::{Deserialize, Serialize};
+
+/// Clock ticks per second in `/proc/PID/stat` (`USER_HZ`, 100 on every Linux platform the
+/// benchmark runs on; the kernel ABI fixes it, whatever the kernel's internal `HZ`).
+pub const USER_HZ: f64 = 100.0;
+
+/// `VmRSS` from the text of `/proc/PID/status`, in KiB.
+pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+    status_field_kib(status, "VmRSS:")
+}
+
+/// `VmHWM` (peak resident set) from `/proc/PID/status`, in KiB.
+pub fn parse_vm_hwm_kib(status: &str) -> Option<u64> {
+    status_field_kib(status, "VmHWM:")
+}
+
+fn status_field_kib(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let mut words = line[key.len()..].split_whitespace();
+    let value = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") | None => Some(value),
+        Some(_) => None,
+    }
+}
+
+/// User plus system CPU time in clock ticks from the text of `/proc/PID/stat`. The command
+/// name (field 2) may contain spaces and parentheses, so fields are counted after its last
+/// `)`: utime and stime are fields 14 and 15 of the whole line.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    // Fields 3.. of the line are 0.. here, so utime (14) is index 11.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The soft "Max open files" limit from the text of `/proc/PID/limits` (`None` when
+/// unlimited or absent).
+pub fn parse_max_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The resident set of a process in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    parse_vm_rss_kib(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The peak resident set of a process in KiB.
+pub fn hwm_kib(pid: u32) -> Option<u64> {
+    parse_vm_hwm_kib(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The CPU time (user + system) a process has used, in seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let ticks = parse_cpu_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    Some(ticks as f64 / USER_HZ)
+}
+
+/// The soft open-file limit of a process.
+pub fn max_open_files(pid: u32) -> Option<u64> {
+    parse_max_open_files(&fs::read_to_string(format!("/proc/{pid}/limits")).ok()?)
+}
+
+/// Raises this process's soft open-file limit to its hard limit; returns `(soft, hard)`.
+pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    rlimit::Resource::NOFILE.get()
+}
+
+/// The machine a result was measured on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// CPU model name.
+    pub cpu_model: String,
+    /// Logical CPUs this process may use.
+    pub cpus: usize,
+    /// Total memory, MiB.
+    pub mem_total_mib: u64,
+    /// Kernel release.
+    pub kernel: String,
+    /// `net.ipv4.ip_local_port_range`.
+    pub ephemeral_ports: String,
+    /// This process's open-file limit `(soft, hard)`.
+    pub nofile: (u64, u64),
+}
+
+impl Machine {
+    /// Reads the description of this machine.
+    pub fn detect() -> Machine {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default();
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_total_mib = status_field_kib(&meminfo, "MemTotal:").unwrap_or(0) / 1024;
+        let read_trim = |path: &str| {
+            fs::read_to_string(path)
+                .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        Machine {
+            cpu_model,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            mem_total_mib,
+            kernel: read_trim("/proc/sys/kernel/osrelease"),
+            ephemeral_ports: read_trim("/proc/sys/net/ipv4/ip_local_port_range"),
+            nofile: rlimit::Resource::NOFILE.get().unwrap_or((0, 0)),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tplume\nUmask:\t0022\nState:\tS (sleeping)\nVmPeak:\t  123456 kB\nVmHWM:\t   90000 kB\nVmRSS:\t   81234 kB\nThreads:\t3\n";
+
+    #[test]
+    fn status_fields() {
+        assert_eq!(parse_vm_rss_kib(STATUS), Some(81_234));
+        assert_eq!(parse_vm_hwm_kib(STATUS), Some(90_000));
+        assert_eq!(parse_vm_rss_kib("Name:\tx\n"), None);
+        assert_eq!(parse_vm_rss_kib("VmRSS:\t12 MB\n"), None);
+    }
+
+    #[test]
+    fn stat_cpu_ticks_skip_a_tricky_command_name() {
+        let stat = "4242 (plume (x) y) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 3 0 12345 100000000 20000 18446744073709551615";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert_eq!(parse_cpu_ticks("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn limits_open_files() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \nMax cpu time              unlimited            unlimited            seconds   \nMax open files            20000                20000                files     \n";
+        assert_eq!(parse_max_open_files(limits), Some(20_000));
+        assert_eq!(
+            parse_max_open_files("Max open files unlimited unlimited files"),
+            None
+        );
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let pid = std::process::id();
+        assert!(rss_kib(pid).unwrap() > 0);
+        assert!(cpu_secs(pid).is_some());
+        assert!(max_open_files(pid).unwrap() > 0);
+        let m = Machine::detect();
+        assert!(m.cpus >= 1);
+    }
+}
