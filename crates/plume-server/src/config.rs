@@ -20,9 +20,10 @@ pub struct ServerConfig {
     /// socket with 1009. Default 1 MiB.
     pub max_frame_bytes: usize,
     /// Read buffer allocated per connection. Small, because most sockets are idle most of the
-    /// time; it grows for a large frame. Default 4 KiB.
+    /// time (tungstenite allocates it up front); it grows for a larger frame. Default 1 KiB.
     pub read_buffer_bytes: usize,
-    /// Bytes of queued frames that trigger a write before the batch's flush. Default 64 KiB.
+    /// Bytes of queued frames that trigger a write before the batch's flush; the write buffer
+    /// keeps this capacity once reached. Default 16 KiB.
     pub write_buffer_bytes: usize,
     /// A flush that cannot complete within this time (the client stopped reading) closes the
     /// connection. Default 10 s.
@@ -43,8 +44,8 @@ impl Default for ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 4000)),
             idle_timeout: Duration::from_secs(60),
             max_frame_bytes: 1 << 20,
-            read_buffer_bytes: 4 << 10,
-            write_buffer_bytes: 64 << 10,
+            read_buffer_bytes: 1 << 10,
+            write_buffer_bytes: 16 << 10,
             write_timeout: Duration::from_secs(10),
             check_origin: Vec::new(),
             shutdown_grace: Duration::from_secs(10),

@@ -61,6 +61,11 @@ fn to_message(frame: Frame) -> Message {
 }
 
 /// Drives one connection until it closes, then ends its channels.
+///
+/// Memory note: this future is the whole per-connection task, allocated once and kept for the
+/// connection's life, so it must stay small. The socket's message handling (joins, channel
+/// callbacks) is awaited through a `Box` that exists only while a message is processed;
+/// inlined, its largest state would be carried by every idle connection.
 pub async fn drive(
     mut ws: Ws,
     mut socket: Socket,
@@ -85,8 +90,15 @@ pub async fn drive(
                 Batch::Items => {
                     let mut end = None;
                     for item in batch.drain(..) {
-                        if end.is_none() {
-                            end = socket.handle_out(item).await.map(End::Close);
+                        match item {
+                            // The fan-out path: an encoded frame goes straight to the writer.
+                            Out::Frame(frame) => socket.frames().push(frame),
+                            // Rare items run boxed, so their state does not sit in every
+                            // connection's task (see the note on `drive`).
+                            other if end.is_none() => {
+                                end = Box::pin(socket.handle_out(other)).await.map(End::Close);
+                            }
+                            _ => {}
                         }
                     }
                     end
@@ -94,7 +106,7 @@ pub async fn drive(
             },
             incoming = ws.next() => {
                 idle.as_mut().reset(Instant::now() + cfg.idle_timeout);
-                handle_incoming(&mut socket, incoming, &cfg).await
+                Box::pin(handle_incoming(&mut socket, incoming, &cfg)).await
             }
             () = &mut idle => Some(End::Close(CloseReason::new(
                 close::IDLE_TIMEOUT,
@@ -109,9 +121,15 @@ pub async fn drive(
             break end;
         }
     };
-    socket.close().await;
+    Box::pin(socket.close()).await;
     if let End::Close(reason) = end {
-        close_with(&mut ws, socket.id().0, reason, cfg.write_timeout).await;
+        Box::pin(close_with(
+            &mut ws,
+            socket.id().0,
+            reason,
+            cfg.write_timeout,
+        ))
+        .await;
     }
 }
 
