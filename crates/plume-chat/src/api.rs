@@ -161,7 +161,7 @@ async fn members(state: &ChatState, chat: &str) -> Result<Resp, ApiError> {
         .map_err(|e| unavailable(&e))?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "members": members }),
+        &json!({ "members": &*members }),
     ))
 }
 

@@ -187,10 +187,14 @@ impl ChatChannel {
             timestamp: sent.timestamp.clone(),
             message_id: sent.message_id.clone(),
         };
-        let mut others = stores.membership.members(&self.chat_id).await?;
-        others.retain(|member| *member != self.user);
+        let members = stores.membership.members(&self.chat_id).await?;
         self.state
-            .notify_all(&others, Some(&self.chat_id), &notification)
+            .notify_all(
+                &members,
+                Some(&self.user),
+                Some(&self.chat_id),
+                &notification,
+            )
             .await?;
         let receive = ReceiveMessage {
             chat_id: &self.chat_id,

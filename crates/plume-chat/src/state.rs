@@ -48,18 +48,19 @@ impl ChatState {
         notification: &Notification,
     ) -> Result<Delivery, StoreError> {
         let users = [user.to_owned()];
-        let done = self.notify_all(&users, None, notification).await?;
+        let done = self.notify_all(&users, None, None, notification).await?;
         Ok(done.first().copied().flatten().unwrap_or(Delivery::Pending))
     }
 
-    /// Notifies each of `users` who has no socket in `chat` (all of them when `chat` is
-    /// `None`): live where they have notifications joined, pending otherwise. A store is asked
+    /// Notifies each of `users` except `sender` who has no socket in `chat` (all of them when
+    /// `chat` is `None`): live where they have notifications joined, pending otherwise. A store is asked
     /// once for everybody's whereabouts and once to store every pending copy, so a chat with
     /// many members costs two round trips, not two per member. Returns, per user, what
-    /// happened (`None`: in the chat, not notified).
+    /// happened (`None`: the sender, or in the chat; not notified).
     pub async fn notify_all(
         &self,
         users: &[String],
+        sender: Option<&str>,
         chat: Option<&str>,
         notification: &Notification,
     ) -> Result<Vec<Option<Delivery>>, StoreError> {
@@ -68,7 +69,7 @@ impl ChatState {
         let mut outcome = Vec::with_capacity(users.len());
         let mut payload = None;
         for (user, at) in users.iter().zip(&located) {
-            if at.in_chat {
+            if at.in_chat || Some(user.as_str()) == sender {
                 outcome.push(None);
             } else if at.notifications {
                 let payload = match &payload {

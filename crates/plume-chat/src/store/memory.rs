@@ -2,6 +2,7 @@
 //! none holds its lock across an `.await`.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -9,23 +10,30 @@ use parking_lot::Mutex;
 
 use super::{
     IdempotencyStore, MembershipStore, Notification, PendingStore, PresenceStore, SendKey,
-    SentMessage, StoreError,
+    SentMessage, StoreError, Whereabouts,
 };
 
-/// Membership in memory.
+/// Membership in memory. Each chat's sorted member list is built once per change and shared.
 #[derive(Default)]
 pub struct MemoryMembership {
-    chats: Mutex<HashMap<String, BTreeSet<String>>>,
+    chats: Mutex<HashMap<String, Members>>,
+}
+
+#[derive(Default)]
+struct Members {
+    set: BTreeSet<String>,
+    /// The sorted list handed out by `members`, rebuilt after a change.
+    list: Option<Arc<[String]>>,
 }
 
 #[async_trait]
 impl MembershipStore for MemoryMembership {
     async fn add(&self, chat: &str, user: &str) -> Result<(), StoreError> {
-        self.chats
-            .lock()
-            .entry(chat.to_owned())
-            .or_default()
-            .insert(user.to_owned());
+        let mut chats = self.chats.lock();
+        let members = chats.entry(chat.to_owned()).or_default();
+        if members.set.insert(user.to_owned()) {
+            members.list = None;
+        }
         Ok(())
     }
 
@@ -34,8 +42,9 @@ impl MembershipStore for MemoryMembership {
         let Some(members) = chats.get_mut(chat) else {
             return Ok(false);
         };
-        let removed = members.remove(user);
-        if members.is_empty() {
+        let removed = members.set.remove(user);
+        members.list = None;
+        if members.set.is_empty() {
             chats.remove(chat);
         }
         Ok(removed)
@@ -46,16 +55,18 @@ impl MembershipStore for MemoryMembership {
             .chats
             .lock()
             .get(chat)
-            .is_some_and(|m| m.contains(user)))
+            .is_some_and(|m| m.set.contains(user)))
     }
 
-    async fn members(&self, chat: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .chats
-            .lock()
-            .get(chat)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default())
+    async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError> {
+        let mut chats = self.chats.lock();
+        let Some(members) = chats.get_mut(chat) else {
+            return Ok(Arc::from([]));
+        };
+        let list = members
+            .list
+            .get_or_insert_with(|| members.set.iter().cloned().collect());
+        Ok(list.clone())
     }
 }
 
@@ -145,18 +156,28 @@ impl PendingStore for MemoryPending {
     }
 }
 
-/// Presence counts in memory.
+/// Presence counts in memory: per chat, the users with sockets in it; per user, the sockets
+/// on their notifications topic. Lookups by `&str`, without allocating.
 #[derive(Default)]
 pub struct MemoryPresence {
-    chats: Mutex<HashMap<(String, String), usize>>,
+    chats: Mutex<HashMap<String, HashMap<String, usize>>>,
     notifications: Mutex<HashMap<String, usize>>,
 }
 
-fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
-    if let Some(n) = map.get_mut(&key) {
+fn increment(map: &mut HashMap<String, usize>, key: &str) {
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.to_owned(), 1);
+        }
+    }
+}
+
+fn decrement(map: &mut HashMap<String, usize>, key: &str) {
+    if let Some(n) = map.get_mut(key) {
         *n -= 1;
         if *n == 0 {
-            map.remove(&key);
+            map.remove(key);
         }
     }
 }
@@ -164,16 +185,24 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
 #[async_trait]
 impl PresenceStore for MemoryPresence {
     async fn enter_chat(&self, user: &str, chat: &str) -> Result<(), StoreError> {
-        *self
-            .chats
-            .lock()
-            .entry((user.to_owned(), chat.to_owned()))
-            .or_default() += 1;
+        let mut chats = self.chats.lock();
+        match chats.get_mut(chat) {
+            Some(users) => increment(users, user),
+            None => {
+                chats.insert(chat.to_owned(), HashMap::from([(user.to_owned(), 1)]));
+            }
+        }
         Ok(())
     }
 
     async fn leave_chat(&self, user: &str, chat: &str) -> Result<(), StoreError> {
-        decrement(&mut self.chats.lock(), (user.to_owned(), chat.to_owned()));
+        let mut chats = self.chats.lock();
+        if let Some(users) = chats.get_mut(chat) {
+            decrement(users, user);
+            if users.is_empty() {
+                chats.remove(chat);
+            }
+        }
         Ok(())
     }
 
@@ -181,25 +210,39 @@ impl PresenceStore for MemoryPresence {
         Ok(self
             .chats
             .lock()
-            .contains_key(&(user.to_owned(), chat.to_owned())))
+            .get(chat)
+            .is_some_and(|users| users.contains_key(user)))
     }
 
     async fn enter_notifications(&self, user: &str) -> Result<(), StoreError> {
-        *self
-            .notifications
-            .lock()
-            .entry(user.to_owned())
-            .or_default() += 1;
+        increment(&mut self.notifications.lock(), user);
         Ok(())
     }
 
     async fn leave_notifications(&self, user: &str) -> Result<(), StoreError> {
-        decrement(&mut self.notifications.lock(), user.to_owned());
+        decrement(&mut self.notifications.lock(), user);
         Ok(())
     }
 
     async fn has_notifications(&self, user: &str) -> Result<bool, StoreError> {
         Ok(self.notifications.lock().contains_key(user))
+    }
+
+    async fn locate(
+        &self,
+        users: &[String],
+        chat: Option<&str>,
+    ) -> Result<Vec<Whereabouts>, StoreError> {
+        let chats = self.chats.lock();
+        let in_chat = chat.and_then(|c| chats.get(c));
+        let notifications = self.notifications.lock();
+        Ok(users
+            .iter()
+            .map(|u| Whereabouts {
+                in_chat: in_chat.is_some_and(|m| m.contains_key(u.as_str())),
+                notifications: notifications.contains_key(u.as_str()),
+            })
+            .collect())
     }
 }
 
@@ -286,7 +329,7 @@ mod tests {
         m.add("c", "b").await.unwrap();
         m.add("c", "a").await.unwrap();
         m.add("c", "a").await.unwrap();
-        assert_eq!(m.members("c").await.unwrap(), ["a", "b"]);
+        assert_eq!(&*m.members("c").await.unwrap(), ["a", "b"]);
         assert!(m.is_member("c", "a").await.unwrap());
         assert!(m.remove("c", "a").await.unwrap());
         assert!(!m.remove("c", "a").await.unwrap());

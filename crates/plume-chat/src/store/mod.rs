@@ -28,8 +28,9 @@ pub trait MembershipStore: Send + Sync + 'static {
     async fn remove(&self, chat: &str, user: &str) -> Result<bool, StoreError>;
     /// Whether `user` is a member of `chat`.
     async fn is_member(&self, chat: &str, user: &str) -> Result<bool, StoreError>;
-    /// Every member of `chat`, sorted.
-    async fn members(&self, chat: &str) -> Result<Vec<String>, StoreError>;
+    /// Every member of `chat`, sorted. Shared, because every chat message reads it: a store
+    /// may hand out the same list until the membership changes.
+    async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError>;
 }
 
 /// The identity of a send for retries: the same user, chat and client reference.

@@ -50,8 +50,8 @@ impl MembershipStore for RedisStores {
         self.0.is_member(chat, user).await.map_err(err)
     }
 
-    async fn members(&self, chat: &str) -> Result<Vec<String>, StoreError> {
-        self.0.members(chat).await.map_err(err)
+    async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError> {
+        self.0.members(chat).await.map(Arc::from).map_err(err)
     }
 }
 
