@@ -286,12 +286,17 @@ async fn single(
     let kind = args.target.target;
     let deployment = deploy(&args, kind).await?;
     let report = measure(scenario, &args, size, deployment, 0, stop).await?;
-    report::print_summary(&report);
+    finish_single(&args, &report)
+}
+
+/// Prints, writes (JSON and charts) and judges the report of a one-target run.
+fn finish_single(args: &BenchArgs, report: &report::RunReport) -> anyhow::Result<()> {
+    report::print_summary(report);
     if let Some(out) = &args.run.out {
-        report::write_json(out, &report)?;
+        report::write_json(out, report)?;
         eprintln!("wrote {}", out.display());
     }
-    write_outputs(&args.run.out, &[&report])?;
+    write_outputs(&args.run.out, &[report])?;
     if report.interrupted {
         bail!("the run was interrupted");
     }
@@ -361,16 +366,7 @@ async fn cluster(c: ClusterArgs, stop: &CancellationToken) -> anyhow::Result<()>
         deploy(&args, TargetKind::Plume).await?
     };
     let report = measure(scenario, &args, size, deployment, 0, stop).await?;
-    report::print_summary(&report);
-    if let Some(out) = &args.run.out {
-        report::write_json(out, &report)?;
-        eprintln!("wrote {}", out.display());
-    }
-    write_outputs(&args.run.out, &[&report])?;
-    if report.interrupted {
-        bail!("the run was interrupted");
-    }
-    Ok(())
+    finish_single(&args, &report)
 }
 
 async fn compare(c: CompareArgs, stop: &CancellationToken) -> anyhow::Result<()> {

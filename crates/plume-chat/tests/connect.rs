@@ -108,71 +108,47 @@ fn key(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
-#[tokio::test]
-async fn rs256_public_key_accepts_rs256_and_refuses_hs256_signed_with_the_key() {
-    let verifier =
-        JwtVerifier::public_key(PublicKeyAlgorithm::RS256, &key("rsa_public.pem")).unwrap();
+/// A server verifying with `public` accepts a token signed with `private` under `alg`, and
+/// refuses an HS256 token whose secret is the public key's bytes (the algorithm-confusion
+/// attack) and a token signed with the HS256 test secret.
+async fn public_key_case(alg: PublicKeyAlgorithm, public: &str, private: &str) {
+    let verifier = JwtVerifier::public_key(alg, &key(public)).unwrap();
     let chat = start_custom(|_| {}, verifier, None).await;
     let claims = serde_json::json!({"sub":"rita","exp": now() + 600});
-    let good = jsonwebtoken::encode(
-        &Header::new(Algorithm::RS256),
-        &claims,
-        &EncodingKey::from_rsa_pem(&key("rsa_private.pem")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        status(
-            chat.connect_with(&q(&good), ConnectOptions::default())
-                .await
+    let (header, signing) = match alg {
+        PublicKeyAlgorithm::RS256 => (
+            Header::new(Algorithm::RS256),
+            EncodingKey::from_rsa_pem(&key(private)).unwrap(),
         ),
-        101
-    );
-    // The classic confusion attack: HS256 with the public key's bytes as the secret.
-    let forged = hs(claims, &key("rsa_public.pem"));
-    assert_eq!(
-        status(
-            chat.connect_with(&q(&forged), ConnectOptions::default())
-                .await
+        PublicKeyAlgorithm::ES256 => (
+            Header::new(Algorithm::ES256),
+            EncodingKey::from_ec_pem(&key(private)).unwrap(),
         ),
-        403
-    );
-    let hs_plain = token("rita");
-    assert_eq!(
-        status(
-            chat.connect_with(&q(&hs_plain), ConnectOptions::default())
-                .await
-        ),
-        403
-    );
+    };
+    let good = jsonwebtoken::encode(&header, &claims, &signing).unwrap();
+    let forged = hs(claims, &key(public));
+    for (token, expected) in [(good, 101), (forged, 403), (token("rita"), 403)] {
+        let got = status(
+            chat.connect_with(&q(&token), ConnectOptions::default())
+                .await,
+        );
+        assert_eq!(got, expected, "{alg:?}");
+    }
 }
 
 #[tokio::test]
-async fn es256_public_key_accepts_es256() {
-    let verifier =
-        JwtVerifier::public_key(PublicKeyAlgorithm::ES256, &key("ec_public.pem")).unwrap();
-    let chat = start_custom(|_| {}, verifier, None).await;
-    let claims = serde_json::json!({"sub":"eve","exp": now() + 600});
-    let good = jsonwebtoken::encode(
-        &Header::new(Algorithm::ES256),
-        &claims,
-        &EncodingKey::from_ec_pem(&key("ec_private.pem")).unwrap(),
+async fn rs256_public_key_accepts_rs256_and_refuses_hs256_signed_with_the_key() {
+    public_key_case(
+        PublicKeyAlgorithm::RS256,
+        "rsa_public.pem",
+        "rsa_private.pem",
     )
-    .unwrap();
-    assert_eq!(
-        status(
-            chat.connect_with(&q(&good), ConnectOptions::default())
-                .await
-        ),
-        101
-    );
-    let forged = hs(claims, &key("ec_public.pem"));
-    assert_eq!(
-        status(
-            chat.connect_with(&q(&forged), ConnectOptions::default())
-                .await
-        ),
-        403
-    );
+    .await;
+}
+
+#[tokio::test]
+async fn es256_public_key_accepts_es256_and_refuses_hs256_signed_with_the_key() {
+    public_key_case(PublicKeyAlgorithm::ES256, "ec_public.pem", "ec_private.pem").await;
 }
 
 #[test]
