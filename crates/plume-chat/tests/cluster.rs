@@ -241,3 +241,17 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_published_on_one_node_closes_the_users_sockets_on_the_other() {
+    let redis = RedisServer::start();
+    let (a, _ca) = start_node(&redis.url(), "a", |_| {}).await;
+    let (b, _cb) = start_node(&redis.url(), "b", |_| {}).await;
+    let mut on_b = b.connect("mallory", "phone").await;
+    join_ok(&mut on_b, "notifications:mallory").await;
+    let body = r#"{"topic":"user_socket:mallory","event":"disconnect","payload":{}}"#;
+    let (code, _) = a.api("POST", "/api/broadcast", Some(body)).await;
+    assert_eq!(code, 202);
+    let (code, _) = on_b.expect_close().await.unwrap();
+    assert_eq!(code, Some(plume_wire::close::GOING_AWAY));
+}

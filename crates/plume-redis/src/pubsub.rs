@@ -33,6 +33,11 @@ use crate::envelope;
 /// Prefix of the per-topic Redis channels.
 pub const TOPIC_CHANNEL_PREFIX: &str = "plume:t:";
 
+/// Subscription changes waiting for the subscriber task. Joins wait for room (backpressure);
+/// a leave that finds the queue full leaves the topic subscribed upstream until its next
+/// change, which costs only unneeded messages.
+const CONTROL_QUEUE: usize = 4096;
+
 /// How long a join waits for the upstream subscription before answering anyway.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 
@@ -80,7 +85,7 @@ enum Control {
 pub struct RedisPubSub {
     local: Arc<LocalPubSub>,
     node: Arc<str>,
-    control: mpsc::UnboundedSender<Control>,
+    control: mpsc::Sender<Control>,
     publish: mpsc::Sender<(String, Bytes)>,
     conn: ConnectionManager,
     stats: Arc<Stats>,
@@ -98,7 +103,7 @@ impl RedisPubSub {
         publish_queue: usize,
     ) -> RedisPubSub {
         let stats = Arc::new(Stats::default());
-        let (control, control_rx) = mpsc::unbounded_channel();
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (publish, publish_rx) = mpsc::channel(publish_queue.max(1));
         tokio::spawn(subscriber(
             client,
@@ -144,8 +149,8 @@ impl RedisPubSub {
         let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
         let (done, wait) = oneshot::channel();
         self.control
-            .send(Control::HealthWait { nonce, done })
-            .map_err(|_| "subscriber task gone".to_owned())?;
+            .try_send(Control::HealthWait { nonce, done })
+            .map_err(|_| "subscriber task busy or gone".to_owned())?;
         let published = redis::cmd("PUBLISH")
             .arg(health_channel(&self.node))
             .arg(nonce.to_string())
@@ -165,20 +170,30 @@ impl PubSub for RedisPubSub {
     fn subscribe(&self, topic: &str, sub: Subscriber) -> Subscribed {
         self.local.add(topic, sub);
         let (done, wait) = oneshot::channel();
-        let sent = self.control.send(Control::Reconcile {
+        let reconcile = Control::Reconcile {
             topic: topic.to_owned(),
             done: Some(done),
-        });
-        Box::pin(async move {
-            if sent.is_ok() {
-                let _ = tokio::time::timeout(SUBSCRIBE_WAIT, wait).await;
+        };
+        // Queued now, so the subscription happens even if the caller drops the future (the
+        // socket-id subscription does); when the queue is full, a task waits for room.
+        match self.control.try_send(reconcile) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(reconcile)) => {
+                let control = self.control.clone();
+                tokio::spawn(async move {
+                    let _ = control.send(reconcile).await;
+                });
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Box::pin(std::future::ready(())),
+        }
+        Box::pin(async move {
+            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, wait).await;
         })
     }
 
     fn unsubscribe(&self, topic: &str, socket: SocketId) {
         if self.local.remove(topic, socket) {
-            let _ = self.control.send(Control::Reconcile {
+            let _ = self.control.try_send(Control::Reconcile {
                 topic: topic.to_owned(),
                 done: None,
             });
@@ -303,7 +318,7 @@ async fn subscriber(
     client: redis::Client,
     local: Arc<LocalPubSub>,
     node: Arc<str>,
-    mut control: mpsc::UnboundedReceiver<Control>,
+    mut control: mpsc::Receiver<Control>,
     stats: Arc<Stats>,
 ) {
     let mut state = SubscriberState {
