@@ -74,12 +74,11 @@ enum Control {
         topic: String,
         done: Option<oneshot::Sender<()>>,
     },
-    /// Resolve `done` when the health nonce comes back.
-    HealthWait {
-        nonce: u64,
-        done: oneshot::Sender<()>,
-    },
 }
+
+/// Health checks waiting for their nonce to come back through the subscription. Shared, so a
+/// waiter is registered before its nonce is published (no race with the subscriber task).
+type HealthWaiters = Arc<parking_lot::Mutex<HashMap<u64, oneshot::Sender<()>>>>;
 
 /// Fan-out through Redis. See the module docs.
 pub struct RedisPubSub {
@@ -88,6 +87,7 @@ pub struct RedisPubSub {
     control: mpsc::Sender<Control>,
     publish: mpsc::Sender<(String, Bytes)>,
     conn: ConnectionManager,
+    health_waiters: HealthWaiters,
     stats: Arc<Stats>,
     nonce: AtomicU64,
 }
@@ -105,12 +105,14 @@ impl RedisPubSub {
         let stats = Arc::new(Stats::default());
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (publish, publish_rx) = mpsc::channel(publish_queue.max(1));
+        let health_waiters = HealthWaiters::default();
         tokio::spawn(subscriber(
             client,
             local.clone(),
             node.clone(),
             control_rx,
             stats.clone(),
+            health_waiters.clone(),
         ));
         tokio::spawn(publisher(conn.clone(), publish_rx, stats.clone()));
         RedisPubSub {
@@ -121,6 +123,7 @@ impl RedisPubSub {
             conn,
             stats,
             nonce: AtomicU64::new(1),
+            health_waiters,
         }
     }
 
@@ -148,21 +151,22 @@ impl RedisPubSub {
         }
         let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
         let (done, wait) = oneshot::channel();
-        self.control
-            .try_send(Control::HealthWait { nonce, done })
-            .map_err(|_| "subscriber task busy or gone".to_owned())?;
+        self.health_waiters.lock().insert(nonce, done);
         let published = redis::cmd("PUBLISH")
             .arg(health_channel(&self.node))
             .arg(nonce.to_string())
             .query_async::<i64>(&mut conn)
             .await;
         if let Err(err) = published {
+            self.health_waiters.lock().remove(&nonce);
             return Err(format!("redis PUBLISH failed: {err}"));
         }
-        match tokio::time::timeout(limit, wait).await {
+        let result = match tokio::time::timeout(limit, wait).await {
             Ok(Ok(())) => Ok(started.elapsed()),
             _ => Err("pub/sub round trip did not complete".into()),
-        }
+        };
+        self.health_waiters.lock().remove(&nonce);
+        result
     }
 }
 
@@ -253,7 +257,7 @@ struct SubscriberState {
     node: Arc<str>,
     stats: Arc<Stats>,
     subscribed: HashSet<String>,
-    health_waiters: HashMap<u64, oneshot::Sender<()>>,
+    health_waiters: HealthWaiters,
 }
 
 impl SubscriberState {
@@ -294,22 +298,17 @@ impl SubscriberState {
         } else if let Ok(nonce) = std::str::from_utf8(msg.get_payload_bytes())
             .unwrap_or("")
             .parse::<u64>()
-            && let Some(done) = self.health_waiters.remove(&nonce)
+            && let Some(done) = self.health_waiters.lock().remove(&nonce)
         {
             let _ = done.send(());
         }
     }
 
     fn handle_control_offline(&mut self, ctl: Control) {
-        match ctl {
-            // Offline: the topic is resubscribed on reconnect; do not hold the join up.
-            Control::Reconcile { done, .. } => {
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
-            }
-            // Dropping the waiter fails the health check, which is the truth.
-            Control::HealthWait { .. } => {}
+        // Offline: the topic is resubscribed on reconnect; do not hold the join up.
+        let Control::Reconcile { done, .. } = ctl;
+        if let Some(done) = done {
+            let _ = done.send(());
         }
     }
 }
@@ -320,13 +319,14 @@ async fn subscriber(
     node: Arc<str>,
     mut control: mpsc::Receiver<Control>,
     stats: Arc<Stats>,
+    health_waiters: HealthWaiters,
 ) {
     let mut state = SubscriberState {
         local,
         node,
         stats,
         subscribed: HashSet::new(),
-        health_waiters: HashMap::new(),
+        health_waiters,
     };
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
@@ -386,9 +386,6 @@ async fn subscriber(
                             break;
                         }
                     }
-                    Some(Control::HealthWait { nonce, done }) => {
-                        state.health_waiters.insert(nonce, done);
-                    }
                 },
                 msg = stream.next() => match msg {
                     Some(msg) => state.handle_message(&msg),
@@ -397,7 +394,8 @@ async fn subscriber(
             }
         }
         state.stats.connected.store(false, Ordering::Relaxed);
-        state.health_waiters.clear();
+        // Pending health checks fail now rather than at their timeout.
+        state.health_waiters.lock().clear();
         tracing::warn!("redis pub/sub connection lost; reconnecting");
     }
 }
