@@ -156,8 +156,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Some(cluster) => server.with_readiness(Arc::new(RedisReadiness(cluster.pubsub.clone()))),
         None => server,
     };
+    let mut signals = StopSignals::install()?;
     let running = server.start().await.context("binding the listener")?;
-    wait_for_signal().await?;
+    signals.wait().await?;
     running.shutdown().await;
     if let Some(cluster) = cluster {
         cluster.depart().await;
@@ -165,18 +166,39 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(unix)]
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+/// Stop signals, listened for from before the listener opens: a SIGTERM that arrives right
+/// after start-up must stop the server gracefully, not kill it.
+struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
 }
 
-#[cfg(not(unix))]
-async fn wait_for_signal() -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+                int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    async fn wait(&mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        Ok(())
+    }
 }

@@ -124,3 +124,45 @@ fn invalid_settings_are_reported() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("idle timeout"));
 }
+
+#[test]
+fn sigint_and_sigterm_stop_the_server_gracefully() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    for signal in ["-INT", "-TERM"] {
+        let mut child = plume()
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let listening = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("listening"));
+        assert!(listening.is_some(), "no listening line");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exit = loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "{signal}: still running");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(exit.success(), "{signal}: {exit:?}");
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        assert!(
+            rest.iter().any(|l| l.contains("stopped")),
+            "{signal}: {rest:?}"
+        );
+    }
+}
