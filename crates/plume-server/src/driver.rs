@@ -117,6 +117,10 @@ pub async fn drive(
             tracing::debug!(socket = socket.id().0, %err, "write failed; dropping connection");
             break End::Gone;
         }
+        // A burst can grow these buffers to the queue's capacity; give that back once the
+        // burst is written, so a socket that was busy once does not stay large.
+        release_burst_capacity(&mut batch);
+        release_burst_capacity(socket.frames());
         if let Some(end) = step {
             break end;
         }
@@ -187,6 +191,15 @@ fn bad_input(socket: &Socket, err: &DecodeError) -> CloseReason {
     tracing::warn!(socket = socket.id().0, code = reason.code, reason = %reason.reason,
         "closing socket: bad input");
     reason
+}
+
+/// Buffers above this many items are shrunk back after use.
+const RETAINED_ITEMS: usize = 64;
+
+fn release_burst_capacity<T>(buf: &mut Vec<T>) {
+    if buf.is_empty() && buf.capacity() > RETAINED_ITEMS {
+        buf.shrink_to(RETAINED_ITEMS);
+    }
 }
 
 async fn write_frames(ws: &mut Ws, socket: &mut Socket, limit: Duration) -> Result<(), WsError> {
