@@ -141,7 +141,7 @@ async fn origin_check_refuses_foreign_origins() {
 #[tokio::test]
 async fn a_silent_socket_is_closed_after_the_idle_timeout() {
     let s = start_with(
-        |c| c.idle_timeout = Duration::from_millis(400),
+        |c| c.idle_timeout = Duration::from_millis(1000),
         Arc::new(AcceptAll),
     )
     .await;
@@ -154,7 +154,7 @@ async fn a_silent_socket_is_closed_after_the_idle_timeout() {
             .await
             .unwrap();
         chatty.recv_message().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let (code, reason) = silent.expect_close().await.unwrap();
     assert_eq!(code, Some(close::IDLE_TIMEOUT));
