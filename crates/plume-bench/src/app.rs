@@ -252,17 +252,9 @@ async fn measure(
         scenario,
         target: deployment.label,
         unix_time,
-        interrupted: m.interrupted,
         machine: Machine::detect(),
         params,
-        connect: m.connect,
-        traffic: m.traffic,
-        delivery_latency: m.delivery_latency,
-        ack_latency: m.ack_latency,
-        servers: m.servers,
-        client: m.client,
-        timeline: m.timeline,
-        samples: m.samples,
+        measured: m,
     })
 }
 
@@ -297,7 +289,7 @@ fn finish_single(args: &BenchArgs, report: &report::RunReport) -> anyhow::Result
         eprintln!("wrote {}", out.display());
     }
     write_outputs(&args.run.out, &[report])?;
-    if report.interrupted {
+    if report.measured.interrupted {
         bail!("the run was interrupted");
     }
     Ok(())
@@ -387,7 +379,7 @@ async fn compare(c: CompareArgs, stop: &CancellationToken) -> anyhow::Result<()>
         // The second run uses fresh source addresses: the first run's ports are in TIME_WAIT.
         let report = measure(scenario, &args, size, deployment, i * source_ips, stop).await?;
         report::print_summary(&report);
-        let interrupted = report.interrupted;
+        let interrupted = report.measured.interrupted;
         runs.push(report);
         if interrupted {
             bail!("the run was interrupted");

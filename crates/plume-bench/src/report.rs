@@ -10,6 +10,7 @@ use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Deserialize, Serialize};
 
 use crate::procfs::Machine;
+use crate::runner::Measured;
 use crate::scenario::Scenario;
 use crate::stats::LatencySummary;
 use crate::svg::{self, Series};
@@ -25,29 +26,13 @@ pub struct RunReport {
     pub target: String,
     /// When the run started, seconds since the epoch.
     pub unix_time: u64,
-    /// True when the run was stopped early (Ctrl-C, or a server died).
-    pub interrupted: bool,
     /// The machine.
     pub machine: Machine,
     /// The parameters.
     pub params: Params,
-    /// The connect phase.
-    pub connect: ConnectStats,
-    /// Messages.
-    pub traffic: Traffic,
-    /// Send stamp to `receive_message` at another connection.
-    pub delivery_latency: Option<LatencySummary>,
-    /// Send stamp to the sender's confirmation (`message_sent` / Socket.IO ack).
-    pub ack_latency: Option<LatencySummary>,
-    /// The server processes (and Redis in a cluster run).
-    pub servers: Vec<ServerStats>,
-    /// The load generator itself.
-    pub client: ClientStats,
-    /// Rates over time (sends and deliveries per second, per interval).
-    pub timeline: Vec<TimelinePoint>,
-    /// Periodic samples of connections and server memory, from the start of the connect
-    /// phase.
-    pub samples: Vec<Sample>,
+    /// What the run measured (flattened: its fields sit at the top level of the JSON).
+    #[serde(flatten)]
+    pub measured: Measured,
 }
 
 /// The knobs of a run.
@@ -213,16 +198,22 @@ pub fn summary_rows(r: &RunReport) -> Vec<(String, String)> {
             "connections".into(),
             format!(
                 "{} of {} ({} failed)",
-                r.connect.connected, r.connect.attempted, r.connect.failed
+                r.measured.connect.connected,
+                r.measured.connect.attempted,
+                r.measured.connect.failed
             ),
         ),
         (
             "connect + join rate".into(),
-            format!("{}/s over {:.1} s", rate(r.connect.per_sec), r.connect.secs),
+            format!(
+                "{}/s over {:.1} s",
+                rate(r.measured.connect.per_sec),
+                r.measured.connect.secs
+            ),
         ),
     ];
     if r.scenario != Scenario::Idle {
-        let t = &r.traffic;
+        let t = &r.measured.traffic;
         rows.push(("sends/s".into(), rate(t.sends_per_sec)));
         rows.push((
             "sent / acked / ack errors".into(),
@@ -235,8 +226,8 @@ pub fn summary_rows(r: &RunReport) -> Vec<(String, String)> {
         ));
     }
     for (label, lat) in [
-        ("delivery latency ms", &r.delivery_latency),
-        ("ack latency ms", &r.ack_latency),
+        ("delivery latency ms", &r.measured.delivery_latency),
+        ("ack latency ms", &r.measured.ack_latency),
     ] {
         if let Some(l) = lat {
             rows.push((
@@ -251,8 +242,9 @@ pub fn summary_rows(r: &RunReport) -> Vec<(String, String)> {
             ));
         }
     }
-    if r.traffic.closed > 0 || r.traffic.errors > 0 {
+    if r.measured.traffic.closed > 0 || r.measured.traffic.errors > 0 {
         let reasons: Vec<String> = r
+            .measured
             .traffic
             .close_reasons
             .iter()
@@ -262,13 +254,13 @@ pub fn summary_rows(r: &RunReport) -> Vec<(String, String)> {
             "closed / errors".into(),
             format!(
                 "{} / {} {}",
-                r.traffic.closed,
-                r.traffic.errors,
+                r.measured.traffic.closed,
+                r.measured.traffic.errors,
                 reasons.join(", ")
             ),
         ));
     }
-    for s in &r.servers {
+    for s in &r.measured.servers {
         rows.push((
             format!("{} RSS MiB start / joined / end", s.name),
             format!(
@@ -294,8 +286,8 @@ pub fn summary_rows(r: &RunReport) -> Vec<(String, String)> {
         "load generator CPU / RSS".into(),
         format!(
             "{:.2} cores / {} MiB",
-            r.client.cpu_cores,
-            mib(r.client.rss_kib)
+            r.measured.client.cpu_cores,
+            mib(r.measured.client.rss_kib)
         ),
     ));
     rows
@@ -358,26 +350,27 @@ pub fn ratios(plume: &RunReport, sio: &RunReport) -> Vec<Ratio> {
     if plume.scenario == Scenario::Idle {
         push(
             "connect+join per second",
-            plume.connect.per_sec,
-            sio.connect.per_sec,
+            plume.measured.connect.per_sec,
+            sio.measured.connect.per_sec,
             true,
         );
     } else {
         push(
             "deliveries per second",
-            plume.traffic.deliveries_per_sec,
-            sio.traffic.deliveries_per_sec,
+            plume.measured.traffic.deliveries_per_sec,
+            sio.measured.traffic.deliveries_per_sec,
             true,
         );
         push(
             "sends per second",
-            plume.traffic.sends_per_sec,
-            sio.traffic.sends_per_sec,
+            plume.measured.traffic.sends_per_sec,
+            sio.measured.traffic.sends_per_sec,
             true,
         );
     }
     let lat = |r: &RunReport, f: fn(&LatencySummary) -> u64| {
-        r.delivery_latency
+        r.measured
+            .delivery_latency
             .as_ref()
             .map_or(0.0, |l| f(l) as f64 / 1e3)
     };
@@ -394,7 +387,10 @@ pub fn ratios(plume: &RunReport, sio: &RunReport) -> Vec<Ratio> {
         false,
     );
     let ack = |r: &RunReport, f: fn(&LatencySummary) -> u64| {
-        r.ack_latency.as_ref().map_or(0.0, |l| f(l) as f64 / 1e3)
+        r.measured
+            .ack_latency
+            .as_ref()
+            .map_or(0.0, |l| f(l) as f64 / 1e3)
     };
     push(
         "ack latency p50 (ms)",
@@ -408,7 +404,7 @@ pub fn ratios(plume: &RunReport, sio: &RunReport) -> Vec<Ratio> {
         ack(sio, |l| l.p99_us),
         false,
     );
-    let first = |r: &RunReport| r.servers.first().cloned().unwrap_or_default();
+    let first = |r: &RunReport| r.measured.servers.first().cloned().unwrap_or_default();
     let (ps, ss) = (first(plume), first(sio));
     push(
         "server CPU us per delivery",
@@ -491,7 +487,8 @@ pub fn write_charts(out: &Path, runs: &[&RunReport]) -> anyhow::Result<Vec<PathB
             .map(|r| {
                 Series::new(
                     r.target.clone(),
-                    r.samples
+                    r.measured
+                        .samples
                         .iter()
                         .map(|s| [s.t_s, s.connected as f64])
                         .collect(),
@@ -512,7 +509,8 @@ pub fn write_charts(out: &Path, runs: &[&RunReport]) -> anyhow::Result<Vec<PathB
             .map(|r| {
                 Series::new(
                     format!("{} server RSS", r.target),
-                    r.samples
+                    r.measured
+                        .samples
                         .iter()
                         .map(|s| [s.t_s, s.server_rss_kib as f64 / 1024.0])
                         .collect(),
@@ -531,12 +529,12 @@ pub fn write_charts(out: &Path, runs: &[&RunReport]) -> anyhow::Result<Vec<PathB
     } else {
         let mut latency = Vec::new();
         for (i, r) in runs.iter().enumerate() {
-            if let Some(l) = &r.delivery_latency {
+            if let Some(l) = &r.measured.delivery_latency {
                 let mut s = Series::new(format!("{} delivery", r.target), l.curve.clone());
                 s.color = Some(i);
                 latency.push(s);
             }
-            if let Some(l) = &r.ack_latency {
+            if let Some(l) = &r.measured.ack_latency {
                 let mut s = Series::new(format!("{} ack", r.target), l.curve.clone());
                 s.dashed = true;
                 s.color = Some(i);
@@ -550,6 +548,7 @@ pub fn write_charts(out: &Path, runs: &[&RunReport]) -> anyhow::Result<Vec<PathB
         let mut rates = Vec::new();
         for (i, r) in runs.iter().enumerate() {
             let delivered: Vec<[f64; 2]> = r
+                .measured
                 .timeline
                 .iter()
                 .map(|p| [p.t_s, p.delivered_per_s])
@@ -557,7 +556,12 @@ pub fn write_charts(out: &Path, runs: &[&RunReport]) -> anyhow::Result<Vec<PathB
             let mut s = Series::new(format!("{} deliveries/s", r.target), smooth(&delivered, 2));
             s.color = Some(i);
             rates.push(s);
-            let sent: Vec<[f64; 2]> = r.timeline.iter().map(|p| [p.t_s, p.sent_per_s]).collect();
+            let sent: Vec<[f64; 2]> = r
+                .measured
+                .timeline
+                .iter()
+                .map(|p| [p.t_s, p.sent_per_s])
+                .collect();
             if r.scenario == Scenario::Chat {
                 let mut s = Series::new(format!("{} sends/s", r.target), smooth(&sent, 2));
                 s.dashed = true;
@@ -608,31 +612,30 @@ mod tests {
             scenario: Scenario::Fanout,
             target: target.into(),
             unix_time: 0,
-            interrupted: false,
             machine: Machine::default(),
             params: Params::default(),
-            connect: ConnectStats::default(),
-            traffic: Traffic {
-                deliveries_per_sec: deliveries,
-                sends_per_sec: deliveries / 100.0,
-                ..Traffic::default()
+            measured: Measured {
+                traffic: Traffic {
+                    deliveries_per_sec: deliveries,
+                    sends_per_sec: deliveries / 100.0,
+                    ..Traffic::default()
+                },
+                delivery_latency: Some(lat.clone()),
+                ack_latency: Some(lat),
+                servers: vec![ServerStats {
+                    name: target.into(),
+                    cpu_us_per_delivery: Some(1e6 / deliveries),
+                    ..ServerStats::default()
+                }],
+                timeline: (0..8)
+                    .map(|i| TimelinePoint {
+                        t_s: f64::from(i) * 0.25,
+                        sent_per_s: 10.0,
+                        delivered_per_s: deliveries,
+                    })
+                    .collect(),
+                ..Measured::default()
             },
-            delivery_latency: Some(lat.clone()),
-            ack_latency: Some(lat),
-            servers: vec![ServerStats {
-                name: target.into(),
-                cpu_us_per_delivery: Some(1e6 / deliveries),
-                ..ServerStats::default()
-            }],
-            client: ClientStats::default(),
-            timeline: (0..8)
-                .map(|i| TimelinePoint {
-                    t_s: f64::from(i) * 0.25,
-                    sent_per_s: 10.0,
-                    delivered_per_s: deliveries,
-                })
-                .collect(),
-            samples: vec![],
         }
     }
 
@@ -648,6 +651,15 @@ mod tests {
         // Metrics missing on either side are left out rather than divided by zero.
         assert!(r.iter().all(|x| x.advantage.is_finite()));
         assert!(!r.iter().any(|x| x.metric.starts_with("server RSS")));
+    }
+
+    #[test]
+    fn published_results_still_parse() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/results/fanout-1k-500k.json");
+        let r: RunReport = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(r.scenario, Scenario::Fanout);
+        assert!(r.measured.traffic.deliveries_per_sec > 0.0);
+        assert!(r.measured.delivery_latency.is_some());
     }
 
     #[test]

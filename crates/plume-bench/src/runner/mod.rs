@@ -73,8 +73,9 @@ pub struct RunConfig {
     pub progress: bool,
 }
 
-/// What the runner measured (the parts of a report that come from the run itself).
-#[derive(Clone, Debug, Default)]
+/// What the runner measured: the part of a report that comes from the run itself (a
+/// [`crate::report::RunReport`] adds what was run, on which machine).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Measured {
     /// The connect phase.
     pub connect: ConnectStats,
