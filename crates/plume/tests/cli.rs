@@ -125,77 +125,81 @@ fn invalid_settings_are_reported() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("idle timeout"));
 }
 
+type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStderr>>;
+
+/// Starts `plume serve --bind 127.0.0.1:0 EXTRA…` and reads its log until the listening line;
+/// returns the process, the rest of its log, and every line up to and including that one.
+fn serve(extra: &[&str]) -> (std::process::Child, Lines, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = plume()
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let done = line.contains("listening");
+        seen.push(line);
+        if done {
+            return (child, lines, seen);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the server never logged its listening line: {seen:?}");
+}
+
+fn signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .arg(signal)
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 #[test]
 fn sigint_and_sigterm_stop_the_server_gracefully() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     use std::time::{Duration, Instant};
 
-    for signal in ["-INT", "-TERM"] {
-        let mut child = plume()
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let listening = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|l| l.contains("listening"));
-        assert!(listening.is_some(), "no listening line");
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+    for sig in ["-INT", "-TERM"] {
+        let (mut child, lines, _) = serve(&[]);
+        signal(&child, sig);
         let deadline = Instant::now() + Duration::from_secs(10);
         let exit = loop {
             if let Some(exit) = child.try_wait().unwrap() {
                 break exit;
             }
-            assert!(Instant::now() < deadline, "{signal}: still running");
+            assert!(Instant::now() < deadline, "{sig}: still running");
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert!(exit.success(), "{signal}: {exit:?}");
+        assert!(exit.success(), "{sig}: {exit:?}");
         let rest: Vec<String> = lines.map_while(Result::ok).collect();
         assert!(
             rest.iter().any(|l| l.contains("stopped")),
-            "{signal}: {rest:?}"
+            "{sig}: {rest:?}"
         );
     }
 }
 
 #[test]
 fn json_log_format_writes_one_json_object_per_line() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
-    let mut child = plume()
-        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("listening"))
-        .unwrap();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    let (mut child, _, seen) = serve(&["--log-format", "json"]);
+    signal(&child, "-TERM");
     let _ = child.wait();
-    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(value["fields"]["message"], "listening", "{line}");
-    assert!(
-        value["fields"]["addr"]
-            .as_str()
-            .unwrap()
-            .starts_with("127.0.0.1:"),
-        "{line}"
-    );
-    assert_eq!(value["level"], "INFO");
+    // The development-secret warning comes first, then the listening line; every line is JSON.
+    assert!(seen.len() >= 2, "{seen:?}");
+    let values: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(values[0]["level"], "WARN");
+    let listening = values.last().unwrap();
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["fields"]["message"], "listening");
+    let addr = listening["fields"]["addr"].as_str().unwrap();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 }
