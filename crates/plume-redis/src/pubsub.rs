@@ -132,11 +132,6 @@ impl RedisPubSub {
         &self.stats
     }
 
-    /// The local registry under this backend.
-    pub fn local(&self) -> &Arc<LocalPubSub> {
-        &self.local
-    }
-
     /// Checks the Redis link: a PING on the command connection and a message round trip
     /// through this node's pub/sub subscription. Returns the round-trip time.
     pub async fn health(&self, limit: Duration) -> Result<Duration, String> {

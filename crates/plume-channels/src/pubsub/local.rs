@@ -35,7 +35,6 @@ pub struct LocalPubSub {
 
 #[derive(Default)]
 struct Stats {
-    delivered: AtomicU64,
     overflowed: AtomicU64,
 }
 
@@ -133,9 +132,6 @@ impl LocalPubSub {
                 Err(SendError::Closed) => {}
             }
         }
-        self.stats
-            .delivered
-            .fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
     }
 
@@ -147,19 +143,9 @@ impl LocalPubSub {
             .collect()
     }
 
-    /// Number of topics with at least one local subscriber.
-    pub fn topic_count(&self) -> usize {
-        self.shards.iter().map(|s| s.read().len()).sum()
-    }
-
     /// Number of local subscribers of `topic`.
     pub fn subscriber_count(&self, topic: &str) -> usize {
         self.shard(topic).read().get(topic).map_or(0, IndexMap::len)
-    }
-
-    /// Frames queued to subscribers since start.
-    pub fn delivered_total(&self) -> u64 {
-        self.stats.delivered.load(Ordering::Relaxed)
     }
 
     /// Subscribers closed as slow consumers since start.
