@@ -351,7 +351,6 @@ async fn a_local_broadcast_is_delivered_even_when_redis_is_down() {
         frames(&mut local, 1).await,
         [r#"[null,null,"room:l","still",{}]"#]
     );
-    let _unused: Option<Arc<LocalPubSub>> = None;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
