@@ -8,6 +8,7 @@
 //! | `PUT /api/chats/{chat_id}/members/{user_id}` |                                        | 200 `{"chat_id","user_id","member":true}` |
 //! | `DELETE /api/chats/{chat_id}/members/{user_id}` |                                     | 200 `{"chat_id","user_id","member":false}` |
 //! | `GET /api/chats/{chat_id}/members`           |                                        | 200 `{"members":[…]}` (sorted) |
+//! | `GET /api/chats/{chat_id}/messages?before_seq=&limit=` |                              | 200 `{"messages":[…oldest first],"has_more"}` |
 //! | `POST /api/broadcast`                        | `{"topic","event","payload"}`          | 202 `{"status":"accepted"}` |
 //! | `POST /api/notify`                           | `{"user_id","chat_id","sender_id","content"}` | 200 `{"status":"delivered"\|"pending","message_id"}` |
 //!
@@ -108,14 +109,22 @@ async fn route(state: &ChatState, req: ApiRequest) -> Resp {
             set_member(state, &segment(chat), &segment(user), false).await
         }
         (&Method::GET, ["chats", chat, "members"]) => members(state, &segment(chat)).await,
+        (&Method::GET, ["chats", chat, "messages"]) => {
+            messages(state, &segment(chat), &req.query).await
+        }
         (&Method::POST, ["broadcast"]) => broadcast(state, &req.body),
         (&Method::POST, ["notify"]) => notify(state, &req.body).await,
-        (_, ["chats", _, "members", _] | ["chats", _, "members"] | ["broadcast"] | ["notify"]) => {
-            Err(ApiError(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed".into(),
-            ))
-        }
+        (
+            _,
+            ["chats", _, "members", _]
+            | ["chats", _, "members"]
+            | ["chats", _, "messages"]
+            | ["broadcast"]
+            | ["notify"],
+        ) => Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".into(),
+        )),
         _ => Err(ApiError(StatusCode::NOT_FOUND, "no such API route".into())),
     };
     result.unwrap_or_else(|ApiError(status, msg)| json_error(status, &msg))
@@ -165,6 +174,38 @@ async fn members(state: &ChatState, chat: &str) -> Result<Resp, ApiError> {
     ))
 }
 
+/// `GET /api/chats/{id}/messages?before_seq=N&limit=K`: a page of history, as the
+/// `history` push answers it (K from 1 to 100, default 50).
+async fn messages(state: &ChatState, chat: &str, query: &str) -> Result<Resp, ApiError> {
+    let mut before = None;
+    let mut limit = crate::chat::DEFAULT_HISTORY_PAGE;
+    for (name, value) in url_pairs(query) {
+        match name.as_str() {
+            "before_seq" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => before = Some(n),
+                _ => return Err(bad_request("before_seq must be a positive integer")),
+            },
+            "limit" => match value.parse::<u64>() {
+                Ok(n) if (1..=crate::chat::MAX_HISTORY_PAGE).contains(&n) => limit = n,
+                _ => return Err(bad_request("limit must be an integer from 1 to 100")),
+            },
+            _ => {}
+        }
+    }
+    let page = crate::chat::history_page(state, chat, before, limit)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+/// `name=value` pairs of a query string, percent-decoded.
+fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (segment(name), segment(value))
+    })
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
 }
@@ -192,6 +233,7 @@ fn broadcast(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
             event: b.event.into(),
             payload: Payload::Json(payload),
             from: None,
+            seq: None,
         })
         .map_err(|e| unavailable(&StoreError(e.to_string())))?;
     Ok(json_response(
@@ -219,6 +261,7 @@ async fn notify(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
         content: n.content,
         timestamp: now_rfc3339(),
         message_id: uuid::Uuid::now_v7().to_string(),
+        seq: None,
     };
     let delivery = state
         .notify(&n.user_id, &notification)

@@ -8,7 +8,7 @@ use plume_wire::Payload;
 
 use crate::config::ChatConfig;
 use crate::events::{NEW_NOTIFICATION, NOTIFICATION_ALIAS_PREFIX, NOTIFICATIONS_PREFIX};
-use crate::store::{Notification, StoreError, Stores};
+use crate::store::{Notification, PendingItem, StoreError, Stores};
 
 /// Shared state of the chat service.
 pub struct ChatState {
@@ -48,13 +48,17 @@ impl ChatState {
         notification: &Notification,
     ) -> Result<Delivery, StoreError> {
         let users = [user.to_owned()];
-        let done = self.notify_all(&users, None, None, notification).await?;
+        let item = PendingItem::Inline(notification.clone());
+        let done = self
+            .notify_all(&users, None, None, notification, &item)
+            .await?;
         Ok(done.first().copied().flatten().unwrap_or(Delivery::Pending))
     }
 
     /// Notifies each of `users` except `sender` who has no socket in `chat` (all of them when
-    /// `chat` is `None`): live where they have notifications joined, pending otherwise. A store is asked
-    /// once for everybody's whereabouts and once to store every pending copy, so a chat with
+    /// `chat` is `None`): live where they have notifications joined, otherwise `item` is
+    /// stored as pending (for a chat message, a reference into the log). A store is asked
+    /// once for everybody's whereabouts and once to store every pending item, so a chat with
     /// many members costs two round trips, not two per member. Returns, per user, what
     /// happened (`None`: the sender, or in the chat; not notified).
     pub async fn notify_all(
@@ -63,6 +67,7 @@ impl ChatState {
         sender: Option<&str>,
         chat: Option<&str>,
         notification: &Notification,
+        item: &PendingItem,
     ) -> Result<Vec<Option<Delivery>>, StoreError> {
         let located = self.stores.presence.locate(users, chat).await?;
         let mut offline = Vec::new();
@@ -88,7 +93,7 @@ impl ChatState {
         let dropped = self
             .stores
             .pending
-            .push_many(&offline, notification, self.config.pending_limit)
+            .push_many(&offline, item, self.config.pending_limit)
             .await?;
         if dropped > 0 {
             tracing::warn!(
@@ -98,6 +103,41 @@ impl ChatState {
             );
         }
         Ok(outcome)
+    }
+
+    /// The notifications that pending `items` stand for, in order: chat messages are read
+    /// from the log (one that the log no longer keeps is skipped, with a log line).
+    pub async fn resolve_pending(
+        &self,
+        items: &[(u64, PendingItem)],
+    ) -> Result<Vec<Notification>, StoreError> {
+        let refs: Vec<(String, u64)> = items
+            .iter()
+            .filter_map(|(_, item)| match item {
+                PendingItem::Message { chat_id, seq } => Some((chat_id.clone(), *seq)),
+                PendingItem::Inline(_) => None,
+            })
+            .collect();
+        let mut found = self.stores.log.get(&refs).await?.into_iter();
+        let mut out = Vec::with_capacity(items.len());
+        for (_, item) in items {
+            match item {
+                PendingItem::Inline(n) => out.push(n.clone()),
+                PendingItem::Message { chat_id, seq } => match found.next().flatten() {
+                    Some(m) => out.push(Notification {
+                        chat_id: m.chat_id,
+                        sender_id: m.sender_id,
+                        content: m.content,
+                        timestamp: crate::time::format_millis(m.ts_ms),
+                        message_id: m.message_id,
+                        seq: Some(m.seq),
+                    }),
+                    None => tracing::info!(chat = %chat_id, seq,
+                        "pending notification refers to a trimmed message; skipped"),
+                },
+            }
+        }
+        Ok(out)
     }
 
     /// `new_notification` on both spellings of the user's topic, since a client may have
@@ -110,6 +150,7 @@ impl ChatState {
                     event: NEW_NOTIFICATION.into(),
                     payload: payload.clone(),
                     from: None,
+                    seq: None,
                 })
                 .map_err(|e| StoreError(e.to_string()))?;
         }

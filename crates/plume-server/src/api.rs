@@ -19,6 +19,8 @@ pub struct ApiRequest {
     pub method: Method,
     /// The path, percent-encoded as received.
     pub path: String,
+    /// The query string (without `?`; empty when there is none), percent-encoded.
+    pub query: String,
     /// The headers.
     pub headers: HeaderMap,
     /// The body.

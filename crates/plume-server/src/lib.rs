@@ -309,6 +309,7 @@ async fn call_api(api: &dyn HttpApi, req: Request<Incoming>) -> Response<Body> {
     api.handle(ApiRequest {
         method: parts.method,
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or("").to_owned(),
         headers: parts.headers,
         body,
     })

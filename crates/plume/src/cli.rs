@@ -72,6 +72,17 @@ pub enum MembershipArg {
     Open,
 }
 
+/// `--store` values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// An embedded SQLite database under `--data-dir`: everything survives a restart.
+    #[default]
+    Embedded,
+    /// In this process only (tests, throwaway runs): nothing survives a restart.
+    Memory,
+}
+
 /// `plume serve` flags. Unset flags fall back to the config file, then the defaults.
 #[derive(Parser, Debug, Default)]
 pub struct ServeArgs {
@@ -123,6 +134,23 @@ pub struct ServeArgs {
     /// Most pending notifications kept per user [default: 1000].
     #[arg(long, env = "PLUME_PENDING_LIMIT", value_name = "N")]
     pub pending_limit: Option<usize>,
+    /// Where chat state lives without Redis: embedded (a database under --data-dir) or
+    /// memory (lost on restart) [default: embedded].
+    #[arg(long, env = "PLUME_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// Directory of the embedded database, created on first start [default: ./plume-data].
+    #[arg(long, env = "PLUME_DATA_DIR", value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+    /// Newest messages kept per chat [default: 10000].
+    #[arg(long, env = "PLUME_HISTORY_LIMIT", value_name = "N")]
+    pub history_limit: Option<usize>,
+    /// Seconds a message is kept [default: 2592000, 30 days].
+    #[arg(long, env = "PLUME_HISTORY_TTL", value_name = "SECS")]
+    pub history_ttl: Option<f64>,
+    /// Most messages one rejoin replays; beyond it the join answers recovered: false
+    /// [default: 1000].
+    #[arg(long, env = "PLUME_RECOVERY_LIMIT", value_name = "N")]
+    pub recovery_limit: Option<usize>,
     /// Bearer key of the backend HTTP API; the API is off without one.
     #[arg(long, env = "PLUME_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,

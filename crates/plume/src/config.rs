@@ -9,7 +9,7 @@ use plume_redis::RedisConfig;
 use plume_server::ServerConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{JwtAlgorithm, LogFormat, MembershipArg, ServeArgs};
+use crate::cli::{JwtAlgorithm, LogFormat, MembershipArg, ServeArgs, StoreKind};
 
 /// The HS256 secret used when none is configured and the server only listens on loopback.
 /// It is published here, so tokens signed with it prove nothing: development only.
@@ -27,6 +27,25 @@ pub struct AuthConfig {
     pub jwt_algorithm: Option<PublicKeyAlgorithm>,
 }
 
+/// Where chat state lives on a node without Redis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Embedded database (default) or memory.
+    pub kind: StoreKind,
+    /// Directory of the embedded database. Default `./plume-data`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Embedded,
+            data_dir: PathBuf::from("plume-data"),
+        }
+    }
+}
+
 /// Everything `plume serve` runs with.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,6 +60,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The chat service.
     pub chat: ChatConfig,
+    /// Where chat state lives without Redis.
+    pub store: StoreConfig,
     /// The Redis cluster backend (used when `url` is set).
     pub redis: RedisConfig,
     /// The transport.
@@ -148,6 +169,22 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.pending_limit {
         chat.pending_limit = n;
     }
+    if let Some(n) = args.history_limit {
+        chat.history_limit = n;
+    }
+    if let Some(secs) = args.history_ttl {
+        chat.history_ttl =
+            Duration::try_from_secs_f64(secs).context("--history-ttl must be >= 0")?;
+    }
+    if let Some(n) = args.recovery_limit {
+        chat.recovery_limit = n;
+    }
+    if let Some(kind) = args.store {
+        config.store.kind = kind;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.store.data_dir = dir.clone();
+    }
     if let Some(key) = &args.api_key {
         config.api_key = Some(key.clone());
     }
@@ -183,6 +220,12 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     }
     if config.chat.pending_limit == 0 {
         bail!("pending limit must be at least 1");
+    }
+    if config.chat.history_limit == 0 {
+        bail!("history limit must be at least 1");
+    }
+    if config.chat.history_ttl < Duration::from_secs(1) {
+        bail!("history TTL must be at least 1 second");
     }
     if !config.redis.node_id.is_empty() && !plume_redis::valid_node_id(&config.redis.node_id) {
         bail!("node id must be 1-64 characters of A-Z a-z 0-9 . _ -");

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, LogFormat, TokenArgs};
+use crate::cli::{Cli, Command, LogFormat, StoreKind, TokenArgs};
 use crate::config::{Config, DEV_JWT_SECRET};
 
 fn main() -> anyhow::Result<()> {
@@ -127,15 +127,29 @@ impl Readiness for RedisReadiness {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let verifier = verifier(&config)?;
     let local = Arc::new(LocalPubSub::new());
+    let retention = config.chat.retention();
     let (pubsub, stores, cluster): (Arc<dyn PubSub>, Stores, Option<Cluster>) =
-        if config.redis.url.is_empty() {
-            (local, Stores::memory(), None)
-        } else {
+        if !config.redis.url.is_empty() {
             let cluster = Cluster::connect(&config.redis, local)
                 .await
                 .context("joining the redis cluster")?;
-            let stores = plume_chat::store::redis::stores(cluster.state.clone());
+            let stores = plume_chat::store::redis::stores(cluster.state.clone(), retention);
             (cluster.pubsub.clone(), stores, Some(cluster))
+        } else {
+            match config.store.kind {
+                StoreKind::Memory => {
+                    tracing::warn!("store: memory (chat state is lost when this process stops)");
+                    (local, Stores::memory(retention), None)
+                }
+                StoreKind::Embedded => {
+                    let dir = &config.store.data_dir;
+                    let (stores, _stats) = plume_chat::store::sqlite::open(dir, retention)
+                        .with_context(|| {
+                            format!("opening the embedded store in {}", dir.display())
+                        })?;
+                    (local, stores, None)
+                }
+            }
         };
     let chat = ChatService::new(config.chat.clone(), stores, pubsub.clone());
     let mut router = chat.routes(Router::new());

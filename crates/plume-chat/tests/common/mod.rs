@@ -37,8 +37,35 @@ pub async fn start_custom(
 ) -> Chat {
     let mut chat_config = ChatConfig::default();
     configure(&mut chat_config);
+    let stores = Stores::memory(chat_config.retention());
+    start_on(chat_config, stores, verifier, api_key).await
+}
+
+/// A chat server on the embedded (SQLite) store in `dir`.
+pub async fn start_embedded(
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut ChatConfig),
+) -> Chat {
+    let mut chat_config = ChatConfig::default();
+    configure(&mut chat_config);
+    let (stores, _) = plume_chat::store::sqlite::open(dir, chat_config.retention()).unwrap();
+    start_on(
+        chat_config,
+        stores,
+        JwtVerifier::hs256(SECRET),
+        Some(API_KEY.into()),
+    )
+    .await
+}
+
+pub async fn start_on(
+    chat_config: ChatConfig,
+    stores: Stores,
+    verifier: JwtVerifier,
+    api_key: Option<String>,
+) -> Chat {
     let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
-    let service = ChatService::new(chat_config, Stores::memory(), pubsub.clone());
+    let service = ChatService::new(chat_config, stores, pubsub.clone());
     let router = service.routes(Router::new());
     let config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -71,7 +98,7 @@ pub async fn start_node(
         .await
         .unwrap();
     let pubsub: Arc<dyn PubSub> = cluster.pubsub.clone();
-    let stores = plume_chat::store::redis::stores(cluster.state.clone());
+    let stores = plume_chat::store::redis::stores(cluster.state.clone(), chat_config.retention());
     let service = ChatService::new(chat_config, stores, pubsub.clone());
     let config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
