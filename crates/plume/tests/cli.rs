@@ -12,7 +12,19 @@ fn plume() -> Command {
             cmd.env_remove(key);
         }
     }
+    // Servers keep their embedded store in a fresh directory, never the working directory.
+    cmd.env("PLUME_DATA_DIR", fresh_data_dir());
     cmd
+}
+
+/// A new empty directory under the target dir (removed with it).
+fn fresh_data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-data-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 #[test]
