@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use plume_channels::outbound::Batch;
-use plume_channels::{ConnectInfo, ConnectRequest, LocalPubSub, Out, PubSub, Router, Socket};
+use plume_channels::{ConnectInfo, ConnectRequest, LocalPubSub, PubSub, Router, Socket};
 use plume_chat::store::{Notification, PendingItem};
 use plume_chat::{ChatConfig, ChatService, Membership, Stores, UserSession};
 use plume_client::Client;
