@@ -422,3 +422,152 @@ impl PubSub for LocalPubSub {
         self
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
+mod tests {
+    use super::*;
+    use crate::outbound::{OutboundRx, admit_seq, outbound};
+    use bytes::Bytes;
+    use plume_wire::{Json, Payload};
+
+    /// Records the repairs asked for.
+    #[derive(Default)]
+    struct Asked(parking_lot::Mutex<Vec<(String, u64, u64)>>);
+
+    impl SeqRepair for Asked {
+        fn repair(&self, topic: &str, epoch: u64, after: u64) {
+            self.0.lock().push((topic.to_owned(), epoch, after));
+        }
+    }
+
+    fn msg(epoch: u64, seq: u64) -> Broadcast {
+        Broadcast {
+            topic: "t".into(),
+            event: "e".into(),
+            payload: Payload::Json(
+                Json::from_text(Bytes::from(format!(r#"{{"n":{seq}}}"#))).unwrap(),
+            ),
+            from: None,
+            seq: Some(Seq { epoch, seq }),
+        }
+    }
+
+    fn setup() -> (LocalPubSub, Arc<Asked>, OutboundRx, Arc<AtomicU64>) {
+        let registry = LocalPubSub::new();
+        let asked = Arc::new(Asked::default());
+        registry.set_repair(asked.clone());
+        let (tx, rx) = outbound(64);
+        let floor = Arc::new(AtomicU64::new(0));
+        registry.add(
+            "t",
+            Subscriber {
+                socket: SocketId(1),
+                serializer: Serializer::V2,
+                kind: SubscriberKind::Fastlane,
+                tx,
+                floor: Some(floor.clone()),
+            },
+        );
+        (registry, asked, rx, floor)
+    }
+
+    /// The seqs a socket would write, in order (through its floor, as the driver does).
+    async fn written(rx: &mut OutboundRx) -> Vec<u64> {
+        let mut items = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            rx.recv_batch(&mut items),
+        )
+        .await;
+        items
+            .into_iter()
+            .filter_map(|item| match item {
+                Out::Seq { frame, seq, floor } => admit_seq(frame, seq, &floor).map(|_| seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn holds_until_the_start_is_known_then_dispatches_in_order() {
+        let (registry, asked, mut rx, _) = setup();
+        registry.dispatch(&msg(1, 6));
+        registry.dispatch(&msg(1, 5));
+        assert!(written(&mut rx).await.is_empty(), "no start yet");
+        // The join read the head at 4: everything after it, in order.
+        registry.start_seq("t", 1, 4);
+        assert_eq!(written(&mut rx).await, [5, 6]);
+        registry.dispatch(&msg(1, 6));
+        registry.dispatch(&msg(1, 7));
+        assert_eq!(written(&mut rx).await, [7], "a repeat is dropped");
+        assert!(asked.0.lock().is_empty());
+        // Starting again in the same epoch changes nothing.
+        registry.start_seq("t", 1, 100);
+        registry.dispatch(&msg(1, 8));
+        assert_eq!(written(&mut rx).await, [8]);
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_held_asked_for_once_and_closed_by_the_repair() {
+        let (registry, asked, mut rx, _) = setup();
+        registry.start_seq("t", 1, 0);
+        registry.dispatch(&msg(1, 1));
+        registry.dispatch(&msg(1, 3));
+        registry.dispatch(&msg(1, 4));
+        assert_eq!(written(&mut rx).await, [1]);
+        assert_eq!(
+            *asked.0.lock(),
+            [("t".to_owned(), 1, 1)],
+            "asked once for the gap"
+        );
+        assert_eq!(registry.seq_position("t"), Some(Seq { epoch: 1, seq: 1 }));
+        registry.repaired("t", 1, 1, vec![msg(1, 2), msg(1, 3)]);
+        assert_eq!(written(&mut rx).await, [2, 3, 4]);
+        assert_eq!(registry.seq_position("t"), Some(Seq { epoch: 1, seq: 4 }));
+    }
+
+    #[tokio::test]
+    async fn a_repair_that_finds_the_gap_trimmed_skips_it() {
+        let (registry, _, mut rx, _) = setup();
+        registry.start_seq("t", 1, 10);
+        registry.dispatch(&msg(1, 15));
+        assert!(written(&mut rx).await.is_empty());
+        // The log keeps only 14 onwards.
+        registry.repaired("t", 1, 10, vec![msg(1, 14), msg(1, 15)]);
+        assert_eq!(written(&mut rx).await, [14, 15]);
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_starts_over_and_resets_floors() {
+        let (registry, _, mut rx, floor) = setup();
+        registry.start_seq("t", 1, 0);
+        registry.dispatch(&msg(1, 1));
+        registry.dispatch(&msg(1, 2));
+        assert_eq!(written(&mut rx).await, [1, 2]);
+        assert_eq!(floor.load(Ordering::Relaxed), 2);
+        // The log was lost: seq starts again at 1 in epoch 2.
+        registry.dispatch(&msg(2, 1));
+        assert_eq!(written(&mut rx).await, [1]);
+        assert_eq!(registry.seq_position("t"), Some(Seq { epoch: 2, seq: 1 }));
+    }
+
+    #[tokio::test]
+    async fn resync_asks_every_sequenced_topic_from_where_it_stands() {
+        let (registry, asked, _rx, _) = setup();
+        registry.start_seq("t", 3, 7);
+        registry.resync();
+        assert_eq!(*asked.0.lock(), [("t".to_owned(), 3, 7)]);
+    }
+
+    #[tokio::test]
+    async fn plain_broadcasts_are_not_sequenced() {
+        let (registry, _, mut rx, _) = setup();
+        let mut plain = msg(0, 0);
+        plain.seq = None;
+        assert_eq!(registry.dispatch(&plain), 1);
+        let mut items = Vec::new();
+        rx.recv_batch(&mut items).await;
+        assert!(matches!(items.as_slice(), [Out::Frame(_)]));
+    }
+}
