@@ -111,7 +111,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PLUME_JWT_ALGORITHM", value_enum)]
     pub jwt_algorithm: Option<JwtAlgorithm>,
     /// Who may join chat:{id}: strict (members added through the API) or open (anyone
-    /// authenticated, recorded as a participant) [default: strict].
+    /// authenticated, recorded as a participant) [default: strict; open in development mode,
+    /// a loopback bind without a JWT secret or public key].
     #[arg(long, env = "PLUME_MEMBERSHIP", value_enum)]
     pub membership: Option<MembershipArg>,
     /// Longest message content in characters [default: 4096].

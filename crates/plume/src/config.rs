@@ -45,9 +45,23 @@ pub struct Config {
     pub redis: RedisConfig,
     /// The transport.
     pub server: ServerConfig,
+    /// Set by [`load`] when development mode chose open membership because nothing else
+    /// chose a join rule; the start-up log says so. Not a setting.
+    #[serde(skip)]
+    pub membership_from_development_mode: bool,
 }
 
 impl Config {
+    /// Development mode: a loopback bind and no JWT secret or public key. Only then does the
+    /// server accept tokens signed with the published [`DEV_JWT_SECRET`] (the one `plume
+    /// token` signs with by default), and, unless a join rule was chosen, use open membership
+    /// so that the README's quick start can chat without the backend API.
+    pub fn development_mode(&self) -> bool {
+        self.auth.jwt_secret.is_none()
+            && self.auth.jwt_public_key.is_none()
+            && self.server.bind.ip().is_loopback()
+    }
+
     /// The configuration with secrets replaced, for `--print-config`.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
@@ -77,21 +91,37 @@ fn redact_url(url: &str) -> String {
 
 /// Reads the config file, if any.
 pub fn read_file(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    match path {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading config file {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
-        }
-        None => Ok(Config::default()),
-    }
+    Ok(read_file_and_membership(path)?.0)
+}
+
+/// Reads the config file, if any, and tells whether it sets `chat.membership` (serde fills a
+/// missing key with the default, so only the text can tell a chosen `strict` from none).
+fn read_file_and_membership(path: Option<&PathBuf>) -> anyhow::Result<(Config, bool)> {
+    let Some(path) = path else {
+        return Ok((Config::default(), false));
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let parse = || format!("parsing config file {}", path.display());
+    let config: Config = toml::from_str(&text).with_context(parse)?;
+    let table: toml::Table = toml::from_str(&text).with_context(parse)?;
+    let sets_membership = table
+        .get("chat")
+        .and_then(|chat| chat.get("membership"))
+        .is_some();
+    Ok((config, sets_membership))
 }
 
 /// Builds the effective configuration from the file (if any) and the flags/env.
 pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut config = read_file(args.config.as_ref())?;
+    let (mut config, file_sets_membership) = read_file_and_membership(args.config.as_ref())?;
     apply(&mut config, args)?;
     validate(&config)?;
+    let membership_chosen = file_sets_membership || args.membership.is_some();
+    if config.development_mode() && !membership_chosen {
+        config.chat.membership = Membership::Open;
+        config.membership_from_development_mode = true;
+    }
     Ok(config)
 }
 
@@ -197,7 +227,7 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if auth.jwt_secret.as_deref() == Some("") {
         bail!("the JWT secret must not be empty");
     }
-    if auth.jwt_secret.is_none() && auth.jwt_public_key.is_none() && !s.bind.ip().is_loopback() {
+    if auth.jwt_secret.is_none() && auth.jwt_public_key.is_none() && !config.development_mode() {
         bail!(
             "listening on {} needs PLUME_JWT_SECRET or PLUME_JWT_PUBLIC_KEY \
              (the development secret is only used on loopback addresses)",

@@ -86,9 +86,16 @@ fn verifier(config: &Config) -> anyhow::Result<JwtVerifier> {
         Some(secret) => Ok(JwtVerifier::hs256(secret.as_bytes())),
         None => {
             tracing::warn!(
-                "no JWT secret configured: accepting tokens signed with the published \
-                 development secret (`plume token` signs with it); set PLUME_JWT_SECRET"
+                "development mode (loopback address, no JWT secret or public key): accepting \
+                 tokens signed with the published development secret (`plume token` signs \
+                 with it); set PLUME_JWT_SECRET for anything but local development"
             );
+            if config.membership_from_development_mode {
+                tracing::info!(
+                    "development mode: chat membership is open, any authenticated user may \
+                     join chat:{{id}}; choose with --membership or PLUME_MEMBERSHIP"
+                );
+            }
             Ok(JwtVerifier::hs256(DEV_JWT_SECRET.as_bytes()))
         }
     }

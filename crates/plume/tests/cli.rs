@@ -1,5 +1,5 @@
-//! The `plume` binary's command line: `token`, `--print-config` layering, and refusing an
-//! unsafe start.
+//! The `plume` binary's command line: `token`, `--print-config` layering, refusing an unsafe
+//! start, and the README's quick start (development mode).
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -202,4 +202,136 @@ fn json_log_format_writes_one_json_object_per_line() {
     assert_eq!(listening["fields"]["message"], "listening");
     let addr = listening["fields"]["addr"].as_str().unwrap();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+}
+
+/// The `addr=` of the listening line (the last line `serve` returns).
+fn listening_addr(seen: &[String]) -> String {
+    let line = seen.last().unwrap();
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr= in {line}"))
+        .to_owned()
+}
+
+/// A token from `plume token` with no secret configured: the development secret.
+fn dev_token(user: &str) -> String {
+    let out = plume().args(["token", "--sub", user]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Connects to `addr` as `user` with a `plume token` token and joins `topic`; returns the
+/// client, the join ref and the reply status.
+async fn join_as(
+    addr: &str,
+    user: &str,
+    topic: &str,
+) -> (plume_client::Client, plume_wire::Ref, String) {
+    let url = format!(
+        "ws://{addr}/socket/websocket?token={}&vsn=2.0.0",
+        dev_token(user)
+    );
+    let mut client = plume_client::Client::connect(&url).await.unwrap();
+    let (join_ref, reply) = client
+        .join(topic, &plume_wire::Payload::empty())
+        .await
+        .unwrap();
+    let status = reply.reply_status().unwrap();
+    (client, join_ref, status)
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn development_mode_opens_membership_so_the_quick_start_chats() {
+    let (mut child, _, seen) = serve(&[]);
+    assert!(
+        seen.iter().any(|l| l.contains("chat membership is open")),
+        "the start-up log says why anyone may join: {seen:?}"
+    );
+    let addr = listening_addr(&seen);
+    block_on(async {
+        let (mut alice, join_ref, status) = join_as(&addr, "alice", "chat:1").await;
+        assert_eq!(status, "ok");
+        let payload =
+            plume_wire::Payload::json(&serde_json::json!({"content": "hi", "mobile_ref_id": "m1"}))
+                .unwrap();
+        let reply = alice
+            .call(&join_ref, "chat:1", "send_message", &payload)
+            .await
+            .unwrap();
+        assert_eq!(reply.reply_status().as_deref(), Some("ok"));
+    });
+    signal(&child, "-TERM");
+    let _ = child.wait();
+}
+
+#[test]
+fn development_mode_keeps_a_membership_the_user_chose() {
+    let print = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dev = print(plume().args(["serve", "--print-config"]));
+    assert!(dev.contains("membership = \"open\""), "{dev}");
+    let flag = print(plume().args(["serve", "--print-config", "--membership", "strict"]));
+    assert!(flag.contains("membership = \"strict\""), "{flag}");
+    let env = print(
+        plume()
+            .args(["serve", "--print-config"])
+            .env("PLUME_MEMBERSHIP", "strict"),
+    );
+    assert!(env.contains("membership = \"strict\""), "{env}");
+    let dir = std::env::temp_dir().join(format!("plume-cli-membership-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("plume.toml");
+    std::fs::write(&file, "[chat]\nmembership = \"strict\"\n").unwrap();
+    let from_file = print(
+        plume()
+            .args(["serve", "--print-config", "--config"])
+            .arg(&file),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(from_file.contains("membership = \"strict\""), "{from_file}");
+    // Not development mode: a configured secret keeps the strict default.
+    let production = print(plume().args(["serve", "--print-config", "--jwt-secret", "s"]));
+    assert!(
+        production.contains("membership = \"strict\""),
+        "{production}"
+    );
+}
+
+#[test]
+fn a_refused_join_is_logged_with_its_topic_and_reason() {
+    let (mut child, lines, seen) = serve(&["--membership", "strict"]);
+    assert!(
+        !seen.iter().any(|l| l.contains("membership is open")),
+        "{seen:?}"
+    );
+    let addr = listening_addr(&seen);
+    let status = block_on(async { join_as(&addr, "mallory", "chat:1").await.2 });
+    assert_eq!(status, "error");
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let refused = rest
+        .iter()
+        .find(|l| l.contains("join refused"))
+        .unwrap_or_else(|| panic!("no join refused line: {rest:?}"));
+    assert!(refused.contains(" INFO "), "{refused}");
+    assert!(
+        refused.contains("topic=chat:1") && refused.contains("unauthorized"),
+        "{refused}"
+    );
 }
