@@ -72,20 +72,8 @@ impl Config {
         };
         hide(&mut c.api_key);
         hide(&mut c.auth.jwt_secret);
-        if !c.redis.url.is_empty() {
-            c.redis.url = redact_url(&c.redis.url);
-        }
+        c.redis.url = plume_redis::redact_url(&c.redis.url);
         c
-    }
-}
-
-/// `redis://user:password@host` -> `redis://<redacted>@host`.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}<redacted>{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -335,3 +335,58 @@ fn a_refused_join_is_logged_with_its_topic_and_reason() {
         "{refused}"
     );
 }
+
+/// Sends one command to Redis in its wire format and returns the first reply line.
+fn redis_command(port: u16, args: &[&str]) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut frame = format!("*{}\r\n", args.len());
+    for arg in args {
+        frame.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    conn.write_all(frame.as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn the_redis_password_never_reaches_the_log() {
+    let redis = plume_redis::test_server::RedisServer::start();
+    let password = "quick-start-secret-pw";
+    assert_eq!(
+        redis_command(redis.port(), &["CONFIG", "SET", "requirepass", password]),
+        "+OK\r\n"
+    );
+    let url = format!("redis://:{password}@127.0.0.1:{}/0", redis.port());
+    let (mut child, _, seen) = serve(&["--redis-url", &url]);
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    let joined = seen
+        .iter()
+        .find(|l| l.contains("joined the redis cluster"))
+        .unwrap_or_else(|| panic!("the node did not join (wrong password?): {seen:?}"));
+    assert!(
+        joined.contains(&format!(
+            "url=redis://<redacted>@127.0.0.1:{}/0",
+            redis.port()
+        )),
+        "{joined}"
+    );
+    assert!(
+        !seen.iter().any(|l| l.contains(password)),
+        "the password is in the log: {seen:?}"
+    );
+    // A failed connect names the server but not the password either.
+    let refused = plume()
+        .args(["serve", "--bind", "127.0.0.1:0", "--redis-url"])
+        .arg(format!("redis://:{password}@127.0.0.1:1/0"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("127.0.0.1:1") && !err.contains(password),
+        "{err}"
+    );
+}
