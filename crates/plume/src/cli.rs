@@ -102,6 +102,7 @@ pub struct ServeArgs {
     pub check_origin: Option<Vec<String>>,
     /// HS256 secret for connect tokens. Without a secret or public key, a loopback bind uses
     /// a published development secret (with a warning) and any other bind refuses to start.
+    /// An empty secret is refused.
     #[arg(long, env = "PLUME_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// PEM public key for RS256/ES256 connect tokens (instead of a secret).
@@ -124,7 +125,7 @@ pub struct ServeArgs {
     /// Most pending notifications kept per user [default: 1000].
     #[arg(long, env = "PLUME_PENDING_LIMIT", value_name = "N")]
     pub pending_limit: Option<usize>,
-    /// Bearer key of the backend HTTP API; the API is off without one.
+    /// Bearer key of the backend HTTP API; the API is off without one (an empty key is none).
     #[arg(long, env = "PLUME_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Redis URL (`redis://host:6379/0`): share pub/sub and every store with other nodes.

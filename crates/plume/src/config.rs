@@ -104,6 +104,11 @@ fn read_file_and_membership(path: Option<&PathBuf>) -> anyhow::Result<(Config, b
 pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     let (mut config, file_sets_membership) = read_file_and_membership(args.config.as_ref())?;
     apply(&mut config, args)?;
+    // An empty API key (`PLUME_API_KEY=`, as docker-compose.yml passes it when unset) means
+    // no key: the API stays off, and --print-config must not pretend a key is set.
+    if config.api_key.as_deref() == Some("") {
+        config.api_key = None;
+    }
     validate(&config)?;
     let membership_chosen = file_sets_membership || args.membership.is_some();
     if config.development_mode() && !membership_chosen {
@@ -185,6 +190,19 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses an empty JWT secret. It is not taken as "no secret": on a loopback address that
+/// would silently switch to development mode (published secret, open membership) when the
+/// user meant to set one, and an empty HMAC key would let anyone sign tokens.
+pub fn check_jwt_secret(secret: Option<&str>) -> anyhow::Result<()> {
+    if secret == Some("") {
+        bail!(
+            "the JWT secret is empty (PLUME_JWT_SECRET= or jwt_secret = \"\"): set a secret, \
+             or unset it to use the development secret on a loopback address"
+        );
+    }
+    Ok(())
+}
+
 fn validate(config: &Config) -> anyhow::Result<()> {
     let s = &config.server;
     if s.idle_timeout.is_zero() {
@@ -212,8 +230,16 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if auth.jwt_secret.is_some() && auth.jwt_public_key.is_some() {
         bail!("configure either a JWT secret or a JWT public key, not both");
     }
-    if auth.jwt_secret.as_deref() == Some("") {
-        bail!("the JWT secret must not be empty");
+    check_jwt_secret(auth.jwt_secret.as_deref())?;
+    if auth
+        .jwt_public_key
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        bail!(
+            "the JWT public key path is empty (PLUME_JWT_PUBLIC_KEY= or jwt_public_key = \"\"): \
+             give the PEM file, or unset it"
+        );
     }
     if auth.jwt_secret.is_none() && auth.jwt_public_key.is_none() && !config.development_mode() {
         bail!(

@@ -50,11 +50,9 @@ fn main() -> anyhow::Result<()> {
 
 fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let file = config::read_file(args.config.as_ref())?;
-    let secret = args
-        .jwt_secret
-        .clone()
-        .or(file.auth.jwt_secret)
-        .unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
+    let secret = args.jwt_secret.clone().or(file.auth.jwt_secret);
+    config::check_jwt_secret(secret.as_deref())?;
+    let secret = secret.unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
     let token = plume_chat::auth::sign_hs256(secret.as_bytes(), &args.sub, args.ttl)?;
     println!("{token}");
     Ok(())

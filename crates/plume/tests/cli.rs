@@ -130,8 +130,13 @@ type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStderr>>;
 /// Starts `plume serve --bind 127.0.0.1:0 EXTRA…` and reads its log until the listening line;
 /// returns the process, the rest of its log, and every line up to and including that one.
 fn serve(extra: &[&str]) -> (std::process::Child, Lines, Vec<String>) {
+    serve_with(plume(), extra)
+}
+
+/// [`serve`] with a prepared command (extra environment).
+fn serve_with(mut cmd: Command, extra: &[&str]) -> (std::process::Child, Lines, Vec<String>) {
     use std::io::{BufRead, BufReader};
-    let mut child = plume()
+    let mut child = cmd
         .args(["serve", "--bind", "127.0.0.1:0"])
         .args(extra)
         .env("NO_COLOR", "1")
@@ -389,4 +394,47 @@ fn the_redis_password_never_reaches_the_log() {
         err.contains("127.0.0.1:1") && !err.contains(password),
         "{err}"
     );
+}
+
+#[test]
+fn an_empty_api_key_is_no_key() {
+    let out = plume()
+        .args(["serve", "--print-config"])
+        .env("PLUME_API_KEY", "")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains("api_key"),
+        "an empty key is shown as unset:\n{text}"
+    );
+    let (mut child, _, seen) = {
+        let mut cmd = plume();
+        cmd.env("PLUME_API_KEY", "");
+        serve_with(cmd, &[])
+    };
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("backend HTTP API off")),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn an_empty_jwt_secret_is_refused_with_a_clear_error() {
+    for args in [&["serve"][..], &["token", "--sub", "alice"][..]] {
+        let out = plume()
+            .args(args)
+            .env("PLUME_JWT_SECRET", "")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} accepted an empty secret");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("JWT secret is empty") && err.contains("PLUME_JWT_SECRET"),
+            "{args:?}: {err}"
+        );
+    }
 }
