@@ -162,7 +162,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => server,
     };
     let mut signals = StopSignals::install()?;
-    let running = server.start().await.context("binding the listener")?;
+    let running = server.start().await.context("starting the server")?;
     signals.wait().await?;
     running.shutdown().await;
     if let Some(cluster) = cluster {

@@ -438,3 +438,58 @@ fn an_empty_jwt_secret_is_refused_with_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn an_address_in_use_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = plume().args(["serve", "--bind", &addr]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("binding {addr}")), "{err}");
+}
+
+#[test]
+fn refused_tokens_are_logged_in_words() {
+    let (mut child, lines, seen) = serve(&[]);
+    let addr = listening_addr(&seen);
+    let out = plume()
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--jwt-secret",
+            "not-the-server-secret",
+        ])
+        .output()
+        .unwrap();
+    let wrong_key = String::from_utf8(out.stdout).unwrap();
+    block_on(async {
+        for token in [wrong_key.trim(), "not-a-jwt"] {
+            let url = format!("ws://{addr}/socket/websocket?token={token}&vsn=2.0.0");
+            match plume_client::Client::connect(&url).await {
+                Err(plume_client::ClientError::Refused(status)) => assert_eq!(status, 403),
+                Err(other) => panic!("{other}"),
+                Ok(_) => panic!("{token} was accepted"),
+            }
+        }
+    });
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let refused: Vec<&String> = rest
+        .iter()
+        .filter(|l| l.contains("upgrade refused"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{rest:?}");
+    assert!(
+        refused[0].contains("connect refused: signature does not match"),
+        "{}",
+        refused[0]
+    );
+    assert!(
+        refused[1].contains("connect refused: malformed token"),
+        "{}",
+        refused[1]
+    );
+}
