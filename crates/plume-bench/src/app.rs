@@ -44,8 +44,13 @@ struct Deployment {
 }
 
 fn validate(args: &BenchArgs, scenario: Scenario) -> anyhow::Result<Size> {
-    args.validate(scenario)
-        .map_err(|e| anyhow::anyhow!("invalid arguments: {e}"))
+    let size = args
+        .validate(scenario)
+        .map_err(|e| anyhow::anyhow!("invalid arguments: {e}"))?;
+    if let Some(warning) = args.short_run_warning(scenario) {
+        eprintln!("warning: {warning}");
+    }
+    Ok(size)
 }
 
 /// Raises this process's open-file limit and checks it fits the run.

@@ -329,7 +329,10 @@ impl Socket {
                 });
                 Reply::ok(response)
             }
-            Ok(Err(JoinError::Refused(response))) => Reply::error(response),
+            Ok(Err(JoinError::Refused(response))) => {
+                tracing::info!(topic = %msg.topic, reason = ?response, "join refused");
+                Reply::error(response)
+            }
             Ok(Err(JoinError::Failed(err))) => {
                 tracing::error!(topic = %msg.topic, %err, "join failed");
                 Reply::error_reason(event::REASON_JOIN_CRASHED)

@@ -113,6 +113,7 @@ pub struct ServeArgs {
     pub check_origin: Option<Vec<String>>,
     /// HS256 secret for connect tokens. Without a secret or public key, a loopback bind uses
     /// a published development secret (with a warning) and any other bind refuses to start.
+    /// An empty secret is refused.
     #[arg(long, env = "PLUME_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// PEM public key for RS256/ES256 connect tokens (instead of a secret).
@@ -122,7 +123,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PLUME_JWT_ALGORITHM", value_enum)]
     pub jwt_algorithm: Option<JwtAlgorithm>,
     /// Who may join chat:{id}: strict (members added through the API) or open (anyone
-    /// authenticated, recorded as a participant) [default: strict].
+    /// authenticated, recorded as a participant) [default: strict; open in development mode,
+    /// a loopback bind without a JWT secret or public key].
     #[arg(long, env = "PLUME_MEMBERSHIP", value_enum)]
     pub membership: Option<MembershipArg>,
     /// Longest message content in characters [default: 4096].
@@ -151,7 +153,7 @@ pub struct ServeArgs {
     /// [default: 1000].
     #[arg(long, env = "PLUME_RECOVERY_LIMIT", value_name = "N")]
     pub recovery_limit: Option<usize>,
-    /// Bearer key of the backend HTTP API; the API is off without one.
+    /// Bearer key of the backend HTTP API; the API is off without one (an empty key is none).
     #[arg(long, env = "PLUME_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Redis URL (`redis://host:6379/0`): share pub/sub and every store with other nodes.

@@ -50,11 +50,9 @@ fn main() -> anyhow::Result<()> {
 
 fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let file = config::read_file(args.config.as_ref())?;
-    let secret = args
-        .jwt_secret
-        .clone()
-        .or(file.auth.jwt_secret)
-        .unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
+    let secret = args.jwt_secret.clone().or(file.auth.jwt_secret);
+    config::check_jwt_secret(secret.as_deref())?;
+    let secret = secret.unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
     let token = plume_chat::auth::sign_hs256(secret.as_bytes(), &args.sub, args.ttl)?;
     println!("{token}");
     Ok(())
@@ -86,9 +84,16 @@ fn verifier(config: &Config) -> anyhow::Result<JwtVerifier> {
         Some(secret) => Ok(JwtVerifier::hs256(secret.as_bytes())),
         None => {
             tracing::warn!(
-                "no JWT secret configured: accepting tokens signed with the published \
-                 development secret (`plume token` signs with it); set PLUME_JWT_SECRET"
+                "development mode (loopback address, no JWT secret or public key): accepting \
+                 tokens signed with the published development secret (`plume token` signs \
+                 with it); set PLUME_JWT_SECRET for anything but local development"
             );
+            if config.membership_from_development_mode {
+                tracing::info!(
+                    "development mode: chat membership is open, any authenticated user may \
+                     join chat:{{id}}; choose with --membership or PLUME_MEMBERSHIP"
+                );
+            }
             Ok(JwtVerifier::hs256(DEV_JWT_SECRET.as_bytes()))
         }
     }
@@ -171,7 +176,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => server,
     };
     let mut signals = StopSignals::install()?;
-    let running = server.start().await.context("binding the listener")?;
+    let running = server.start().await.context("starting the server")?;
     signals.wait().await?;
     running.shutdown().await;
     if let Some(cluster) = cluster {
