@@ -168,10 +168,7 @@ async fn faulty_proxy(redis_port: u16, mode: Arc<AtomicU8>) -> u16 {
                     let _ = tokio::io::copy(&mut cr, &mut uw).await;
                 });
                 let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let Ok(n) = ur.read(&mut buf).await else {
-                        break;
-                    };
+                while let Ok(n) = ur.read(&mut buf).await {
                     if n == 0 {
                         break;
                     }
