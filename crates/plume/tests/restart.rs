@@ -45,6 +45,8 @@ fn start(extra: &[&str]) -> (Child, String) {
             return (child, addr);
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the server did not start");
 }
 
