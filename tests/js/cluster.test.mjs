@@ -134,6 +134,60 @@ describe("cluster: 3 nodes + redis + nginx", { timeout: 120_000 }, () => {
     await victim.start(`127.0.0.1:${victim.port}`, { attempts: 5 });
   });
 
+  it("a client of a killed node rejoins through nginx on another node and recovers the 20 messages it missed", async () => {
+    const chat = "rec";
+    await member(chat, "alice");
+    await member(chat, "bob");
+    const counts = async () =>
+      Promise.all([0, 1, 2].map(async (i) => JSON.parse((await httpGet(http(i), "/healthz")).body).connections));
+    const before = await counts();
+    // Bob comes through the load balancer; reconnects wait 300 ms, so the messages below are
+    // sent while he is away.
+    const bob = createClient(cluster.nginx.url, {
+      label: "bob",
+      params: { token: signJwt("bob") },
+      reconnectAfterMs: () => 300,
+    });
+    clients.push(bob);
+    bob.socket.connect();
+    await waitUntil(() => bob.socket.isConnected(), { what: "bob to connect" });
+    const afterConnect = await counts();
+    const victimIndex = afterConnect.findIndex((n, i) => n > before[i]);
+    assert.ok(victimIndex >= 0, `bob's node not found: ${before} -> ${afterConnect}`);
+    const alice = connect(nodeUrl((victimIndex + 1) % 3), "alice");
+    const ca = await chatChannel(alice, chat);
+    const state = { lastSeq: 0, epoch: null, seen: [], replies: [] };
+    const cb = bob.socket.channel(`chat:${chat}`, () =>
+      state.epoch === null ? {} : { last_seq: state.lastSeq, epoch: state.epoch },
+    );
+    cb.on("receive_message", (m) => {
+      state.seen.push(m.seq);
+      state.lastSeq = Math.max(state.lastSeq, m.seq);
+    });
+    cb.join().receive("ok", (reply) => {
+      state.replies.push(reply);
+      state.epoch = reply.epoch;
+      if (reply.recovered !== true) state.lastSeq = Math.max(state.lastSeq, reply.last_seq);
+    });
+    await waitUntil(() => state.replies.length === 1, { what: "bob's join" });
+    const base = state.replies[0].last_seq;
+    for (let i = 0; i < 3; i++) assert.equal((await send(ca, `live${i}`, `rl${i}`)).status, "ok");
+    await waitUntil(() => state.seen.length === 3, { what: "three live messages" });
+
+    const victim = cluster.servers[victimIndex];
+    await victim.stop({ signal: "SIGKILL" });
+    for (let i = 0; i < 20; i++) assert.equal((await send(ca, `away${i}`, `ra${i}`)).status, "ok");
+    await waitUntil(() => state.replies.length === 2, { timeout: 15_000, what: "bob to rejoin through nginx" });
+    assert.equal(state.replies[1].recovered, true, JSON.stringify(state.replies[1]));
+    await waitUntil(() => state.seen.length === 23, { timeout: 5_000, what: "the 20 missed messages" });
+    for (let i = 0; i < 5; i++) assert.equal((await send(ca, `after${i}`, `rf${i}`)).status, "ok");
+    await waitUntil(() => state.seen.length === 28, { what: "live messages after the recovery" });
+    await delay(300);
+    const expected = Array.from({ length: 28 }, (_, i) => base + 1 + i);
+    assert.deepEqual(state.seen, expected, "each message once, in order");
+    await victim.start(`127.0.0.1:${victim.port}`, { attempts: 5 });
+  });
+
   it("after redis-server restarts, cross-node delivery resumes within seconds and nothing stored is lost", async () => {
     await member("r", "alice");
     await member("r", "bob");
