@@ -188,6 +188,46 @@ describe("cluster: 3 nodes + redis + nginx", { timeout: 120_000 }, () => {
     await victim.start(`127.0.0.1:${victim.port}`, { attempts: 5 });
   });
 
+  it("notifications for a user whose node was killed wait as pending, though the dead node still counts them as online", async () => {
+    const chat = "dead";
+    await member(chat, "alice");
+    await member(chat, "carol");
+    const counts = async () =>
+      Promise.all([0, 1, 2].map(async (i) => JSON.parse((await httpGet(http(i), "/healthz")).body).connections));
+    const before = await counts();
+    const carol = createClient(cluster.nginx.url, {
+      label: "carol",
+      params: { token: signJwt("carol") },
+      reconnectAfterMs: () => 1_000,
+    });
+    clients.push(carol);
+    carol.socket.connect();
+    const notes = carol.socket.channel("notifications:carol", {});
+    await joinOk(notes);
+    const afterConnect = await counts();
+    const victimIndex = afterConnect.findIndex((n, i) => n > before[i]);
+    assert.ok(victimIndex >= 0, `carol's node not found: ${before} -> ${afterConnect}`);
+    const alice = connect(nodeUrl((victimIndex + 1) % 3), "alice");
+    const ca = await chatChannel(alice, chat);
+    const live = collectEvents(notes, "new_notification");
+    const pending = collectEvents(notes, "pending_notification");
+    assert.equal((await send(ca, "before", "d0")).status, "ok");
+    await waitUntil(() => live.length === 1, { what: "a live notification" });
+    await delay(100);
+
+    const victim = cluster.servers[victimIndex];
+    await victim.stop({ signal: "SIGKILL" });
+    // Within the node TTL carol still counts as online on the dead node.
+    for (let i = 1; i <= 5; i++) assert.equal((await send(ca, `while away ${i}`, `d${i}`)).status, "ok");
+    await waitUntil(() => notes.state === "joined" && carol.socket.isConnected() && pending.length >= 5, {
+      timeout: 15_000,
+      what: "carol back through nginx with the five as pending",
+    });
+    const got = [...live, ...pending].map((e) => e.payload.content);
+    for (let i = 1; i <= 5; i++) assert.ok(got.includes(`while away ${i}`), `missing "while away ${i}": ${got}`);
+    await victim.start(`127.0.0.1:${victim.port}`, { attempts: 5 });
+  });
+
   it("after redis-server restarts, cross-node delivery resumes within seconds and nothing stored is lost", async () => {
     await member("r", "alice");
     await member("r", "bob");

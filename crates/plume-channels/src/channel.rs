@@ -294,6 +294,20 @@ impl<'a> Context<'a> {
     /// live copies of what it replays are dropped by [`Context::set_floor`]. Outside `join`
     /// (already subscribed) it does nothing. If the join then fails, the socket unsubscribes.
     pub async fn subscribe(&mut self) {
+        self.subscribe_as(SubscriberKind::Fastlane).await;
+    }
+
+    /// During `join`: subscribes this socket to the topic so that its broadcasts arrive in
+    /// the channel's `handle_info` as a [`Broadcast`] instead of going straight to the
+    /// client (Phoenix's `intercept`). For low-volume topics whose channel must act on each
+    /// delivery; the fan-out fast path is not used for them.
+    pub async fn intercept(&mut self) {
+        let channel = self.channel_id;
+        self.subscribe_as(SubscriberKind::Intercept { channel })
+            .await;
+    }
+
+    async fn subscribe_as(&mut self, kind: SubscriberKind) {
         let Some(flag) = self.subscribed.as_deref_mut() else {
             return;
         };
@@ -304,7 +318,7 @@ impl<'a> Context<'a> {
         let sub = Subscriber {
             socket: self.socket.id,
             serializer: self.socket.serializer,
-            kind: SubscriberKind::Fastlane,
+            kind,
             tx: self.socket.tx.clone(),
             floor: Some(self.floor.clone()),
         };

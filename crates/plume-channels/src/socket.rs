@@ -448,11 +448,11 @@ impl Socket {
         );
     }
 
-    /// Unsubscribes an instance and runs its `terminate` (a panic there is logged only).
+    /// Runs an instance's `terminate`, then unsubscribes it (a panic in `terminate` is logged
+    /// only). In that order so that while a channel records that it is leaving (a presence
+    /// store, say), its socket still receives the topic: nothing sent in between falls in a
+    /// gap where the user is neither subscribed nor known to be away.
     async fn end(&mut self, mut joined: Joined, reason: Terminate) {
-        self.shared
-            .pubsub
-            .unsubscribe(&joined.topic, self.shared.id);
         let mut ctx = Context {
             socket: &self.shared,
             topic: &joined.topic,
@@ -469,6 +469,9 @@ impl Socket {
             tracing::error!(topic = %joined.topic, panic = %panic_text(&*panic),
                 "channel terminate panicked");
         }
+        self.shared
+            .pubsub
+            .unsubscribe(&joined.topic, self.shared.id);
     }
 }
 

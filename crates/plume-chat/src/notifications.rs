@@ -6,16 +6,23 @@
 //! `{"notifications":[…]}`. Nothing is pushed when nothing was pending. They are deleted
 //! only once those frames were written to the socket: a socket that dies before gets them
 //! again on its next join (at least once; two devices joining at once may both get them).
+//!
+//! Live notifications are intercepted (they reach `handle_info`, not the fast path): the
+//! channel pushes `new_notification` and, once the frame is written, removes the copy the
+//! sender stored as pending for this user (see [`ChatState::notify_all`]).
 
 use std::any::Any;
 use std::sync::Arc;
 
-use plume_channels::{Channel, ChannelError, Context, JoinError, Outcome, Reply, Terminate};
+use plume_channels::{
+    Broadcast, Channel, ChannelError, Context, JoinError, Outcome, Reply, Terminate,
+};
 use plume_wire::Payload;
 
 use crate::chat::session_user;
 use crate::events::*;
 use crate::state::ChatState;
+use crate::store::{Notification, PendingItem};
 
 /// The notifications channel of one socket.
 pub struct NotificationsChannel {
@@ -30,6 +37,21 @@ struct AfterJoin;
 /// Sent to itself after pushing pending notifications up to this id: it is handled after
 /// the driver wrote those frames, so they can be deleted.
 struct PendingWritten(u64);
+
+/// Sent to itself after pushing a live notification: handled after the frame was written.
+struct LiveWritten(PendingItem);
+
+/// The stored item a live `new_notification` stands for.
+fn item_of(payload: &Payload) -> Option<PendingItem> {
+    let n: Notification = serde_json::from_slice(payload.as_json()?.as_bytes()).ok()?;
+    Some(match n.seq {
+        Some(seq) => PendingItem::Message {
+            chat_id: n.chat_id,
+            seq,
+        },
+        None => PendingItem::Inline(n),
+    })
+}
 
 impl Channel for NotificationsChannel {
     type State = ChatState;
@@ -51,6 +73,7 @@ impl Channel for NotificationsChannel {
         if wanted != user {
             return Err(JoinError::reason(REASON_UNAUTHORIZED));
         }
+        ctx.intercept().await;
         ctx.send_info(Box::new(AfterJoin))
             .map_err(|e| JoinError::Failed(e.to_string()))?;
         let channel = NotificationsChannel {
@@ -80,6 +103,26 @@ impl Channel for NotificationsChannel {
         if let Some(PendingWritten(upto)) = info.downcast_ref::<PendingWritten>() {
             return stores.pending.remove(&self.user, *upto).await.map_err(fail);
         }
+        if let Some(LiveWritten(item)) = info.downcast_ref::<LiveWritten>() {
+            return stores
+                .pending
+                .remove_item(&self.user, item)
+                .await
+                .map_err(fail);
+        }
+        let info = match info.downcast::<Broadcast>() {
+            Ok(broadcast) => {
+                ctx.push(&broadcast.event, &broadcast.payload);
+                if &*broadcast.event == NEW_NOTIFICATION
+                    && let Some(item) = item_of(&broadcast.payload)
+                {
+                    ctx.send_info(Box::new(LiveWritten(item)))
+                        .map_err(|e| ChannelError::new(e.to_string()))?;
+                }
+                return Ok(());
+            }
+            Err(other) => other,
+        };
         if !info.is::<AfterJoin>() || self.present {
             return Ok(());
         }

@@ -56,11 +56,14 @@ impl ChatState {
     }
 
     /// Notifies each of `users` except `sender` who has no socket in `chat` (all of them when
-    /// `chat` is `None`): live where they have notifications joined, otherwise `item` is
-    /// stored as pending (for a chat message, a reference into the log). A store is asked
-    /// once for everybody's whereabouts and once to store every pending item, so a chat with
-    /// many members costs two round trips, not two per member. Returns, per user, what
-    /// happened (`None`: the sender, or in the chat; not notified).
+    /// `chat` is `None`). `item` is stored as pending for every one of them (for a chat
+    /// message, a reference into the log), and those with a notifications topic joined also
+    /// get `new_notification` at once; their channel removes the stored item once it wrote
+    /// the frame. So a user whose socket or node dies before the write (or whose node is
+    /// dead but still counts as present) finds it pending on the next join: never lost, at
+    /// worst twice. A store is asked once for everybody's whereabouts and once to store
+    /// every pending item, so a chat with many members costs two round trips, not two per
+    /// member. Returns, per user, what happened (`None`: the sender, or in the chat).
     pub async fn notify_all(
         &self,
         users: &[String],
@@ -70,30 +73,28 @@ impl ChatState {
         item: &PendingItem,
     ) -> Result<Vec<Option<Delivery>>, StoreError> {
         let located = self.stores.presence.locate(users, chat).await?;
-        let mut offline = Vec::new();
+        let mut notified = Vec::new();
+        let mut live = Vec::new();
         let mut outcome = Vec::with_capacity(users.len());
-        let mut payload = None;
         for (user, at) in users.iter().zip(&located) {
             if at.in_chat || Some(user.as_str()) == sender {
                 outcome.push(None);
-            } else if at.notifications {
-                let payload = match &payload {
-                    Some(p) => p,
-                    None => payload.insert(
-                        Payload::json(notification).map_err(|e| StoreError(e.to_string()))?,
-                    ),
-                };
-                self.broadcast_notification(user, payload)?;
+                continue;
+            }
+            notified.push(user.clone());
+            if at.notifications {
+                live.push(user);
                 outcome.push(Some(Delivery::Delivered));
             } else {
-                offline.push(user.clone());
                 outcome.push(Some(Delivery::Pending));
             }
         }
+        // Stored before the live push, so the channel's removal after the write cannot come
+        // first.
         let dropped = self
             .stores
             .pending
-            .push_many(&offline, item, self.config.pending_limit)
+            .push_many(&notified, item, self.config.pending_limit)
             .await?;
         if dropped > 0 {
             tracing::warn!(
@@ -101,6 +102,12 @@ impl ChatState {
                 limit = self.config.pending_limit,
                 "pending notifications over the limit; oldest dropped"
             );
+        }
+        if !live.is_empty() {
+            let payload = Payload::json(notification).map_err(|e| StoreError(e.to_string()))?;
+            for user in live {
+                self.broadcast_notification(user, &payload)?;
+            }
         }
         Ok(outcome)
     }

@@ -212,6 +212,13 @@ async fn members_outside_the_chat_get_new_notification_members_inside_do_not() {
     );
     assert_no(&mut b, "new_notification").await;
     assert_no(&mut a, "new_notification").await;
+    // Carol's copy was stored until her socket wrote it: once written it is gone, so her
+    // next join finds nothing pending.
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut c2 = chat.connect("carol", "c2").await;
+    join_ok(&mut c2, "notifications:carol").await;
+    assert_no(&mut c2, "pending_notifications").await;
 }
 
 #[tokio::test]

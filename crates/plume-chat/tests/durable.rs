@@ -482,3 +482,40 @@ async fn a_send_whose_delivery_stopped_half_way_is_delivered_by_its_retry_once()
     send(&mut alice, &jr, "d", body).await;
     assert_no(&mut olga, "new_notification").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_keeps_reconnecting_misses_nothing() {
+    // The receiver closes its socket 15 times while a sender sends without pause; each
+    // rejoin asks for what came after the last seq it saw. Every message arrives once, in
+    // order (the loss this ends: a message sent while a socket was closing reached no one).
+    let chat = start_with(|c| c.membership = Membership::Open).await;
+    let mut alice = chat.connect("alice", "a").await;
+    let ajr = join_ok(&mut alice, "chat:churn").await;
+    const N: usize = 400;
+    let sender = tokio::spawn(async move { send_n(&mut alice, &ajr, "churn", "m", N).await });
+    let mut seen: Vec<u64> = Vec::new();
+    let mut epoch = String::new();
+    for round in 0..16 {
+        let mut bob = chat.connect("bob", &format!("b{round}")).await;
+        let ask = match seen.last() {
+            Some(last) => format!(r#"{{"last_seq":{last},"epoch":"{epoch}"}}"#),
+            None => r#"{"last_seq":0}"#.to_owned(),
+        };
+        let (_, status, reply) = join_with(&mut bob, "chat:churn", &ask).await;
+        assert_eq!(
+            (status.as_str(), &reply["recovered"]),
+            ("ok", &json!(true)),
+            "{reply}"
+        );
+        epoch = reply["epoch"].as_str().unwrap().to_owned();
+        let take = if round == 15 {
+            N - seen.len()
+        } else {
+            (N / 20).min(N - seen.len())
+        };
+        seen.extend(receive_seqs(&mut bob, take).await);
+        bob.close().await.unwrap();
+    }
+    sender.await.unwrap();
+    assert_eq!(seen, (1..=N as u64).collect::<Vec<_>>());
+}

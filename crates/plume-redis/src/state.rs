@@ -615,6 +615,18 @@ impl RedisState {
             .collect())
     }
 
+    /// Removes one pending item of a user.
+    pub async fn remove_pending_item(&self, user: &str, item: &str) -> Result<()> {
+        let key = pending_key(user);
+        let _: i64 = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.zrem(key, item).await }
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Removes a user's pending items with id up to `upto`.
     pub async fn remove_pending(&self, user: &str, upto: u64) -> Result<()> {
         let key = pending_key(user);

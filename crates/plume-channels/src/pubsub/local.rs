@@ -334,6 +334,10 @@ impl LocalPubSub {
                     }
                     Out::Disconnect
                 }
+                SubscriberKind::Intercept { channel } => Out::Info {
+                    channel,
+                    info: Box::new(msg.clone()),
+                },
                 SubscriberKind::Fastlane => {
                     let slot = &mut encoded[sub.serializer.index()];
                     let frame = slot.get_or_insert_with(|| encode(sub.serializer, msg));

@@ -60,6 +60,13 @@ pub enum SubscriberKind {
     Fastlane,
     /// The socket's id topic: only a `disconnect` event matters, and it closes the socket.
     Control,
+    /// A joined channel that handles its topic's broadcasts itself (Phoenix's `intercept`):
+    /// each arrives in the channel's `handle_info` as a [`Broadcast`], which the channel
+    /// pushes (or not) and can follow up once it is written.
+    Intercept {
+        /// The channel instance (see [`crate::Context::channel_id`]).
+        channel: u64,
+    },
 }
 
 /// One socket's subscription to one topic.

@@ -337,6 +337,20 @@ impl PendingStore for MemoryPending {
         }
         Ok(())
     }
+
+    async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        if let Some(queue) = inner.users.get_mut(user) {
+            // Live deliveries remove what was stored last, so search from the back.
+            if let Some(pos) = queue.iter().rposition(|(_, held)| held == item) {
+                queue.remove(pos);
+            }
+            if queue.is_empty() {
+                inner.users.remove(user);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Presence counts in memory: per chat, the users with sockets in it; per user, the sockets

@@ -205,7 +205,10 @@ pub enum PendingItem {
     Inline(Notification),
 }
 
-/// Notifications stored while a user has no notifications topic joined.
+/// Notifications stored for a user until they were written to one of the user's sockets:
+/// stored for every member who is not in the chat, online or not, and removed once written
+/// (live as `new_notification`, or on the next join as `pending_notification`), so a socket
+/// or node that dies before writing loses nothing.
 ///
 /// Delivery is at least once: [`PendingStore::list`] does not remove anything; the channel
 /// removes what it listed with [`PendingStore::remove`] only after it was written to the
@@ -225,6 +228,8 @@ pub trait PendingStore: Send + Sync + 'static {
     async fn list(&self, user: &str) -> Result<Vec<(u64, PendingItem)>, StoreError>;
     /// Removes the items of `user` with id up to and including `upto`.
     async fn remove(&self, user: &str, upto: u64) -> Result<(), StoreError>;
+    /// Removes one item of `user` (one that was delivered live), if it is stored.
+    async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError>;
 }
 
 /// Where a user is, as far as notifications are concerned.

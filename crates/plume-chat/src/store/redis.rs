@@ -246,6 +246,15 @@ impl PendingStore for RedisStores {
     async fn remove(&self, user: &str, upto: u64) -> Result<(), StoreError> {
         self.state.remove_pending(user, upto).await.map_err(err)
     }
+
+    async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError> {
+        // Items are stored as their JSON, which serializing the same item reproduces.
+        let item = serde_json::to_string(item).map_err(|e| StoreError(e.to_string()))?;
+        self.state
+            .remove_pending_item(user, &item)
+            .await
+            .map_err(err)
+    }
 }
 
 #[async_trait]

@@ -771,6 +771,16 @@ impl PendingStore for Sqlite {
         })
         .await
     }
+
+    async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError> {
+        let (user, key) = (user.to_owned(), pending_key(item));
+        self.write(move |conn, _| {
+            conn.prepare_cached("DELETE FROM pending WHERE user_id = ?1 AND item_key = ?2")?
+                .execute(params![user, key])?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
