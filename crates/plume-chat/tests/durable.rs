@@ -519,3 +519,48 @@ async fn a_receiver_that_keeps_reconnecting_misses_nothing() {
     sender.await.unwrap();
     assert_eq!(seen, (1..=N as u64).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_pending_notification_refers_to_the_log_instead_of_copying_the_message() {
+    let config = ChatConfig::default();
+    let stores = Stores::memory(config.retention());
+    let chat = start_on(
+        config,
+        stores.clone(),
+        plume_chat::JwtVerifier::hs256(SECRET),
+        Some(API_KEY.into()),
+    )
+    .await;
+    let offline: Vec<String> = (0..50).map(|i| format!("off{i}")).collect();
+    chat.add_member("big", "alice").await;
+    for u in &offline {
+        chat.add_member("big", u).await;
+    }
+    let mut alice = chat.connect("alice", "a").await;
+    let jr = join_ok(&mut alice, "chat:big").await;
+    let long = "x".repeat(4000);
+    let body = format!(r#"{{"content":"{long}","mobile_ref_id":"r"}}"#);
+    send(&mut alice, &jr, "big", &body).await;
+    for u in &offline {
+        let items: Vec<PendingItem> = stores
+            .pending
+            .list(u)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+        assert_eq!(
+            items,
+            [PendingItem::Message {
+                chat_id: "big".into(),
+                seq: 1
+            }]
+        );
+    }
+    // Delivered with the content read from the log.
+    let mut o = chat.connect("off7", "o").await;
+    join_ok(&mut o, "notifications:off7").await;
+    let all = next_event(&mut o, "pending_notifications").await;
+    assert_eq!(all["notifications"][0]["content"], long.as_str());
+}

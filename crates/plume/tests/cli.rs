@@ -505,3 +505,34 @@ fn refused_tokens_are_logged_in_words() {
         refused[1]
     );
 }
+
+#[test]
+fn an_unusable_data_dir_refuses_to_start_and_names_the_path() {
+    let base = fresh_data_dir();
+    std::fs::create_dir_all(&base).unwrap();
+    // A data dir under a regular file cannot be created.
+    let file = base.join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let under_file = file.join("data");
+    let out = plume()
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&under_file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&*under_file.to_string_lossy()), "{err}");
+    // A damaged database is refused, never replaced by an empty one.
+    let damaged = base.join("damaged");
+    std::fs::create_dir_all(&damaged).unwrap();
+    std::fs::write(damaged.join("plume.db"), vec![0x5a; 8192]).unwrap();
+    let out = plume()
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&damaged)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("plume.db") && err.contains("cannot be used"), "{err}");
+    assert_eq!(std::fs::read(damaged.join("plume.db")).unwrap(), vec![0x5a; 8192]);
+}
