@@ -72,23 +72,23 @@ CREATE INDEX pending_user ON pending (user_id, id);
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The directory could not be created or is not writable.
-    #[error("data dir {path}: {source}")]
+    #[error("data dir {path}: {cause}")]
     Dir {
         /// The directory.
         path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What the OS said (in the message, so not repeated as a source).
+        cause: std::io::Error,
     },
     /// SQLite could not open or read the database (unreadable, not a database, corrupt).
     #[error(
-        "database {path} cannot be used: {source} (if it is damaged, restore it from a \
+        "database {path} cannot be used: {cause} (if it is damaged, restore it from a \
          backup or move it away to start empty)"
     )]
     Database {
         /// The database file.
         path: PathBuf,
-        /// What SQLite said.
-        source: rusqlite::Error,
+        /// What SQLite said (in the message, so not repeated as a source).
+        cause: rusqlite::Error,
     },
     /// The database was written by a newer Plume.
     #[error(
@@ -192,14 +192,14 @@ fn migrate(_conn: &Connection, version: i64) -> Result<i64, rusqlite::Error> {
 
 impl Sqlite {
     fn open(dir: &Path, retention: Retention) -> Result<Sqlite, OpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
+        std::fs::create_dir_all(dir).map_err(|cause| OpenError::Dir {
             path: dir.to_owned(),
-            source,
+            cause,
         })?;
         let path = dir.join(DB_FILE);
-        let database = |source| OpenError::Database {
+        let database = |cause| OpenError::Database {
             path: path.clone(),
-            source,
+            cause,
         };
         let conn = connect(&path).map_err(database)?;
         let has_meta: bool = conn
@@ -283,9 +283,9 @@ impl Sqlite {
         std::thread::Builder::new()
             .name("plume-sqlite-writer".into())
             .spawn(move || write_loop(conn, wrx, writer_stats, retention, epoch))
-            .map_err(|source| OpenError::Dir {
+            .map_err(|cause| OpenError::Dir {
                 path: dir.to_owned(),
-                source,
+                cause,
             })?;
         std::thread::Builder::new()
             .name("plume-sqlite-reader".into())
@@ -294,9 +294,9 @@ impl Sqlite {
                     job(&read_conn);
                 }
             })
-            .map_err(|source| OpenError::Dir {
+            .map_err(|cause| OpenError::Dir {
                 path: dir.to_owned(),
-                source,
+                cause,
             })?;
         tracing::info!(path = %path.display(), epoch = %super::epoch_text(epoch),
             "embedded store open");
