@@ -533,6 +533,12 @@ fn an_unusable_data_dir_refuses_to_start_and_names_the_path() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("plume.db") && err.contains("cannot be used"), "{err}");
-    assert_eq!(std::fs::read(damaged.join("plume.db")).unwrap(), vec![0x5a; 8192]);
+    assert!(
+        err.contains("plume.db") && err.contains("cannot be used"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(damaged.join("plume.db")).unwrap(),
+        vec![0x5a; 8192]
+    );
 }
