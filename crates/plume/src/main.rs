@@ -99,6 +99,32 @@ fn verifier(config: &Config) -> anyhow::Result<JwtVerifier> {
     }
 }
 
+/// `/readyz` on the embedded store: the database answers a read; the body carries the
+/// writer's counters (commits, and writes grouped into them).
+struct EmbeddedReadiness {
+    log: Arc<dyn plume_chat::store::MessageLog>,
+    stats: Arc<plume_chat::store::sqlite::SqliteStats>,
+}
+
+impl Readiness for EmbeddedReadiness {
+    fn check(&self) -> ReadyFuture<'_> {
+        Box::pin(async move {
+            let commits = self.stats.commits.load(Ordering::Relaxed);
+            let writes = self.stats.jobs.load(Ordering::Relaxed);
+            let counters = serde_json::json!({"commits": commits, "writes": writes});
+            match tokio::time::timeout(Duration::from_secs(2), self.log.head("")).await {
+                Ok(Ok(_)) => Ok(serde_json::json!({"store": "ok", "counters": counters})),
+                Ok(Err(err)) => Err(serde_json::json!({
+                    "store": "error", "error": err.to_string(), "counters": counters,
+                })),
+                Err(_) => Err(serde_json::json!({
+                    "store": "error", "error": "no answer within 2 s", "counters": counters,
+                })),
+            }
+        })
+    }
+}
+
 /// `/readyz`: the Redis link, including a pub/sub round trip.
 struct RedisReadiness(Arc<RedisPubSub>);
 
@@ -133,6 +159,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let verifier = verifier(&config)?;
     let local = Arc::new(LocalPubSub::new());
     let retention = config.chat.retention();
+    let mut embedded: Option<Arc<dyn Readiness>> = None;
     let (pubsub, stores, cluster): (Arc<dyn PubSub>, Stores, Option<Cluster>) =
         if !config.redis.url.is_empty() {
             let cluster = Cluster::connect(&config.redis, local)
@@ -148,10 +175,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 }
                 StoreKind::Embedded => {
                     let dir = &config.store.data_dir;
-                    let (stores, _stats) = plume_chat::store::sqlite::open(dir, retention)
+                    let (stores, stats) = plume_chat::store::sqlite::open(dir, retention)
                         .with_context(|| {
                             format!("opening the embedded store in {}", dir.display())
                         })?;
+                    embedded = Some(Arc::new(EmbeddedReadiness {
+                        log: stores.log.clone(),
+                        stats,
+                    }));
                     (local, stores, None)
                 }
             }
@@ -173,7 +204,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .with_http_api(Arc::new(chat.api(config.api_key.clone())));
     let server = match &cluster {
         Some(cluster) => server.with_readiness(Arc::new(RedisReadiness(cluster.pubsub.clone()))),
-        None => server,
+        None => match embedded {
+            Some(readiness) => server.with_readiness(readiness),
+            None => server,
+        },
     };
     let mut signals = StopSignals::install()?;
     let running = server.start().await.context("starting the server")?;

@@ -542,3 +542,36 @@ fn an_unusable_data_dir_refuses_to_start_and_names_the_path() {
         vec![0x5a; 8192]
     );
 }
+
+#[test]
+fn readyz_on_the_embedded_store_checks_the_database_and_counts_commits() {
+    use std::io::{Read, Write};
+    let (mut child, _, seen) = serve(&[]);
+    let addr = listening_addr(&seen);
+    block_on(async {
+        let (mut alice, join_ref, status) = join_as(&addr, "alice", "chat:1").await;
+        assert_eq!(status, "ok");
+        let payload =
+            plume_wire::Payload::json(&serde_json::json!({"content": "hi", "mobile_ref_id": "m1"}))
+                .unwrap();
+        alice
+            .call(&join_ref, "chat:1", "send_message", &payload)
+            .await
+            .unwrap();
+    });
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body: serde_json::Value =
+        serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["checks"]["store"], "ok", "{body}");
+    assert!(
+        body["checks"]["counters"]["commits"].as_u64().unwrap() >= 1,
+        "{body}"
+    );
+    signal(&child, "-TERM");
+    let _ = child.wait();
+}
