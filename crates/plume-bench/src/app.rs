@@ -33,6 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => single(Scenario::Chat, args, &stop).await,
         Command::Cluster(args) => cluster(args, &stop).await,
         Command::Compare(args) => compare(args, &stop).await,
+        Command::Recovery(args) => crate::recovery::run(args).await,
     }
 }
 

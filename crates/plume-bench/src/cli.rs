@@ -46,6 +46,8 @@ pub enum Command {
     Cluster(ClusterArgs),
     /// The same scenario against Plume and the Socket.IO peer, with the ratios.
     Compare(CompareArgs),
+    /// Many sockets rejoining at once, each some messages behind: time until all recovered.
+    Recovery(crate::recovery::RecoveryArgs),
 }
 
 /// Which server kind a single run targets.
