@@ -367,7 +367,16 @@ mod tests {
             Command::Idle(b) | Command::Fanout(b) | Command::Chat(b) => b,
             Command::Cluster(c) => c.bench,
             Command::Compare(c) => c.bench,
+            Command::Recovery(_) => panic!("recovery has no bench arguments"),
         }
+    }
+
+    #[test]
+    fn recovery_parses_with_bounded_defaults() {
+        let Command::Recovery(r) = parse(&["recovery"]).unwrap().command else {
+            panic!("not recovery")
+        };
+        assert_eq!((r.connections, r.chats, r.behind), (10_000, 1_000, 50));
     }
 
     #[test]
