@@ -2,10 +2,13 @@
 //!
 //! Publishers (the pub/sub registry, other sockets' channels, background tasks) push with
 //! [`OutboundTx::send`], which never blocks and never waits: when the queue already holds
-//! `capacity` items the socket is marked overflowed and the item is dropped. The writer sees
-//! the overflow on its next [`OutboundRx::recv_batch`] and closes the socket with
-//! [`plume_wire::close::SLOW_CONSUMER`]. A slow client therefore costs at most `capacity`
-//! queued items, never unbounded memory.
+//! `capacity` items, or its frames' bytes would go over `max_bytes`, the socket is marked
+//! overflowed and the item is dropped. The writer sees the overflow on its next
+//! [`OutboundRx::recv_batch`] and closes the socket with [`plume_wire::close::SLOW_CONSUMER`].
+//! A slow client therefore costs at most `capacity` items and `max_bytes` of frames in the
+//! queue (plus the one batch its writer is writing), never unbounded memory. Counting bytes
+//! as well as items matters because frames differ a thousandfold in size: 1,024 queued 1 MiB
+//! broadcasts are a gigabyte.
 //!
 //! The queue is a `VecDeque` behind a short mutex rather than a tokio mpsc channel because an
 //! idle socket must be small: an empty `VecDeque` owns no allocation, while an mpsc channel
@@ -94,6 +97,8 @@ pub enum SendError {
 
 struct State {
     items: VecDeque<Out>,
+    /// Bytes of the frames in `items`.
+    bytes: usize,
     overflowed: bool,
     closed: bool,
 }
@@ -102,6 +107,17 @@ struct Shared {
     state: Mutex<State>,
     notify: Notify,
     capacity: usize,
+    max_bytes: usize,
+}
+
+impl Out {
+    /// Bytes this item holds for the byte budget (frames; control items count 0).
+    fn budget_bytes(&self) -> usize {
+        match self {
+            Out::Frame(frame) | Out::Seq { frame, .. } => frame.as_bytes().len(),
+            Out::Disconnect | Out::Info { .. } => 0,
+        }
+    }
 }
 
 /// Sending half; cheap to clone (one reference count).
@@ -120,16 +136,24 @@ pub enum Batch {
     Overflowed,
 }
 
-/// Creates a queue that holds at most `capacity` items (at least 1).
+/// Creates a queue that holds at most `capacity` items (at least 1), with no byte budget.
 pub fn outbound(capacity: usize) -> (OutboundTx, OutboundRx) {
+    outbound_with_budget(capacity, usize::MAX)
+}
+
+/// Creates a queue of at most `capacity` items and `max_bytes` of frames. A frame is always
+/// accepted into an empty queue, so one frame larger than the budget still goes out.
+pub fn outbound_with_budget(capacity: usize, max_bytes: usize) -> (OutboundTx, OutboundRx) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            bytes: 0,
             overflowed: false,
             closed: false,
         }),
         notify: Notify::new(),
         capacity: capacity.max(1),
+        max_bytes,
     });
     (OutboundTx(shared.clone()), OutboundRx(shared))
 }
@@ -142,15 +166,19 @@ impl OutboundTx {
         if state.closed || state.overflowed {
             return Err(SendError::Closed);
         }
-        if state.items.len() >= self.0.capacity {
+        let size = item.budget_bytes();
+        let over_bytes = !state.items.is_empty() && state.bytes + size > self.0.max_bytes;
+        if state.items.len() >= self.0.capacity || over_bytes {
             state.overflowed = true;
             state.items.clear();
             state.items.shrink_to_fit();
+            state.bytes = 0;
             drop(state);
             self.0.notify.notify_one();
             return Err(SendError::Full);
         }
         let was_empty = state.items.is_empty();
+        state.bytes += size;
         state.items.push_back(item);
         drop(state);
         if was_empty {
@@ -178,6 +206,7 @@ impl OutboundRx {
                 }
                 if !state.items.is_empty() {
                     buf.extend(state.items.drain(..));
+                    state.bytes = 0;
                     // A burst may have grown the deque; give the memory back once it is large.
                     if state.items.capacity() > 64 {
                         state.items.shrink_to_fit();
@@ -239,6 +268,30 @@ mod tests {
         let mut buf = Vec::new();
         assert_eq!(rx.recv_batch(&mut buf).await, Batch::Overflowed);
         assert!(buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_overflows_before_the_item_count() {
+        let (tx, mut rx) = outbound_with_budget(1000, 100);
+        let forty = || Out::Frame(Frame::Text(Bytes::from(vec![b'x'; 40])));
+        tx.send(forty()).unwrap();
+        tx.send(forty()).unwrap();
+        assert_eq!(tx.send(forty()), Err(SendError::Full), "120 bytes > 100");
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_batch(&mut buf).await, Batch::Overflowed);
+    }
+
+    #[tokio::test]
+    async fn draining_frees_the_budget_and_one_big_frame_still_goes() {
+        let (tx, mut rx) = outbound_with_budget(1000, 100);
+        let big = Out::Frame(Frame::Text(Bytes::from(vec![b'x'; 500])));
+        tx.send(big).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_batch(&mut buf).await, Batch::Items);
+        for _ in 0..2 {
+            tx.send(Out::Frame(Frame::Text(Bytes::from(vec![b'y'; 40]))))
+                .unwrap();
+        }
     }
 
     #[tokio::test]

@@ -19,12 +19,13 @@ use plume_wire::{Frame, Json, Message, Ref, Serializer, event};
 
 use crate::channel::{Context, DynChannel, JoinError, Outcome, Reply, SocketShared, Terminate};
 use crate::connect::ConnectInfo;
-use crate::outbound::{Out, OutboundRx, SocketId, admit_seq, outbound};
+use crate::outbound::{Out, OutboundRx, SocketId, admit_seq, outbound_with_budget};
 use crate::pubsub::{PubSub, Subscriber, SubscriberKind};
 use crate::router::Router;
 
 /// Limits of one socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SocketConfig {
     /// Most channels one socket may have joined at once (Phoenix: 100). The next join gets
     /// `{"reason":"too many channels joined"}`.
@@ -32,6 +33,10 @@ pub struct SocketConfig {
     /// Most items waiting in the socket's outbound queue; one more closes the socket with
     /// [`close::SLOW_CONSUMER`].
     pub outbound_capacity: usize,
+    /// Most bytes of frames waiting in the socket's outbound queue (1 MiB, as Centrifugo and
+    /// AnyCable use); a frame that would go over it closes the socket with
+    /// [`close::SLOW_CONSUMER`].
+    pub outbound_max_bytes: usize,
 }
 
 impl Default for SocketConfig {
@@ -39,6 +44,7 @@ impl Default for SocketConfig {
         SocketConfig {
             max_channels: 100,
             outbound_capacity: 1024,
+            outbound_max_bytes: 1024 * 1024,
         }
     }
 }
@@ -86,7 +92,7 @@ impl Socket {
         pubsub: Arc<dyn PubSub>,
         config: SocketConfig,
     ) -> (Socket, OutboundRx) {
-        let (tx, rx) = outbound(config.outbound_capacity);
+        let (tx, rx) = outbound_with_budget(config.outbound_capacity, config.outbound_max_bytes);
         let id = SocketId::next();
         let serializer = connect.request.serializer;
         if let Some(topic) = &connect.socket_id {

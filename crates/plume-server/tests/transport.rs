@@ -245,6 +245,33 @@ async fn a_slow_consumer_is_closed_with_4008_and_others_are_not() {
 }
 
 #[tokio::test]
+async fn a_consumer_over_its_byte_budget_is_closed_with_4008() {
+    // Ten 4 KiB broadcasts fit the frame cap (1,024) but not an 8 KiB budget.
+    let s = start_with(
+        |c| c.socket.outbound_max_bytes = 8 * 1024,
+        Arc::new(AcceptAll),
+    )
+    .await;
+    let mut slow = s.v2().await;
+    join_ok(&mut slow, "echo:big").await;
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(4096));
+    for _ in 0..10 {
+        s.pubsub
+            .broadcast(Broadcast {
+                topic: "echo:big".into(),
+                event: "big".into(),
+                payload: json(&big),
+                from: None,
+                seq: None,
+            })
+            .unwrap();
+    }
+    let (code, reason) = slow.expect_close().await.unwrap();
+    assert_eq!(code, Some(close::SLOW_CONSUMER), "{reason}");
+    assert_eq!(s.pubsub.overflowed_total(), 1);
+}
+
+#[tokio::test]
 async fn shutdown_closes_sockets_with_1001() {
     let s = start().await;
     let mut a = s.v2().await;

@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// Most frames queued for one socket before it is closed as a slow consumer [default: 1024].
     #[arg(long, env = "PLUME_OUTBOUND_CAPACITY", value_name = "N")]
     pub outbound_capacity: Option<usize>,
+    /// Most bytes of frames queued for one socket before it is closed as a slow consumer
+    /// [default: 1048576].
+    #[arg(long, env = "PLUME_OUTBOUND_MAX_BYTES", value_name = "N")]
+    pub outbound_max_bytes: Option<usize>,
     /// Allowed Origins, comma separated (`https://app.example.com,//*.example.org`); unset or
     /// empty = no check.
     #[arg(long, env = "PLUME_CHECK_ORIGIN", value_delimiter = ',')]

@@ -157,6 +157,9 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.outbound_capacity {
         server.socket.outbound_capacity = n;
     }
+    if let Some(n) = args.outbound_max_bytes {
+        server.socket.outbound_max_bytes = n;
+    }
     if let Some(origins) = &args.check_origin {
         server.check_origin = origins.iter().filter(|o| !o.is_empty()).cloned().collect();
     }
@@ -250,6 +253,9 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     }
     if s.socket.outbound_capacity == 0 {
         bail!("outbound capacity must be at least 1");
+    }
+    if s.socket.outbound_max_bytes < 1024 {
+        bail!("outbound max bytes must be at least 1024");
     }
     if config.chat.max_message_chars == 0 {
         bail!("max message chars must be at least 1");
