@@ -74,8 +74,9 @@ describe("chat service (single node)", () => {
     const id = reply.response.message_id;
     assert.equal(typeof id, "string");
     const ack = (await sent).payload;
-    assert.deepEqual(Object.keys(ack).sort(), ["chat_id", "message_id", "mobile_ref_id", "status", "timestamp"]);
-    assert.deepEqual([ack.status, ack.mobile_ref_id, ack.chat_id, ack.message_id], ["sent", "123123", chat, id]);
+    assert.deepEqual(Object.keys(ack).sort(), ["chat_id", "message_id", "mobile_ref_id", "seq", "status", "timestamp"]);
+    assert.deepEqual([ack.status, ack.mobile_ref_id, ack.chat_id, ack.message_id, ack.seq], ["sent", "123123", chat, id, 1]);
+    assert.equal(reply.response.seq, 1);
     await waitUntil(() => atBob.length === 1 && atLaptop.length === 1, { what: "receive_message on bob and alice's laptop" });
     assert.deepEqual(atBob[0].payload, {
       chat_id: chat,
@@ -83,6 +84,7 @@ describe("chat service (single node)", () => {
       sender_id: "alice",
       message_id: id,
       timestamp: ack.timestamp,
+      seq: 1,
     });
     assert.deepEqual(atLaptop[0].payload, atBob[0].payload);
     await delay(200);
@@ -142,6 +144,7 @@ describe("chat service (single node)", () => {
       content: "first",
       timestamp: n.timestamp,
       message_id: r1.response.message_id,
+      seq: 1,
     });
 
     // dave is offline for two messages, then connects.

@@ -134,6 +134,100 @@ describe("cluster: 3 nodes + redis + nginx", { timeout: 120_000 }, () => {
     await victim.start(`127.0.0.1:${victim.port}`, { attempts: 5 });
   });
 
+  it("a client of a killed node rejoins through nginx on another node and recovers the 20 messages it missed", async () => {
+    const chat = "rec";
+    await member(chat, "alice");
+    await member(chat, "bob");
+    const counts = async () =>
+      Promise.all([0, 1, 2].map(async (i) => JSON.parse((await httpGet(http(i), "/healthz")).body).connections));
+    const before = await counts();
+    // Bob comes through the load balancer; reconnects wait 300 ms, so the messages below are
+    // sent while he is away.
+    const bob = createClient(cluster.nginx.url, {
+      label: "bob",
+      params: { token: signJwt("bob") },
+      reconnectAfterMs: () => 300,
+    });
+    clients.push(bob);
+    bob.socket.connect();
+    await waitUntil(() => bob.socket.isConnected(), { what: "bob to connect" });
+    const afterConnect = await counts();
+    const victimIndex = afterConnect.findIndex((n, i) => n > before[i]);
+    assert.ok(victimIndex >= 0, `bob's node not found: ${before} -> ${afterConnect}`);
+    const alice = connect(nodeUrl((victimIndex + 1) % 3), "alice");
+    const ca = await chatChannel(alice, chat);
+    const state = { lastSeq: 0, epoch: null, seen: [], replies: [] };
+    const cb = bob.socket.channel(`chat:${chat}`, () =>
+      state.epoch === null ? {} : { last_seq: state.lastSeq, epoch: state.epoch },
+    );
+    cb.on("receive_message", (m) => {
+      state.seen.push(m.seq);
+      state.lastSeq = Math.max(state.lastSeq, m.seq);
+    });
+    cb.join().receive("ok", (reply) => {
+      state.replies.push(reply);
+      state.epoch = reply.epoch;
+      if (reply.recovered !== true) state.lastSeq = Math.max(state.lastSeq, reply.last_seq);
+    });
+    await waitUntil(() => state.replies.length === 1, { what: "bob's join" });
+    const base = state.replies[0].last_seq;
+    for (let i = 0; i < 3; i++) assert.equal((await send(ca, `live${i}`, `rl${i}`)).status, "ok");
+    await waitUntil(() => state.seen.length === 3, { what: "three live messages" });
+
+    const victim = cluster.servers[victimIndex];
+    await victim.stop({ signal: "SIGKILL" });
+    for (let i = 0; i < 20; i++) assert.equal((await send(ca, `away${i}`, `ra${i}`)).status, "ok");
+    await waitUntil(() => state.replies.length === 2, { timeout: 15_000, what: "bob to rejoin through nginx" });
+    assert.equal(state.replies[1].recovered, true, JSON.stringify(state.replies[1]));
+    await waitUntil(() => state.seen.length === 23, { timeout: 5_000, what: "the 20 missed messages" });
+    for (let i = 0; i < 5; i++) assert.equal((await send(ca, `after${i}`, `rf${i}`)).status, "ok");
+    await waitUntil(() => state.seen.length === 28, { what: "live messages after the recovery" });
+    await delay(300);
+    const expected = Array.from({ length: 28 }, (_, i) => base + 1 + i);
+    assert.deepEqual(state.seen, expected, "each message once, in order");
+    await victim.start(`127.0.0.1:${victim.port}`, { attempts: 5 });
+  });
+
+  it("notifications for a user whose node was killed wait as pending, though the dead node still counts them as online", async () => {
+    const chat = "dead";
+    await member(chat, "alice");
+    await member(chat, "carol");
+    const counts = async () =>
+      Promise.all([0, 1, 2].map(async (i) => JSON.parse((await httpGet(http(i), "/healthz")).body).connections));
+    const before = await counts();
+    const carol = createClient(cluster.nginx.url, {
+      label: "carol",
+      params: { token: signJwt("carol") },
+      reconnectAfterMs: () => 1_000,
+    });
+    clients.push(carol);
+    carol.socket.connect();
+    const notes = carol.socket.channel("notifications:carol", {});
+    await joinOk(notes);
+    const afterConnect = await counts();
+    const victimIndex = afterConnect.findIndex((n, i) => n > before[i]);
+    assert.ok(victimIndex >= 0, `carol's node not found: ${before} -> ${afterConnect}`);
+    const alice = connect(nodeUrl((victimIndex + 1) % 3), "alice");
+    const ca = await chatChannel(alice, chat);
+    const live = collectEvents(notes, "new_notification");
+    const pending = collectEvents(notes, "pending_notification");
+    assert.equal((await send(ca, "before", "d0")).status, "ok");
+    await waitUntil(() => live.length === 1, { what: "a live notification" });
+    await delay(100);
+
+    const victim = cluster.servers[victimIndex];
+    await victim.stop({ signal: "SIGKILL" });
+    // Within the node TTL carol still counts as online on the dead node.
+    for (let i = 1; i <= 5; i++) assert.equal((await send(ca, `while away ${i}`, `d${i}`)).status, "ok");
+    await waitUntil(() => notes.state === "joined" && carol.socket.isConnected() && pending.length >= 5, {
+      timeout: 15_000,
+      what: "carol back through nginx with the five as pending",
+    });
+    const got = [...live, ...pending].map((e) => e.payload.content);
+    for (let i = 1; i <= 5; i++) assert.ok(got.includes(`while away ${i}`), `missing "while away ${i}": ${got}`);
+    await victim.start(`127.0.0.1:${victim.port}`, { attempts: 5 });
+  });
+
   it("after redis-server restarts, cross-node delivery resumes within seconds and nothing stored is lost", async () => {
     await member("r", "alice");
     await member("r", "bob");

@@ -1,6 +1,7 @@
-// Whole scripted sessions compared frame by frame against the shapes of the
-// reference transcripts (shared/reference/phoenix-transcripts/*.txt):
-// ref/join_ref echo, join replies, unmatched-topic errors, heartbeats, leave.
+// Whole scripted sessions compared frame by frame against the session shapes
+// a real Phoenix server produces, as protocol-spec/lifecycle.md ("A phoenix.js
+// session", "Heartbeat", "Leave") writes them down: ref/join_ref echo, join
+// replies, unmatched-topic errors, heartbeats, leave.
 
 import assert from "node:assert/strict";
 import { describe } from "node:test";
@@ -76,7 +77,7 @@ describe("transcripts", () => {
     assert.deepEqual([...order].sort((x, y) => x - y), order, `refs increase: ${order}`);
   });
 
-  h.test("raw V2 script: unjoined pushes, unmatched topics and leave (unjoined_push.txt / join_error.txt shapes)", async () => {
+  h.test("raw V2 script: unjoined pushes, unmatched topics and leave (unjoined and refused topics)", async () => {
     const token = h.tokenFor("user1");
     const r = await h.raw(`token=${token}&vsn=2.0.0`);
     const script = [
@@ -113,7 +114,7 @@ describe("transcripts", () => {
     }
   });
 
-  h.test("raw V2 script: heartbeat variants (heartbeat.txt shape)", async () => {
+  h.test("raw V2 script: heartbeat variants", async () => {
     const r = await h.raw("vsn=2.0.0");
     r.send([null, "1", "phoenix", "heartbeat", {}]);
     assert.deepEqual((await r.next()).frame, [null, "1", "phoenix", "phx_reply", ok({})]);

@@ -33,6 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => single(Scenario::Chat, args, &stop).await,
         Command::Cluster(args) => cluster(args, &stop).await,
         Command::Compare(args) => compare(args, &stop).await,
+        Command::Recovery(args) => crate::recovery::run(args).await,
     }
 }
 
@@ -44,8 +45,13 @@ struct Deployment {
 }
 
 fn validate(args: &BenchArgs, scenario: Scenario) -> anyhow::Result<Size> {
-    args.validate(scenario)
-        .map_err(|e| anyhow::anyhow!("invalid arguments: {e}"))
+    let size = args
+        .validate(scenario)
+        .map_err(|e| anyhow::anyhow!("invalid arguments: {e}"))?;
+    if let Some(warning) = args.short_run_warning(scenario) {
+        eprintln!("warning: {warning}");
+    }
+    Ok(size)
 }
 
 /// Raises this process's open-file limit and checks it fits the run.

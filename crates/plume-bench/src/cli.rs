@@ -9,6 +9,13 @@ use crate::target::{Protocol, parse_loopback_url};
 
 /// Longest run allowed, seconds.
 pub const MAX_DURATION_SECS: f64 = 3600.0;
+/// The shortest `--duration` of sending whose figures mean anything. A shorter run is mostly
+/// warm-up (connection bursts, TCP windows opening, allocator growth) and drain, and on a shared
+/// 2-core machine one scheduling hiccup decides its p99: a 5-second `compare` once reported
+/// Plume at 0.38x of the Socket.IO peer's p99, where 15-second runs give 4x in Plume's favour.
+/// Shorter runs still go (they check that a setup works), with a warning. The published results
+/// use 15 s.
+pub const MIN_MEANINGFUL_DURATION_SECS: f64 = 10.0;
 /// Most connections one run may open.
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 /// Connections per source address when `--source-ips` is automatic. The ephemeral port range
@@ -39,6 +46,8 @@ pub enum Command {
     Cluster(ClusterArgs),
     /// The same scenario against Plume and the Socket.IO peer, with the ratios.
     Compare(CompareArgs),
+    /// Many sockets rejoining at once, each some messages behind: time until all recovered.
+    Recovery(crate::recovery::RecoveryArgs),
 }
 
 /// Which server kind a single run targets.
@@ -238,6 +247,19 @@ pub struct Size {
 }
 
 impl BenchArgs {
+    /// The warning for a run too short to measure throughput or latency, if this is one. Idle
+    /// runs are exempt: their memory figure is read once every connection has joined.
+    pub fn short_run_warning(&self, scenario: Scenario) -> Option<String> {
+        (scenario != Scenario::Idle && self.run.duration < MIN_MEANINGFUL_DURATION_SECS).then(|| {
+            format!(
+                "--duration {} s is shorter than {MIN_MEANINGFUL_DURATION_SECS} s: the figures will \
+                 be mostly warm-up and noise, so do not compare or quote them (the published runs \
+                 use 15 s)",
+                self.run.duration
+            )
+        })
+    }
+
     /// Checks every bound and resolves the connection count for `scenario`.
     pub fn validate(&self, scenario: Scenario) -> Result<Size, String> {
         let r = &self.run;
@@ -345,7 +367,16 @@ mod tests {
             Command::Idle(b) | Command::Fanout(b) | Command::Chat(b) => b,
             Command::Cluster(c) => c.bench,
             Command::Compare(c) => c.bench,
+            Command::Recovery(_) => panic!("recovery has no bench arguments"),
         }
+    }
+
+    #[test]
+    fn recovery_parses_with_bounded_defaults() {
+        let Command::Recovery(r) = parse(&["recovery"]).unwrap().command else {
+            panic!("not recovery")
+        };
+        assert_eq!((r.connections, r.chats, r.behind), (10_000, 1_000, 50));
     }
 
     #[test]
@@ -363,6 +394,23 @@ mod tests {
         assert_eq!(b.source_ips(1000), 1);
         assert_eq!(b.source_ips(100_000), 10);
         assert_eq!(b.source_ips(100_001), 11);
+    }
+
+    #[test]
+    fn runs_shorter_than_ten_seconds_are_warned_about() {
+        assert_eq!(bench(&["fanout"]).short_run_warning(Scenario::Fanout), None);
+        let short = bench(&["compare", "--scenario", "fanout", "--duration", "5"]);
+        let warning = short.short_run_warning(Scenario::Fanout).unwrap();
+        assert!(
+            warning.contains("--duration 5 s") && warning.contains("10 s"),
+            "{warning}"
+        );
+        assert!(short.short_run_warning(Scenario::Chat).is_some());
+        let just = bench(&["chat", "--duration", "10"]);
+        assert_eq!(just.short_run_warning(Scenario::Chat), None);
+        // Idle runs measure memory once everyone has joined; their length does not matter.
+        let idle = bench(&["idle", "--duration", "2"]);
+        assert_eq!(idle.short_run_warning(Scenario::Idle), None);
     }
 
     #[test]

@@ -148,6 +148,11 @@ pub async fn spawn_plume(
             .arg("--node-id")
             .arg(node_id);
     }
+    // A fresh embedded store per server (the default store), unless the extra arguments
+    // name another: every run starts from an empty log.
+    let data_dir = std::env::temp_dir().join(format!("plume-bench-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    cmd.env("PLUME_DATA_DIR", &data_dir);
     cmd.args(&launch.extra_args);
     // One log line per connection would cost the server more than the benchmark measures.
     if std::env::var_os("RUST_LOG").is_none() {

@@ -12,12 +12,13 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use plume_wire::{Frame, Payload, Ref, Serializer, event};
 
 use crate::connect::ConnectInfo;
 use crate::outbound::{Out, OutboundTx, SendError, SocketId};
-use crate::pubsub::{Broadcast, PubSub, PubSubError};
+use crate::pubsub::{Broadcast, PubSub, PubSubError, Subscriber, SubscriberKind};
 
 /// A boxed future, as used by the type-erased channel interface.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -198,6 +199,10 @@ pub struct Context<'a> {
     pub(crate) join_ref: Option<&'a Ref>,
     pub(crate) channel_id: u64,
     pub(crate) out: &'a mut Vec<Frame>,
+    /// The instance's subscription floor (see [`Out::Seq`]).
+    pub(crate) floor: &'a Arc<AtomicU64>,
+    /// During `join` only: whether the channel subscribed early ([`Context::subscribe`]).
+    pub(crate) subscribed: Option<&'a mut bool>,
 }
 
 impl<'a> Context<'a> {
@@ -263,6 +268,7 @@ impl<'a> Context<'a> {
             event: event.into(),
             payload,
             from: None,
+            seq: None,
         })
     }
 
@@ -273,7 +279,56 @@ impl<'a> Context<'a> {
             event: event.into(),
             payload,
             from: Some(self.socket.id),
+            seq: None,
         })
+    }
+
+    /// The id this socket's broadcasts exclude with `from` (for building a [`Broadcast`]).
+    pub fn from_self(&self) -> Option<SocketId> {
+        Some(self.socket.id)
+    }
+
+    /// During `join`: subscribes this socket to the topic now rather than after the join
+    /// returns, and waits until the subscription is effective cluster-wide. A channel that
+    /// replays a log does this before reading it, so nothing published meanwhile is missed;
+    /// live copies of what it replays are dropped by [`Context::set_floor`]. Outside `join`
+    /// (already subscribed) it does nothing. If the join then fails, the socket unsubscribes.
+    pub async fn subscribe(&mut self) {
+        self.subscribe_as(SubscriberKind::Fastlane).await;
+    }
+
+    /// During `join`: subscribes this socket to the topic so that its broadcasts arrive in
+    /// the channel's `handle_info` as a [`Broadcast`] instead of going straight to the
+    /// client (Phoenix's `intercept`). For low-volume topics whose channel must act on each
+    /// delivery; the fan-out fast path is not used for them.
+    pub async fn intercept(&mut self) {
+        let channel = self.channel_id;
+        self.subscribe_as(SubscriberKind::Intercept { channel })
+            .await;
+    }
+
+    async fn subscribe_as(&mut self, kind: SubscriberKind) {
+        let Some(flag) = self.subscribed.as_deref_mut() else {
+            return;
+        };
+        if *flag {
+            return;
+        }
+        *flag = true;
+        let sub = Subscriber {
+            socket: self.socket.id,
+            serializer: self.socket.serializer,
+            kind,
+            tx: self.socket.tx.clone(),
+            floor: Some(self.floor.clone()),
+        };
+        self.socket.pubsub.subscribe(self.topic, sub).await;
+    }
+
+    /// Sets the highest seq of the topic this socket has been given (by a replay): sequenced
+    /// broadcasts at or below it are not written to this socket.
+    pub fn set_floor(&self, seq: u64) {
+        self.floor.store(seq, Ordering::Release);
     }
 
     /// Sends a message to this instance's own `handle_info`; it runs after the current callback

@@ -33,8 +33,8 @@ pub use channel::{
 pub use connect::{AcceptAll, Accepted, ConnectHook, ConnectInfo, ConnectRequest, Refused};
 pub use outbound::{Out, OutboundRx, OutboundTx, SocketId};
 pub use pubsub::{
-    Broadcast, LocalPubSub, PubSub, PubSubError, Subscribed, Subscriber, SubscriberKind,
-    subscribed_now,
+    Broadcast, LocalPubSub, PubSub, PubSubError, Seq, SeqRepair, Subscribed, Subscriber,
+    SubscriberKind, subscribed_now,
 };
 pub use router::Router;
 pub use socket::{Socket, SocketConfig};

@@ -37,6 +37,17 @@ impl SocketId {
 pub enum Out {
     /// An encoded frame to write as is (broadcasts arrive this way, encoded once for all).
     Frame(Frame),
+    /// A frame of a sequenced broadcast (see [`crate::pubsub::Seq`]): written only when `seq`
+    /// is above the subscription's `floor`, which it then raises. This is how a socket that
+    /// replayed a topic's log up to some seq drops the live copies of what it replayed.
+    Seq {
+        /// The encoded frame.
+        frame: Frame,
+        /// Its sequence number.
+        seq: u64,
+        /// The subscription's floor: the highest seq this socket has been given.
+        floor: Arc<AtomicU64>,
+    },
     /// The socket's id topic received a `disconnect` broadcast: close the socket (1001).
     Disconnect,
     /// A message for one channel instance's `handle_info`.
@@ -52,10 +63,22 @@ impl std::fmt::Debug for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Out::Frame(frame) => f.debug_tuple("Frame").field(frame).finish(),
+            Out::Seq { seq, .. } => f.debug_struct("Seq").field("seq", seq).finish(),
             Out::Disconnect => f.write_str("Disconnect"),
             Out::Info { channel, .. } => f.debug_struct("Info").field("channel", channel).finish(),
         }
     }
+}
+
+/// The frame of an [`Out::Seq`] if it is new to its subscription (and raises the floor), or
+/// `None` for a seq the socket already has. Only the socket's own task calls this, so the
+/// load and store need no compare-and-swap.
+pub fn admit_seq(frame: Frame, seq: u64, floor: &AtomicU64) -> Option<Frame> {
+    if seq <= floor.load(Ordering::Acquire) {
+        return None;
+    }
+    floor.store(seq, Ordering::Release);
+    Some(frame)
 }
 
 /// Why [`OutboundTx::send`] did not queue an item.

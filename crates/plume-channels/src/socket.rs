@@ -10,6 +10,7 @@
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -18,7 +19,7 @@ use plume_wire::{Frame, Json, Message, Ref, Serializer, event};
 
 use crate::channel::{Context, DynChannel, JoinError, Outcome, Reply, SocketShared, Terminate};
 use crate::connect::ConnectInfo;
-use crate::outbound::{Out, OutboundRx, SocketId, outbound};
+use crate::outbound::{Out, OutboundRx, SocketId, admit_seq, outbound};
 use crate::pubsub::{PubSub, Subscriber, SubscriberKind};
 use crate::router::Router;
 
@@ -46,6 +47,8 @@ struct Joined {
     topic: String,
     join_ref: Option<Ref>,
     id: u64,
+    /// Highest seq of the topic given to this socket (sequenced topics; see [`Out::Seq`]).
+    floor: Arc<AtomicU64>,
     channel: Box<dyn DynChannel>,
 }
 
@@ -96,6 +99,7 @@ impl Socket {
                     serializer,
                     kind: SubscriberKind::Control,
                     tx: tx.clone(),
+                    floor: None,
                 },
             ));
         }
@@ -158,6 +162,11 @@ impl Socket {
     pub async fn handle_out(&mut self, item: Out) -> Option<CloseReason> {
         match item {
             Out::Frame(frame) => self.out.push(frame),
+            Out::Seq { frame, seq, floor } => {
+                if let Some(frame) = admit_seq(frame, seq, &floor) {
+                    self.out.push(frame);
+                }
+            }
             Out::Disconnect => {
                 return Some(CloseReason::new(close::GOING_AWAY, "disconnected"));
             }
@@ -177,6 +186,8 @@ impl Socket {
                         join_ref: joined.join_ref.as_ref(),
                         channel_id: joined.id,
                         out,
+                        floor: &joined.floor,
+                        subscribed: None,
                     };
                     let result = AssertUnwindSafe(joined.channel.handle_info(info, &mut ctx))
                         .catch_unwind()
@@ -274,6 +285,8 @@ impl Socket {
         self.next_channel += 1;
         // Pushes made while joining are held back until the join reply is out.
         let mut held = Vec::new();
+        let floor = Arc::new(AtomicU64::new(0));
+        let mut subscribed_early = false;
         let result = {
             let mut ctx = Context {
                 socket: &self.shared,
@@ -281,6 +294,8 @@ impl Socket {
                 join_ref: join_ref.as_ref(),
                 channel_id: id,
                 out: &mut held,
+                floor: &floor,
+                subscribed: Some(&mut subscribed_early),
             };
             match self.router.join(&msg.topic, msg.payload.clone(), &mut ctx) {
                 Some(fut) => Some(AssertUnwindSafe(fut).catch_unwind().await),
@@ -292,25 +307,32 @@ impl Socket {
         };
         let reply = match result {
             Ok(Ok((channel, response))) => {
-                let subscribed = self.shared.pubsub.subscribe(
-                    &msg.topic,
-                    Subscriber {
-                        socket: self.shared.id,
-                        serializer: self.shared.serializer,
-                        kind: SubscriberKind::Fastlane,
-                        tx: self.shared.tx.clone(),
-                    },
-                );
-                subscribed.await;
+                if !subscribed_early {
+                    let subscribed = self.shared.pubsub.subscribe(
+                        &msg.topic,
+                        Subscriber {
+                            socket: self.shared.id,
+                            serializer: self.shared.serializer,
+                            kind: SubscriberKind::Fastlane,
+                            tx: self.shared.tx.clone(),
+                            floor: Some(floor.clone()),
+                        },
+                    );
+                    subscribed.await;
+                }
                 self.channels.push(Joined {
                     topic: msg.topic.clone(),
                     join_ref: join_ref.clone(),
                     id,
+                    floor,
                     channel,
                 });
                 Reply::ok(response)
             }
-            Ok(Err(JoinError::Refused(response))) => Reply::error(response),
+            Ok(Err(JoinError::Refused(response))) => {
+                tracing::info!(topic = %msg.topic, reason = ?response, "join refused");
+                Reply::error(response)
+            }
             Ok(Err(JoinError::Failed(err))) => {
                 tracing::error!(topic = %msg.topic, %err, "join failed");
                 Reply::error_reason(event::REASON_JOIN_CRASHED)
@@ -321,6 +343,9 @@ impl Socket {
             }
         };
         let joined = reply.status == event::STATUS_OK;
+        if subscribed_early && !joined {
+            self.shared.pubsub.unsubscribe(&msg.topic, self.shared.id);
+        }
         self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
         // Pushes from a join that did not succeed would name a channel that does not exist.
         if joined {
@@ -377,6 +402,8 @@ impl Socket {
                 join_ref: joined.join_ref.as_ref(),
                 channel_id: joined.id,
                 out,
+                floor: &joined.floor,
+                subscribed: None,
             };
             AssertUnwindSafe(joined.channel.handle_in(&msg.event, msg.payload, &mut ctx))
                 .catch_unwind()
@@ -421,17 +448,19 @@ impl Socket {
         );
     }
 
-    /// Unsubscribes an instance and runs its `terminate` (a panic there is logged only).
+    /// Runs an instance's `terminate`, then unsubscribes it (a panic in `terminate` is logged
+    /// only). In that order so that while a channel records that it is leaving (a presence
+    /// store, say), its socket still receives the topic: nothing sent in between falls in a
+    /// gap where the user is neither subscribed nor known to be away.
     async fn end(&mut self, mut joined: Joined, reason: Terminate) {
-        self.shared
-            .pubsub
-            .unsubscribe(&joined.topic, self.shared.id);
         let mut ctx = Context {
             socket: &self.shared,
             topic: &joined.topic,
             join_ref: joined.join_ref.as_ref(),
             channel_id: joined.id,
             out: &mut self.out,
+            floor: &joined.floor,
+            subscribed: None,
         };
         let result = AssertUnwindSafe(joined.channel.terminate(reason, &mut ctx))
             .catch_unwind()
@@ -440,6 +469,9 @@ impl Socket {
             tracing::error!(topic = %joined.topic, panic = %panic_text(&*panic),
                 "channel terminate panicked");
         }
+        self.shared
+            .pubsub
+            .unsubscribe(&joined.topic, self.shared.id);
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `PUT /api/chats/{chat_id}/members/{user_id}` |                                        | 200 `{"chat_id","user_id","member":true}` |
 //! | `DELETE /api/chats/{chat_id}/members/{user_id}` |                                     | 200 `{"chat_id","user_id","member":false}` |
 //! | `GET /api/chats/{chat_id}/members`           |                                        | 200 `{"members":[…]}` (sorted) |
+//! | `GET /api/chats/{chat_id}/messages?before_seq=&limit=` |                              | 200 `{"messages":[…oldest first],"has_more"}` |
 //! | `POST /api/broadcast`                        | `{"topic","event","payload"}`          | 202 `{"status":"accepted"}` |
 //! | `POST /api/notify`                           | `{"user_id","chat_id","sender_id","content"}` | 200 `{"status":"delivered"\|"pending","message_id"}` |
 //!
@@ -125,6 +126,9 @@ enum Route {
     Members {
         chat: String,
     },
+    Messages {
+        chat: String,
+    },
     Broadcast,
     Notify,
 }
@@ -143,14 +147,22 @@ fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
         (&Method::GET, ["chats", chat, "members"]) => Ok(Route::Members {
             chat: segment(chat),
         }),
+        (&Method::GET, ["chats", chat, "messages"]) => Ok(Route::Messages {
+            chat: segment(chat),
+        }),
         (&Method::POST, ["broadcast"]) => Ok(Route::Broadcast),
         (&Method::POST, ["notify"]) => Ok(Route::Notify),
-        (_, ["chats", _, "members", _] | ["chats", _, "members"] | ["broadcast"] | ["notify"]) => {
-            Err(ApiError(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed".into(),
-            ))
-        }
+        (
+            _,
+            ["chats", _, "members", _]
+            | ["chats", _, "members"]
+            | ["chats", _, "messages"]
+            | ["broadcast"]
+            | ["notify"],
+        ) => Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".into(),
+        )),
         _ => Err(ApiError(StatusCode::NOT_FOUND, "no such API route".into())),
     }
 }
@@ -161,6 +173,7 @@ async fn route(state: &ChatState, req: ApiRequest) -> Resp {
             set_member(state, &chat, &user, member).await
         }
         Ok(Route::Members { chat }) => members(state, &chat).await,
+        Ok(Route::Messages { chat }) => messages(state, &chat, &req.query).await,
         Ok(Route::Broadcast) => broadcast(state, &req.body),
         Ok(Route::Notify) => notify(state, &req.body).await,
         Err(err) => Err(err),
@@ -212,6 +225,38 @@ async fn members(state: &ChatState, chat: &str) -> Result<Resp, ApiError> {
     ))
 }
 
+/// `GET /api/chats/{id}/messages?before_seq=N&limit=K`: a page of history, as the
+/// `history` push answers it (K from 1 to 100, default 50).
+async fn messages(state: &ChatState, chat: &str, query: &str) -> Result<Resp, ApiError> {
+    let mut before = None;
+    let mut limit = crate::chat::DEFAULT_HISTORY_PAGE;
+    for (name, value) in url_pairs(query) {
+        match name.as_str() {
+            "before_seq" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => before = Some(n),
+                _ => return Err(bad_request("before_seq must be a positive integer")),
+            },
+            "limit" => match value.parse::<u64>() {
+                Ok(n) if (1..=crate::chat::MAX_HISTORY_PAGE).contains(&n) => limit = n,
+                _ => return Err(bad_request("limit must be an integer from 1 to 100")),
+            },
+            _ => {}
+        }
+    }
+    let page = crate::chat::history_page(state, chat, before, limit)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+/// `name=value` pairs of a query string, percent-decoded.
+fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (segment(name), segment(value))
+    })
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
 }
@@ -239,6 +284,7 @@ fn broadcast(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
             event: b.event.into(),
             payload: Payload::Json(payload),
             from: None,
+            seq: None,
         })
         .map_err(|e| unavailable(&StoreError(e.to_string())))?;
     Ok(json_response(
@@ -266,6 +312,7 @@ async fn notify(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
         content: n.content,
         timestamp: now_rfc3339(),
         message_id: uuid::Uuid::now_v7().to_string(),
+        seq: None,
     };
     let delivery = state
         .notify(&n.user_id, &notification)

@@ -19,18 +19,63 @@ use serde::{Deserialize, Serialize};
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
 
-/// Why a token was refused.
+/// Why a token was refused. The messages are what the refused-connect log line says, so they
+/// are words a newcomer can act on, not the JWT library's variant names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No token in the params or the subprotocol.
     #[error("missing token")]
     Missing,
-    /// The token failed verification (signature, algorithm, expiry, format).
-    #[error("invalid token: {0}")]
-    Invalid(String),
-    /// The `sub` claim is missing or empty.
+    /// Not a JWT: not three base64url parts, or a header or claims that are not JSON.
+    #[error("malformed token")]
+    Malformed,
+    /// Signed with another key or secret.
+    #[error("signature does not match")]
+    BadSignature,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// The header names an algorithm other than the configured one.
+    #[error("token algorithm is not the configured one")]
+    WrongAlgorithm,
+    /// A required claim (`exp`, `sub`) is absent.
+    #[error("token has no {0} claim")]
+    MissingClaim(String),
+    /// A claim has the wrong type (a string `exp`, say).
+    #[error("token claim {0} has the wrong type")]
+    BadClaim(String),
+    /// The `sub` claim is empty.
     #[error("token has no subject")]
     NoSubject,
+    /// The configured public key could not be loaded.
+    #[error("public key: {0}")]
+    BadKey(String),
+    /// Any other failure of the JWT library (signing, or a kind it adds later).
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+impl From<jsonwebtoken::errors::Error> for AuthError {
+    fn from(err: jsonwebtoken::errors::Error) -> AuthError {
+        use jsonwebtoken::errors::ErrorKind;
+        match err.kind() {
+            ErrorKind::InvalidToken
+            | ErrorKind::Base64(_)
+            | ErrorKind::Json(_)
+            | ErrorKind::Utf8(_)
+            | ErrorKind::InvalidAlgorithmName => AuthError::Malformed,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
+            ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
+            ErrorKind::InvalidClaimFormat(claim) => AuthError::BadClaim(claim.clone()),
+            _ => AuthError::Invalid(err.to_string()),
+        }
+    }
 }
 
 /// The claims Plume reads.
@@ -69,7 +114,8 @@ impl JwtVerifier {
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // `sub` is required too, but checked in `verify`, which can tell absent from mistyped.
+        validation.set_required_spec_claims(&["exp"]);
         JwtVerifier { key, validation }
     }
 
@@ -84,7 +130,7 @@ impl JwtVerifier {
             PublicKeyAlgorithm::RS256 => (DecodingKey::from_rsa_pem(pem), Algorithm::RS256),
             PublicKeyAlgorithm::ES256 => (DecodingKey::from_ec_pem(pem), Algorithm::ES256),
         };
-        let key = key.map_err(|e| AuthError::Invalid(format!("public key: {e}")))?;
+        let key = key.map_err(|e| AuthError::BadKey(e.to_string()))?;
         Ok(JwtVerifier::with(key, alg))
     }
 
@@ -93,12 +139,19 @@ impl JwtVerifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        if data.claims.sub.is_empty() {
-            return Err(AuthError::NoSubject);
+        // Decoded as a plain map so that the library's validation, not serde, judges a missing
+        // or mistyped `exp`/`sub`: that gives "token has no exp claim" rather than a parse error.
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &self.key,
+            &self.validation,
+        )?;
+        match data.claims.get("sub") {
+            Some(serde_json::Value::String(sub)) if sub.is_empty() => Err(AuthError::NoSubject),
+            Some(serde_json::Value::String(sub)) => Ok(sub.clone()),
+            Some(_) => Err(AuthError::BadClaim("sub".into())),
+            None => Err(AuthError::MissingClaim("sub".into())),
         }
-        Ok(data.claims.sub)
     }
 }
 
@@ -116,7 +169,7 @@ pub fn sign_hs256(secret: &[u8], sub: &str, ttl_secs: u64) -> Result<String, Aut
         &claims,
         &EncodingKey::from_secret(secret),
     )
-    .map_err(|e| AuthError::Invalid(e.to_string()))
+    .map_err(AuthError::from)
 }
 
 /// Seconds since the epoch.
@@ -201,7 +254,7 @@ mod tests {
     fn wrong_secret_expired_future_and_garbage_are_refused() {
         let v = JwtVerifier::hs256(SECRET);
         let other = sign_hs256(b"other", "alice", 60).unwrap();
-        assert!(matches!(v.verify(&other), Err(AuthError::Invalid(_))));
+        assert_eq!(v.verify(&other), Err(AuthError::BadSignature));
         let key = EncodingKey::from_secret(SECRET);
         let now = now_secs();
         let expired = claims_token(
@@ -209,13 +262,13 @@ mod tests {
             Algorithm::HS256,
             &key,
         );
-        assert!(matches!(v.verify(&expired), Err(AuthError::Invalid(_))));
+        assert_eq!(v.verify(&expired), Err(AuthError::Expired));
         let not_yet = claims_token(
             &serde_json::json!({"sub":"a","exp": now + 7200,"nbf": now + 3600}),
             Algorithm::HS256,
             &key,
         );
-        assert!(matches!(v.verify(&not_yet), Err(AuthError::Invalid(_))));
+        assert_eq!(v.verify(&not_yet), Err(AuthError::NotYetValid));
         // Within the leeway is fine.
         let skewed = claims_token(
             &serde_json::json!({"sub":"a","exp": now - 5}),
@@ -224,15 +277,64 @@ mod tests {
         );
         assert_eq!(v.verify(&skewed).unwrap(), "a");
         let no_exp = claims_token(&serde_json::json!({"sub":"a"}), Algorithm::HS256, &key);
-        assert!(v.verify(&no_exp).is_err());
+        assert_eq!(
+            v.verify(&no_exp),
+            Err(AuthError::MissingClaim("exp".into()))
+        );
         let no_sub = claims_token(
             &serde_json::json!({"sub":"","exp": now + 60}),
             Algorithm::HS256,
             &key,
         );
         assert_eq!(v.verify(&no_sub), Err(AuthError::NoSubject));
-        assert!(v.verify("not.a.jwt").is_err());
+        assert_eq!(v.verify("not.a.jwt"), Err(AuthError::Malformed));
         assert_eq!(v.verify(""), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn refusals_are_logged_in_words() {
+        let v = JwtVerifier::hs256(SECRET);
+        let key = EncodingKey::from_secret(SECRET);
+        let now = now_secs();
+        let said = |token: &str| v.verify(token).unwrap_err().to_string();
+        assert_eq!(
+            said(&sign_hs256(b"other", "a", 60).unwrap()),
+            "signature does not match"
+        );
+        let expired = claims_token(
+            &serde_json::json!({"sub":"a","exp": now - 3600}),
+            Algorithm::HS256,
+            &key,
+        );
+        assert_eq!(said(&expired), "token expired");
+        assert_eq!(said("abc.def.ghi"), "malformed token");
+        assert_eq!(said("no dots at all"), "malformed token");
+        let no_exp = claims_token(&serde_json::json!({"sub":"a"}), Algorithm::HS256, &key);
+        assert_eq!(said(&no_exp), "token has no exp claim");
+        let bad_sub = claims_token(
+            &serde_json::json!({"sub": 7, "exp": now + 60}),
+            Algorithm::HS256,
+            &key,
+        );
+        assert_eq!(said(&bad_sub), "token claim sub has the wrong type");
+        let no_sub = claims_token(
+            &serde_json::json!({"exp": now + 60}),
+            Algorithm::HS256,
+            &key,
+        );
+        assert_eq!(said(&no_sub), "token has no sub claim");
+        // An HS256 token offered to an RS256 verifier names the mismatch, not `InvalidAlgorithm`.
+        let rsa = JwtVerifier::public_key(
+            PublicKeyAlgorithm::RS256,
+            include_bytes!("../tests/keys/rsa_public.pem"),
+        )
+        .unwrap();
+        assert_eq!(
+            rsa.verify(&sign_hs256(SECRET, "a", 60).unwrap())
+                .unwrap_err()
+                .to_string(),
+            "token algorithm is not the configured one"
+        );
     }
 
     #[test]

@@ -1,32 +1,51 @@
 //! [`ChatChannel`]: `chat:{chat_id}`.
 //!
-//! - join: members only (strict, the default) or anyone authenticated (open, which records
-//!   them as a participant); otherwise `{"reason":"unauthorized"}`.
-//! - `send_message` `{content, mobile_ref_id}`: validated; a retry with the same
-//!   (user, chat, mobile_ref_id) returns the original `message_id` without delivering again.
-//!   A new message goes to every other socket in the chat as `receive_message`, to each other
-//!   member who has no socket in the chat as a notification (live or pending), then the
-//!   sender gets `message_sent` and the reply `{message_id}`.
+//! - join: members only (strict) or anyone authenticated (open, which records them as a
+//!   participant); otherwise `{"reason":"unauthorized"}`. The payload may ask for recovery
+//!   (`{"last_seq", "epoch"}`) and recent history (`{"history": K}`); the reply carries the
+//!   log's `last_seq` and `epoch`, `recovered` when recovery was asked, and `messages` when
+//!   history was. Recovered messages follow the reply as `receive_message`, oldest first,
+//!   then live ones with no gap and no duplicate (the socket subscribes before the log is
+//!   read, and its floor drops the live copies of what was replayed).
+//! - `send_message` `{content, mobile_ref_id}`: validated, then appended to the chat's log
+//!   (which numbers it and recognises a retry of the same (user, chat, mobile_ref_id) in one
+//!   atomic step). A new message goes to every other socket in the chat as
+//!   `receive_message`, to each other member who has no socket in the chat as a
+//!   notification (live or pending), then the sender gets `message_sent` and the reply
+//!   `{message_id, seq}`. A retry is answered the same way and delivers nothing, unless the
+//!   first attempt stopped before its delivery step finished: then it delivers again.
+//! - `history` `{before_seq?, limit?}`: a page of older messages.
 
 use std::any::Any;
 use std::sync::Arc;
 
-use plume_channels::{Channel, ChannelError, Context, JoinError, Outcome, Reply, Terminate};
+use plume_channels::{
+    Broadcast, Channel, ChannelError, Context, JoinError, Outcome, Reply, Seq, Terminate,
+};
 use plume_wire::Payload;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::auth::UserSession;
 use crate::config::Membership;
 use crate::events::*;
 use crate::state::ChatState;
-use crate::store::{Notification, SendKey, SentMessage, StoreError};
-use crate::time::now_rfc3339;
+use crate::store::{
+    Appended, Draft, LogHead, LoggedMessage, Notification, PendingItem, SendKey, SentRecord,
+    StoreError, epoch_text,
+};
+use crate::time::{format_millis, now_millis};
+
+/// Most messages a join's `history` or a `history` push returns.
+pub const MAX_HISTORY_PAGE: u64 = 100;
+/// A `history` push's page size when it names none.
+pub const DEFAULT_HISTORY_PAGE: u64 = 50;
 
 /// The `chat:{id}` channel of one socket.
 pub struct ChatChannel {
     state: Arc<ChatState>,
     chat_id: String,
+    topic: Arc<str>,
     user: String,
     present: bool,
 }
@@ -34,13 +53,29 @@ pub struct ChatChannel {
 /// Sent to itself after the join reply: record presence once subscribed.
 struct AfterJoin;
 
+/// A message as clients see it (`receive_message`, history, recovery).
 #[derive(Serialize)]
-struct ReceiveMessage<'a> {
+pub struct MessageView<'a> {
     chat_id: &'a str,
     content: &'a str,
     sender_id: &'a str,
     message_id: &'a str,
-    timestamp: &'a str,
+    timestamp: String,
+    seq: u64,
+}
+
+impl<'a> MessageView<'a> {
+    /// The client's view of a logged message.
+    pub fn of(m: &'a LoggedMessage) -> MessageView<'a> {
+        MessageView {
+            chat_id: &m.chat_id,
+            content: &m.content,
+            sender_id: &m.sender_id,
+            message_id: &m.message_id,
+            timestamp: format_millis(m.ts_ms),
+            seq: m.seq,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -51,6 +86,8 @@ struct MessageSent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     message_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     timestamp: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
@@ -58,6 +95,29 @@ struct MessageSent<'a> {
 
 fn json<T: Serialize>(value: &T) -> Result<Payload, ChannelError> {
     Payload::json(value).map_err(|e| ChannelError::new(e.to_string()))
+}
+
+/// The payload of `receive_message` for a logged message.
+pub fn receive_payload(m: &LoggedMessage) -> Result<Payload, StoreError> {
+    Payload::json(&MessageView::of(m)).map_err(|e| StoreError(e.to_string()))
+}
+
+/// The sequenced broadcast of a logged message on its chat topic.
+pub fn receive_broadcast(
+    topic: Arc<str>,
+    m: &LoggedMessage,
+    from: Option<plume_channels::SocketId>,
+) -> Result<Broadcast, StoreError> {
+    Ok(Broadcast {
+        topic,
+        event: RECEIVE_MESSAGE.into(),
+        payload: receive_payload(m)?,
+        from,
+        seq: Some(Seq {
+            epoch: m.epoch,
+            seq: m.seq,
+        }),
+    })
 }
 
 /// The user of the socket (set by the connect hook).
@@ -104,6 +164,75 @@ fn validate(payload: &Payload, max_chars: usize) -> Result<ValidSend, Invalid> {
     })
 }
 
+/// The payload as an object (`{}` for an empty or absent payload), or `None`.
+fn object(payload: &Payload) -> Option<Map<String, Value>> {
+    match payload.as_json()?.parse::<Value>().ok()? {
+        Value::Object(obj) => Some(obj),
+        Value::Null => Some(Map::new()),
+        _ => None,
+    }
+}
+
+/// A non-negative integer field: `Ok(None)` when absent or null, `Err` when malformed.
+fn uint(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, ()> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(()),
+        Some(_) => Err(()),
+    }
+}
+
+/// What a join asked for.
+#[derive(Debug, PartialEq, Eq)]
+struct JoinAsk {
+    /// `last_seq` and `epoch` for recovery.
+    recover: Option<(u64, Option<String>)>,
+    /// How many recent messages to put in the reply.
+    history: u64,
+}
+
+fn parse_join(payload: &Payload) -> Result<JoinAsk, &'static str> {
+    let obj = object(payload).ok_or(REASON_INVALID_PAYLOAD)?;
+    let last_seq = uint(&obj, "last_seq").map_err(|()| REASON_INVALID_LAST_SEQ)?;
+    let epoch = match obj.get("epoch") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(REASON_INVALID_EPOCH),
+    };
+    let history = match uint(&obj, "history") {
+        Ok(h) if h.unwrap_or(0) <= MAX_HISTORY_PAGE => h.unwrap_or(0),
+        _ => return Err(REASON_INVALID_HISTORY),
+    };
+    Ok(JoinAsk {
+        recover: last_seq.map(|n| (n, epoch)),
+        history,
+    })
+}
+
+/// Whether a client that has everything up to `last_seq` of `epoch` can be brought up to
+/// date by replaying the log: same epoch (a client that has seen nothing may omit it), the
+/// messages after `last_seq` all still kept, and not more than `limit` of them.
+fn can_recover(head: &LogHead, last_seq: u64, epoch: Option<&str>, limit: usize) -> bool {
+    let same_epoch = match epoch {
+        Some(e) => e == epoch_text(head.epoch),
+        None => last_seq == 0,
+    };
+    same_epoch
+        && last_seq <= head.last_seq
+        && last_seq + 1 >= head.first_seq
+        && head.last_seq - last_seq <= limit as u64
+}
+
+#[derive(Serialize)]
+struct JoinReply<'a> {
+    last_seq: u64,
+    epoch: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Vec<MessageView<'a>>>,
+}
+
 impl ChatChannel {
     fn refuse_send(
         &self,
@@ -116,6 +245,7 @@ impl ChatChannel {
             status: STATUS_ERROR,
             chat_id: &self.chat_id,
             message_id: None,
+            seq: None,
             timestamp: None,
             reason: Some(reason),
         };
@@ -135,88 +265,162 @@ impl ChatChannel {
         let key = SendKey {
             user: self.user.clone(),
             chat: self.chat_id.clone(),
-            mobile_ref_id: send.mobile_ref_id.clone(),
+            mobile_ref_id: send.mobile_ref_id,
         };
-        let fresh = SentMessage {
+        let draft = Draft {
             message_id: uuid::Uuid::now_v7().to_string(),
-            timestamp: now_rfc3339(),
+            ts_ms: now_millis(),
+            content: send.content,
         };
-        let stores = &self.state.stores;
-        let claim = stores
-            .idempotency
-            .claim(&key, &fresh, self.state.config.idempotency_ttl)
-            .await;
-        let sent = match claim {
-            Err(err) => return self.store_failed(ctx, &send.mobile_ref_id, &err),
-            // A retry: answer as the first time, deliver nothing.
-            Ok(Some(original)) => original,
-            Ok(None) => {
-                if let Err(err) = self.deliver(ctx, &send, &fresh).await {
-                    let _ = stores.idempotency.release(&key).await;
-                    return self.store_failed(ctx, &send.mobile_ref_id, &err);
-                }
-                fresh
+        let appended = match self.state.stores.log.append(&key, &draft).await {
+            Ok(appended) => appended,
+            Err(err) => {
+                tracing::error!(chat = %self.chat_id, user = %self.user, %err,
+                    "send_message: the log refused the append");
+                return self.refuse_send(ctx, REASON_STORAGE_UNAVAILABLE, &key.mobile_ref_id);
             }
         };
+        // From here the message is committed: whatever happens to its delivery, the sender
+        // hears "sent", and members get it live, on recovery or from history.
+        let sent = match appended {
+            Appended::New(message) => {
+                self.deliver(ctx, &key, &message).await;
+                sent_record(&message)
+            }
+            Appended::Retry {
+                sent,
+                message,
+                delivered,
+            } => {
+                if let (false, Some(message)) = (delivered, message) {
+                    tracing::info!(chat = %self.chat_id, seq = sent.seq,
+                        "retry of a send whose delivery did not finish; delivering again");
+                    self.deliver(ctx, &key, &message).await;
+                }
+                sent
+            }
+        };
+        let timestamp = format_millis(sent.ts_ms);
         let ack = MessageSent {
-            mobile_ref_id: &send.mobile_ref_id,
+            mobile_ref_id: &key.mobile_ref_id,
             status: STATUS_SENT,
             chat_id: &self.chat_id,
             message_id: Some(&sent.message_id),
-            timestamp: Some(&sent.timestamp),
+            seq: Some(sent.seq),
+            timestamp: Some(&timestamp),
             reason: None,
         };
         ctx.push(MESSAGE_SENT, &json(&ack)?);
-        let reply = serde_json::json!({ "message_id": sent.message_id });
+        let reply = serde_json::json!({ "message_id": sent.message_id, "seq": sent.seq });
         Ok(Reply::ok(json(&reply)?).into())
     }
 
-    /// Notifications first (they must be stored before the sender hears "sent"), then the
-    /// broadcast to the chat's other sockets.
-    async fn deliver(
+    /// The broadcast to the chat's other sockets, then notifications for members who are
+    /// not in the chat (stored before the sender hears "sent"). A failure here is logged,
+    /// not reported to the sender: the message is in the log already, and the send key stays
+    /// "not delivered" so a retry delivers again.
+    async fn deliver(&self, ctx: &mut Context<'_>, key: &SendKey, message: &LoggedMessage) {
+        if let Err(err) = self.try_deliver(ctx, message).await {
+            tracing::error!(chat = %self.chat_id, seq = message.seq, %err,
+                "delivery incomplete; the message is in the log for recovery and history");
+            return;
+        }
+        let log = self.state.stores.log.clone();
+        let key = key.clone();
+        // Off the send's path: a lost mark only means a retry delivers again.
+        tokio::spawn(async move {
+            if let Err(err) = log.mark_delivered(&key).await {
+                tracing::warn!(%err, "could not record a delivered send");
+            }
+        });
+    }
+
+    async fn try_deliver(
         &self,
         ctx: &mut Context<'_>,
-        send: &ValidSend,
-        sent: &SentMessage,
+        message: &LoggedMessage,
     ) -> Result<(), StoreError> {
-        let stores = &self.state.stores;
+        let broadcast = receive_broadcast(self.topic.clone(), message, ctx.from_self())?;
+        if let Err(err) = ctx.pubsub().broadcast(broadcast) {
+            // Delivered on this node; other nodes repair the gap from the log.
+            tracing::warn!(chat = %self.chat_id, seq = message.seq, %err,
+                "cross-node fan-out failed; other nodes will read the message from the log");
+        }
         let notification = Notification {
-            chat_id: self.chat_id.clone(),
-            sender_id: self.user.clone(),
-            content: send.content.clone(),
-            timestamp: sent.timestamp.clone(),
-            message_id: sent.message_id.clone(),
+            chat_id: message.chat_id.clone(),
+            sender_id: message.sender_id.clone(),
+            content: message.content.clone(),
+            timestamp: format_millis(message.ts_ms),
+            message_id: message.message_id.clone(),
+            seq: Some(message.seq),
         };
-        let members = stores.membership.members(&self.chat_id).await?;
+        let item = PendingItem::Message {
+            chat_id: message.chat_id.clone(),
+            seq: message.seq,
+        };
+        let members = self.state.stores.membership.members(&self.chat_id).await?;
         self.state
             .notify_all(
                 &members,
                 Some(&self.user),
                 Some(&self.chat_id),
                 &notification,
+                &item,
             )
             .await?;
-        let receive = ReceiveMessage {
-            chat_id: &self.chat_id,
-            content: &send.content,
-            sender_id: &self.user,
-            message_id: &sent.message_id,
-            timestamp: &sent.timestamp,
-        };
-        let payload = Payload::json(&receive).map_err(|e| StoreError(e.to_string()))?;
-        ctx.broadcast_from(RECEIVE_MESSAGE, payload)
-            .map_err(|e| StoreError(e.to_string()))
+        Ok(())
     }
 
-    fn store_failed(
-        &self,
-        ctx: &mut Context<'_>,
-        mobile_ref_id: &str,
-        err: &StoreError,
-    ) -> Result<Outcome, ChannelError> {
-        tracing::error!(chat = %self.chat_id, user = %self.user, %err, "send_message failed");
-        self.refuse_send(ctx, REASON_STORAGE_UNAVAILABLE, mobile_ref_id)
+    async fn history(&self, payload: Payload) -> Result<Outcome, ChannelError> {
+        let Some(obj) = object(&payload) else {
+            return Ok(Reply::error_reason(REASON_INVALID_PAYLOAD).into());
+        };
+        let before = match uint(&obj, "before_seq") {
+            Ok(Some(0)) | Err(()) => {
+                return Ok(Reply::error_reason(REASON_INVALID_BEFORE_SEQ).into());
+            }
+            Ok(b) => b,
+        };
+        let limit = match uint(&obj, "limit") {
+            Ok(None) => DEFAULT_HISTORY_PAGE,
+            Ok(Some(n)) if (1..=MAX_HISTORY_PAGE).contains(&n) => n,
+            _ => return Ok(Reply::error_reason(REASON_INVALID_LIMIT).into()),
+        };
+        match history_page(&self.state, &self.chat_id, before, limit).await {
+            Ok(page) => Ok(Reply::ok(json(&page)?).into()),
+            Err(err) => {
+                tracing::error!(chat = %self.chat_id, %err, "history: log unavailable");
+                Ok(Reply::error_reason(REASON_STORAGE_UNAVAILABLE).into())
+            }
+        }
     }
+}
+
+fn sent_record(m: &LoggedMessage) -> SentRecord {
+    SentRecord {
+        message_id: m.message_id.clone(),
+        seq: m.seq,
+        ts_ms: m.ts_ms,
+    }
+}
+
+/// A page of history: `{"messages": [...oldest first], "has_more": bool}`, shared by the
+/// `history` push and the HTTP API.
+pub async fn history_page(
+    state: &ChatState,
+    chat: &str,
+    before: Option<u64>,
+    limit: u64,
+) -> Result<Value, StoreError> {
+    let limit = limit.min(MAX_HISTORY_PAGE) as usize;
+    // One more than asked tells whether there is more.
+    let mut messages = state.stores.log.before(chat, before, limit + 1).await?;
+    let has_more = messages.len() > limit;
+    if has_more {
+        messages.remove(0);
+    }
+    let views: Vec<MessageView<'_>> = messages.iter().map(MessageView::of).collect();
+    Ok(serde_json::json!({ "messages": views, "has_more": has_more }))
 }
 
 impl Channel for ChatChannel {
@@ -225,36 +429,87 @@ impl Channel for ChatChannel {
     async fn join(
         state: &Arc<ChatState>,
         topic: &str,
-        _payload: Payload,
+        payload: Payload,
         ctx: &mut Context<'_>,
     ) -> Result<(ChatChannel, Payload), JoinError> {
         let chat_id = topic.strip_prefix(CHAT_PREFIX).unwrap_or("");
         if chat_id.is_empty() {
             return Err(JoinError::reason(REASON_INVALID_TOPIC));
         }
+        let ask = parse_join(&payload).map_err(JoinError::reason)?;
         let user = session_user(ctx)?;
         let membership = &state.stores.membership;
         let allowed = match state.config.membership {
             Membership::Strict => membership.is_member(chat_id, &user).await,
             Membership::Open => membership.add(chat_id, &user).await.map(|()| true),
         };
+        let unavailable = |what: &str, err: StoreError| {
+            tracing::error!(chat = chat_id, %user, %err, "join: {what} unavailable");
+            JoinError::reason(REASON_STORAGE_UNAVAILABLE)
+        };
         match allowed {
             Ok(true) => {}
             Ok(false) => return Err(JoinError::reason(REASON_UNAUTHORIZED)),
-            Err(err) => {
-                tracing::error!(chat = chat_id, %user, %err, "join: membership unavailable");
-                return Err(JoinError::reason(REASON_STORAGE_UNAVAILABLE));
-            }
+            Err(err) => return Err(unavailable("membership", err)),
         }
+        // Subscribed before the log is read: a message appended after the read is published
+        // after this point, so it arrives live; one appended before is in what we read.
+        ctx.subscribe().await;
+        let log = &state.stores.log;
+        let head = log.head(chat_id).await.map_err(|e| unavailable("log", e))?;
+        let mut floor = head.last_seq;
+        let mut recovered = None;
+        if let Some((last_seq, epoch)) = &ask.recover {
+            let ok = can_recover(
+                &head,
+                *last_seq,
+                epoch.as_deref(),
+                state.config.recovery_limit,
+            );
+            if ok && *last_seq < head.last_seq {
+                // A little past the head: messages appended since the head was read come
+                // in this read rather than live (the floor then drops their live copies).
+                let want = (head.last_seq - last_seq) as usize + 64;
+                let missed = log
+                    .after(chat_id, *last_seq, want)
+                    .await
+                    .map_err(|e| unavailable("log", e))?;
+                for m in &missed {
+                    let payload = receive_payload(m).map_err(|e| unavailable("log", e))?;
+                    ctx.push(RECEIVE_MESSAGE, &payload);
+                    floor = floor.max(m.seq);
+                }
+            }
+            recovered = Some(ok);
+        }
+        let recent = if ask.history > 0 {
+            log.before(chat_id, Some(floor + 1), ask.history as usize)
+                .await
+                .map_err(|e| unavailable("log", e))?
+        } else {
+            Vec::new()
+        };
+        ctx.set_floor(floor);
+        ctx.pubsub()
+            .registry()
+            .start_seq(topic, head.epoch, head.last_seq);
         ctx.send_info(Box::new(AfterJoin))
             .map_err(|e| JoinError::Failed(e.to_string()))?;
+        let reply = JoinReply {
+            last_seq: head.last_seq,
+            epoch: epoch_text(head.epoch),
+            recovered,
+            messages: (ask.history > 0).then(|| recent.iter().map(MessageView::of).collect()),
+        };
+        let reply = Payload::json(&reply).map_err(|e| JoinError::Failed(e.to_string()))?;
         let channel = ChatChannel {
             state: state.clone(),
             chat_id: chat_id.to_owned(),
+            topic: topic.into(),
             user,
             present: false,
         };
-        Ok((channel, Payload::empty()))
+        Ok((channel, reply))
     }
 
     async fn handle_in(
@@ -265,6 +520,7 @@ impl Channel for ChatChannel {
     ) -> Result<Outcome, ChannelError> {
         match event {
             SEND_MESSAGE => self.send_message(payload, ctx).await,
+            HISTORY => self.history(payload).await,
             _ => Ok(Reply::error_reason(REASON_UNKNOWN_EVENT).into()),
         }
     }
@@ -272,7 +528,7 @@ impl Channel for ChatChannel {
     async fn handle_info(
         &mut self,
         info: Box<dyn Any + Send>,
-        _ctx: &mut Context<'_>,
+        ctx: &mut Context<'_>,
     ) -> Result<(), ChannelError> {
         if info.is::<AfterJoin>() && !self.present {
             // Subscribed by now: from here on this user gets the chat's messages live, so
@@ -280,7 +536,7 @@ impl Channel for ChatChannel {
             self.state
                 .stores
                 .presence
-                .enter_chat(&self.user, &self.chat_id)
+                .enter_chat(&self.user, &self.chat_id, ctx.socket_id().0)
                 .await
                 .map_err(|e| ChannelError::new(e.to_string()))?;
             self.present = true;
@@ -288,13 +544,13 @@ impl Channel for ChatChannel {
         Ok(())
     }
 
-    async fn terminate(&mut self, _reason: Terminate, _ctx: &mut Context<'_>) {
+    async fn terminate(&mut self, _reason: Terminate, ctx: &mut Context<'_>) {
         if self.present
             && let Err(err) = self
                 .state
                 .stores
                 .presence
-                .leave_chat(&self.user, &self.chat_id)
+                .leave_chat(&self.user, &self.chat_id, ctx.socket_id().0)
                 .await
         {
             tracing::error!(chat = %self.chat_id, user = %self.user, %err, "leave_chat failed");
@@ -320,6 +576,66 @@ mod tests {
             Ok(_) => "ok",
             Err(i) => i.reason,
         }
+    }
+
+    #[test]
+    fn join_payload_reasons() {
+        let ask = |p: &str| parse_join(&payload(p));
+        assert_eq!(
+            ask("{}"),
+            Ok(JoinAsk {
+                recover: None,
+                history: 0
+            })
+        );
+        assert_eq!(
+            ask(r#"{"last_seq":3,"epoch":"e","history":100}"#),
+            Ok(JoinAsk {
+                recover: Some((3, Some("e".into()))),
+                history: 100
+            })
+        );
+        assert_eq!(ask(r#"{"last_seq":-1}"#), Err(REASON_INVALID_LAST_SEQ));
+        assert_eq!(ask(r#"{"last_seq":"3"}"#), Err(REASON_INVALID_LAST_SEQ));
+        assert_eq!(ask(r#"{"last_seq":1.5}"#), Err(REASON_INVALID_LAST_SEQ));
+        assert_eq!(
+            ask(r#"{"last_seq":1,"epoch":7}"#),
+            Err(REASON_INVALID_EPOCH)
+        );
+        assert_eq!(ask(r#"{"history":101}"#), Err(REASON_INVALID_HISTORY));
+        assert_eq!(ask(r#"{"history":true}"#), Err(REASON_INVALID_HISTORY));
+        assert_eq!(ask("[1]"), Err(REASON_INVALID_PAYLOAD));
+    }
+
+    #[test]
+    fn recovery_rule() {
+        let head = LogHead {
+            epoch: 5,
+            last_seq: 20,
+            first_seq: 11,
+        };
+        let e = epoch_text(5);
+        assert!(can_recover(&head, 20, Some(&e), 5));
+        assert!(can_recover(&head, 15, Some(&e), 5));
+        assert!(!can_recover(&head, 14, Some(&e), 5), "over the limit");
+        assert!(can_recover(&head, 10, Some(&e), 100), "first kept is 11");
+        assert!(!can_recover(&head, 9, Some(&e), 100), "10 was trimmed");
+        assert!(!can_recover(&head, 15, Some("other"), 100), "another epoch");
+        assert!(!can_recover(&head, 21, Some(&e), 100), "ahead of the log");
+        assert!(
+            !can_recover(&head, 0, None, 100),
+            "0 without epoch, but trimmed"
+        );
+        let fresh = LogHead {
+            epoch: 5,
+            last_seq: 3,
+            first_seq: 1,
+        };
+        assert!(can_recover(&fresh, 0, None, 100));
+        assert!(
+            !can_recover(&fresh, 1, None, 100),
+            "an epoch is needed past 0"
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::Retention;
+
 /// Who may join `chat:{id}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -28,6 +30,25 @@ pub struct ChatConfig {
     pub idempotency_ttl: Duration,
     /// Most pending notifications kept per user (the oldest are dropped). Default 1000.
     pub pending_limit: usize,
+    /// Newest messages kept per chat log. Default 10,000.
+    pub history_limit: usize,
+    /// Messages older than this are trimmed from the log. Default 30 days.
+    #[serde(with = "plume_channels::duration_secs")]
+    pub history_ttl: Duration,
+    /// Most messages a (re)join replays; a bigger gap answers `recovered: false` and the
+    /// client pages history instead. Default 1,000.
+    pub recovery_limit: usize,
+}
+
+impl ChatConfig {
+    /// What the message log keeps, from these settings.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            limit: self.history_limit,
+            ttl: self.history_ttl,
+            idempotency_ttl: self.idempotency_ttl,
+        }
+    }
 }
 
 impl Default for ChatConfig {
@@ -37,6 +58,9 @@ impl Default for ChatConfig {
             max_message_chars: 4096,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             pending_limit: 1000,
+            history_limit: 10_000,
+            history_ttl: Duration::from_secs(30 * 24 * 3600),
+            recovery_limit: 1000,
         }
     }
 }

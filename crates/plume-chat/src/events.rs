@@ -20,6 +20,9 @@ pub const PENDING_NOTIFICATION: &str = "pending_notification";
 /// Server to a user joining notifications: every stored notification at once.
 pub const PENDING_NOTIFICATIONS: &str = "pending_notifications";
 
+/// Client to server on `chat:{id}`: a page of older messages.
+pub const HISTORY: &str = "history";
+
 /// `message_sent` status of a delivered send.
 pub const STATUS_SENT: &str = "sent";
 /// `message_sent` status of a failed send.
@@ -39,6 +42,16 @@ pub const REASON_CONTENT_TOO_LONG: &str = "content_too_long";
 pub const REASON_INVALID_MOBILE_REF_ID: &str = "invalid_mobile_ref_id";
 /// A store could not be reached; nothing was delivered.
 pub const REASON_STORAGE_UNAVAILABLE: &str = "storage_unavailable";
+/// Join `last_seq` (or history `before_seq`) that is not a non-negative integer.
+pub const REASON_INVALID_LAST_SEQ: &str = "invalid_last_seq";
+/// History `before_seq` that is not a positive integer.
+pub const REASON_INVALID_BEFORE_SEQ: &str = "invalid_before_seq";
+/// Join `epoch` that is not a string.
+pub const REASON_INVALID_EPOCH: &str = "invalid_epoch";
+/// Join `history` that is not an integer from 0 to 100.
+pub const REASON_INVALID_HISTORY: &str = "invalid_history";
+/// History `limit` that is not an integer from 1 to 100.
+pub const REASON_INVALID_LIMIT: &str = "invalid_limit";
 /// An event the channel does not handle.
 pub const REASON_UNKNOWN_EVENT: &str = "unknown_event";
 

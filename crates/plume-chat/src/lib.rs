@@ -10,7 +10,9 @@
 //! - [`chat`]: the `chat:*` channel (join rules, `send_message`).
 //! - [`notifications`]: the `notifications:*` / `notification:*` channel (pending delivery).
 //! - [`state`]: what the channels share, and notification delivery.
-//! - [`store`]: the store traits and their in-memory implementations.
+//! - [`repair`]: reading missed chat messages back from the log into this node's registry.
+//! - [`store`]: the store traits (message log, membership, pending, presence) and their
+//!   embedded (SQLite), in-memory and Redis implementations.
 //! - [`api`]: the backend HTTP API.
 //! - [`config`], [`events`], [`time`]: settings, wire names, timestamps.
 //! - [`ChatService`] (this file): wires it all into a router, a connect hook and an API.
@@ -21,6 +23,7 @@ pub mod chat;
 pub mod config;
 pub mod events;
 pub mod notifications;
+pub mod repair;
 pub mod state;
 pub mod store;
 pub mod time;
@@ -41,8 +44,11 @@ pub struct ChatService {
 }
 
 impl ChatService {
-    /// A service over `stores`, broadcasting through `pubsub`.
+    /// A service over `stores`, broadcasting through `pubsub`. Installs the log repair on
+    /// the pub/sub's registry, so chat messages reach this node's sockets in seq order.
     pub fn new(config: ChatConfig, stores: Stores, pubsub: Arc<dyn PubSub>) -> ChatService {
+        let repair = repair::LogRepair::new(stores.log.clone(), &pubsub);
+        pubsub.registry().set_repair(Arc::new(repair));
         ChatService {
             state: Arc::new(ChatState {
                 config,

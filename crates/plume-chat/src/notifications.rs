@@ -1,20 +1,28 @@
 //! [`NotificationsChannel`]: `notifications:{user_id}` (and the alias `notification:{user_id}`).
 //!
 //! Only the token's own user may join. Right after the join reply the channel records the
-//! user as reachable, then takes the user's pending notifications (atomically, so a second
-//! device joining at the same moment cannot get the same ones) and pushes them oldest first,
-//! each as `pending_notification`, then all together once as `pending_notifications`
-//! `{"notifications":[…]}`. Nothing is pushed when nothing was pending.
+//! user as reachable, then reads the user's pending notifications and pushes them oldest
+//! first, each as `pending_notification`, then all together once as `pending_notifications`
+//! `{"notifications":[…]}`. Nothing is pushed when nothing was pending. They are deleted
+//! only once those frames were written to the socket: a socket that dies before gets them
+//! again on its next join (at least once; two devices joining at once may both get them).
+//!
+//! Live notifications are intercepted (they reach `handle_info`, not the fast path): the
+//! channel pushes `new_notification` and, once the frame is written, removes the copy the
+//! sender stored as pending for this user (see [`ChatState::notify_all`]).
 
 use std::any::Any;
 use std::sync::Arc;
 
-use plume_channels::{Channel, ChannelError, Context, JoinError, Outcome, Reply, Terminate};
+use plume_channels::{
+    Broadcast, Channel, ChannelError, Context, JoinError, Outcome, Reply, Terminate,
+};
 use plume_wire::Payload;
 
 use crate::chat::session_user;
 use crate::events::*;
 use crate::state::ChatState;
+use crate::store::{Notification, PendingItem};
 
 /// The notifications channel of one socket.
 pub struct NotificationsChannel {
@@ -25,6 +33,25 @@ pub struct NotificationsChannel {
 
 /// Sent to itself after the join reply.
 struct AfterJoin;
+
+/// Sent to itself after pushing pending notifications up to this id: it is handled after
+/// the driver wrote those frames, so they can be deleted.
+struct PendingWritten(u64);
+
+/// Sent to itself after pushing a live notification: handled after the frame was written.
+struct LiveWritten(PendingItem);
+
+/// The stored item a live `new_notification` stands for.
+fn item_of(payload: &Payload) -> Option<PendingItem> {
+    let n: Notification = serde_json::from_slice(payload.as_json()?.as_bytes()).ok()?;
+    Some(match n.seq {
+        Some(seq) => PendingItem::Message {
+            chat_id: n.chat_id,
+            seq,
+        },
+        None => PendingItem::Inline(n),
+    })
+}
 
 impl Channel for NotificationsChannel {
     type State = ChatState;
@@ -46,6 +73,7 @@ impl Channel for NotificationsChannel {
         if wanted != user {
             return Err(JoinError::reason(REASON_UNAUTHORIZED));
         }
+        ctx.intercept().await;
         ctx.send_info(Box::new(AfterJoin))
             .map_err(|e| JoinError::Failed(e.to_string()))?;
         let channel = NotificationsChannel {
@@ -70,40 +98,69 @@ impl Channel for NotificationsChannel {
         info: Box<dyn Any + Send>,
         ctx: &mut Context<'_>,
     ) -> Result<(), ChannelError> {
+        let stores = &self.state.stores;
+        let fail = |e: crate::store::StoreError| ChannelError::new(e.to_string());
+        if let Some(PendingWritten(upto)) = info.downcast_ref::<PendingWritten>() {
+            return stores.pending.remove(&self.user, *upto).await.map_err(fail);
+        }
+        if let Some(LiveWritten(item)) = info.downcast_ref::<LiveWritten>() {
+            return stores
+                .pending
+                .remove_item(&self.user, item)
+                .await
+                .map_err(fail);
+        }
+        let info = match info.downcast::<Broadcast>() {
+            Ok(broadcast) => {
+                ctx.push(&broadcast.event, &broadcast.payload);
+                if &*broadcast.event == NEW_NOTIFICATION
+                    && let Some(item) = item_of(&broadcast.payload)
+                {
+                    ctx.send_info(Box::new(LiveWritten(item)))
+                        .map_err(|e| ChannelError::new(e.to_string()))?;
+                }
+                return Ok(());
+            }
+            Err(other) => other,
+        };
         if !info.is::<AfterJoin>() || self.present {
             return Ok(());
         }
-        let stores = &self.state.stores;
-        let fail = |e: crate::store::StoreError| ChannelError::new(e.to_string());
         // Reachable first, then drain: a notification created in between is either still
         // pending (and taken below) or broadcast to this subscribed channel. None is lost.
         stores
             .presence
-            .enter_notifications(&self.user)
+            .enter_notifications(&self.user, ctx.socket_id().0)
             .await
             .map_err(fail)?;
         self.present = true;
-        let pending = stores.pending.take_all(&self.user).await.map_err(fail)?;
-        if pending.is_empty() {
+        let items = stores.pending.list(&self.user).await.map_err(fail)?;
+        let Some((upto, _)) = items.last() else {
             return Ok(());
-        }
+        };
+        let upto = *upto;
+        let pending = self.state.resolve_pending(&items).await.map_err(fail)?;
         for n in &pending {
             let payload = Payload::json(n).map_err(|e| ChannelError::new(e.to_string()))?;
             ctx.push(PENDING_NOTIFICATION, &payload);
         }
-        let all = serde_json::json!({ "notifications": pending });
-        let payload = Payload::json(&all).map_err(|e| ChannelError::new(e.to_string()))?;
-        ctx.push(PENDING_NOTIFICATIONS, &payload);
+        if !pending.is_empty() {
+            let all = serde_json::json!({ "notifications": pending });
+            let payload = Payload::json(&all).map_err(|e| ChannelError::new(e.to_string()))?;
+            ctx.push(PENDING_NOTIFICATIONS, &payload);
+        }
+        ctx.send_info(Box::new(PendingWritten(upto)))
+            .map_err(|e| ChannelError::new(e.to_string()))?;
         Ok(())
     }
 
-    async fn terminate(&mut self, _reason: Terminate, _ctx: &mut Context<'_>) {
+    async fn terminate(&mut self, _reason: Terminate, ctx: &mut Context<'_>) {
         if self.present
             && let Err(err) = self
                 .state
                 .stores
                 .presence
-                .leave_notifications(&self.user)
+                .leave_notifications(&self.user, ctx.socket_id().0)
                 .await
         {
             tracing::error!(user = %self.user, %err, "leave_notifications failed");

@@ -8,7 +8,7 @@ use plume_wire::Payload;
 
 use crate::config::ChatConfig;
 use crate::events::{NEW_NOTIFICATION, NOTIFICATION_ALIAS_PREFIX, NOTIFICATIONS_PREFIX};
-use crate::store::{Notification, StoreError, Stores};
+use crate::store::{Notification, PendingItem, StoreError, Stores};
 
 /// Shared state of the chat service.
 pub struct ChatState {
@@ -48,47 +48,53 @@ impl ChatState {
         notification: &Notification,
     ) -> Result<Delivery, StoreError> {
         let users = [user.to_owned()];
-        let done = self.notify_all(&users, None, None, notification).await?;
+        let item = PendingItem::Inline(notification.clone());
+        let done = self
+            .notify_all(&users, None, None, notification, &item)
+            .await?;
         Ok(done.first().copied().flatten().unwrap_or(Delivery::Pending))
     }
 
     /// Notifies each of `users` except `sender` who has no socket in `chat` (all of them when
-    /// `chat` is `None`): live where they have notifications joined, pending otherwise. A store is asked
-    /// once for everybody's whereabouts and once to store every pending copy, so a chat with
-    /// many members costs two round trips, not two per member. Returns, per user, what
-    /// happened (`None`: the sender, or in the chat; not notified).
+    /// `chat` is `None`). `item` is stored as pending for every one of them (for a chat
+    /// message, a reference into the log), and those with a notifications topic joined also
+    /// get `new_notification` at once; their channel removes the stored item once it wrote
+    /// the frame. So a user whose socket or node dies before the write (or whose node is
+    /// dead but still counts as present) finds it pending on the next join: never lost, at
+    /// worst twice. A store is asked once for everybody's whereabouts and once to store
+    /// every pending item, so a chat with many members costs two round trips, not two per
+    /// member. Returns, per user, what happened (`None`: the sender, or in the chat).
     pub async fn notify_all(
         &self,
         users: &[String],
         sender: Option<&str>,
         chat: Option<&str>,
         notification: &Notification,
+        item: &PendingItem,
     ) -> Result<Vec<Option<Delivery>>, StoreError> {
         let located = self.stores.presence.locate(users, chat).await?;
-        let mut offline = Vec::new();
+        let mut notified = Vec::new();
+        let mut live = Vec::new();
         let mut outcome = Vec::with_capacity(users.len());
-        let mut payload = None;
         for (user, at) in users.iter().zip(&located) {
             if at.in_chat || Some(user.as_str()) == sender {
                 outcome.push(None);
-            } else if at.notifications {
-                let payload = match &payload {
-                    Some(p) => p,
-                    None => payload.insert(
-                        Payload::json(notification).map_err(|e| StoreError(e.to_string()))?,
-                    ),
-                };
-                self.broadcast_notification(user, payload)?;
+                continue;
+            }
+            notified.push(user.clone());
+            if at.notifications {
+                live.push(user);
                 outcome.push(Some(Delivery::Delivered));
             } else {
-                offline.push(user.clone());
                 outcome.push(Some(Delivery::Pending));
             }
         }
+        // Stored before the live push, so the channel's removal after the write cannot come
+        // first.
         let dropped = self
             .stores
             .pending
-            .push_many(&offline, notification, self.config.pending_limit)
+            .push_many(&notified, item, self.config.pending_limit)
             .await?;
         if dropped > 0 {
             tracing::warn!(
@@ -97,7 +103,48 @@ impl ChatState {
                 "pending notifications over the limit; oldest dropped"
             );
         }
+        if !live.is_empty() {
+            let payload = Payload::json(notification).map_err(|e| StoreError(e.to_string()))?;
+            for user in live {
+                self.broadcast_notification(user, &payload)?;
+            }
+        }
         Ok(outcome)
+    }
+
+    /// The notifications that pending `items` stand for, in order: chat messages are read
+    /// from the log (one that the log no longer keeps is skipped, with a log line).
+    pub async fn resolve_pending(
+        &self,
+        items: &[(u64, PendingItem)],
+    ) -> Result<Vec<Notification>, StoreError> {
+        let refs: Vec<(String, u64)> = items
+            .iter()
+            .filter_map(|(_, item)| match item {
+                PendingItem::Message { chat_id, seq } => Some((chat_id.clone(), *seq)),
+                PendingItem::Inline(_) => None,
+            })
+            .collect();
+        let mut found = self.stores.log.get(&refs).await?.into_iter();
+        let mut out = Vec::with_capacity(items.len());
+        for (_, item) in items {
+            match item {
+                PendingItem::Inline(n) => out.push(n.clone()),
+                PendingItem::Message { chat_id, seq } => match found.next().flatten() {
+                    Some(m) => out.push(Notification {
+                        chat_id: m.chat_id,
+                        sender_id: m.sender_id,
+                        content: m.content,
+                        timestamp: crate::time::format_millis(m.ts_ms),
+                        message_id: m.message_id,
+                        seq: Some(m.seq),
+                    }),
+                    None => tracing::info!(chat = %chat_id, seq,
+                        "pending notification refers to a trimmed message; skipped"),
+                },
+            }
+        }
+        Ok(out)
     }
 
     /// `new_notification` on both spellings of the user's topic, since a client may have
@@ -110,6 +157,7 @@ impl ChatState {
                     event: NEW_NOTIFICATION.into(),
                     payload: payload.clone(),
                     from: None,
+                    seq: None,
                 })
                 .map_err(|e| StoreError(e.to_string()))?;
         }

@@ -5,10 +5,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The current time as RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
+    format_millis(now_millis())
+}
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    format_millis(since.as_millis() as i64)
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Formats milliseconds since the epoch.

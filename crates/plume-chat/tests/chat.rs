@@ -67,8 +67,10 @@ async fn send_message_acks_the_sender_and_reaches_every_other_socket() {
     let ts = sent["timestamp"].as_str().unwrap().to_owned();
     assert!(ts.ends_with('Z') && ts.len() == 24, "{ts}");
 
-    let expected =
-        json!({"chat_id":"7","content":"hello","sender_id":"alice","message_id":id,"timestamp":ts});
+    assert_eq!(reply["seq"], 1);
+    assert_eq!(sent["seq"], 1);
+    let expected = json!({"chat_id":"7","content":"hello","sender_id":"alice","message_id":id,
+        "timestamp":ts,"seq":1});
     assert_eq!(next_event(&mut b, "receive_message").await, expected);
     assert_eq!(next_event(&mut a2, "receive_message").await, expected);
     assert_no(&mut a1, "receive_message").await;
@@ -205,10 +207,18 @@ async fn members_outside_the_chat_get_new_notification_members_inside_do_not() {
     let n = next_event(&mut c, "new_notification").await;
     assert_eq!(
         n,
-        json!({"chat_id":"n","sender_id":"alice","content":"ping","timestamp":sent["timestamp"],"message_id":reply["message_id"]})
+        json!({"chat_id":"n","sender_id":"alice","content":"ping","timestamp":sent["timestamp"],
+            "message_id":reply["message_id"],"seq":1})
     );
     assert_no(&mut b, "new_notification").await;
     assert_no(&mut a, "new_notification").await;
+    // Carol's copy was stored until her socket wrote it: once written it is gone, so her
+    // next join finds nothing pending.
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut c2 = chat.connect("carol", "c2").await;
+    join_ok(&mut c2, "notifications:carol").await;
+    assert_no(&mut c2, "pending_notifications").await;
 }
 
 #[tokio::test]

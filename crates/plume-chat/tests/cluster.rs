@@ -92,7 +92,7 @@ async fn notifications_and_pending_notifications_across_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_devices_joining_at_once_on_two_nodes_share_the_pending_notifications_once() {
+async fn two_devices_joining_at_once_on_two_nodes_lose_no_pending_notification() {
     let redis = RedisServer::start();
     let (a, _ca) = start_node(&redis.url(), "a", |_| {}).await;
     let (b, _cb) = start_node(&redis.url(), "b", |_| {}).await;
@@ -111,18 +111,27 @@ async fn two_devices_joining_at_once_on_two_nodes_share_the_pending_notification
     );
     p.unwrap();
     t.unwrap();
-    let mut total = Vec::new();
+    // At least once: pending notifications are deleted only after they were written, so
+    // two devices listing them at the same moment may both get them; none may be lost, and
+    // each device sees them in order.
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    let mut seen = std::collections::BTreeSet::new();
     for c in [&mut phone, &mut tablet] {
         if let Ok(m) = c.wait_for(|m| m.event == "pending_notifications").await {
-            for n in value(&m)["notifications"].as_array().unwrap() {
-                total.push(n["content"].as_str().unwrap().to_owned());
-            }
+            let got: Vec<String> = value(&m)["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["content"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(got, expected, "a device gets all of them, in order");
+            seen.extend(got);
         }
     }
-    let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
     assert_eq!(
-        total, expected,
-        "each pending notification exactly once, in order"
+        seen.len(),
+        20,
+        "every pending notification reached a device"
     );
 }
 

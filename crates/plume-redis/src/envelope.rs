@@ -1,30 +1,37 @@
-//! The envelope a broadcast travels in between nodes, version 1.
+//! The envelope a broadcast travels in between nodes, version 2.
 //!
 //! One Redis PUBLISH per broadcast, on the Redis channel `plume:t:{topic}` (so the topic is not
 //! repeated inside). The message bytes:
 //!
 //! | offset | size | field |
 //! |--------|------|-------|
-//! | 0      | 1    | version, `1` |
-//! | 1      | 1    | flags: bit 0 set = binary payload, clear = JSON payload |
+//! | 0      | 1    | version, `2` |
+//! | 1      | 1    | flags: bit 0 set = binary payload, clear = JSON payload; bit 1 set = sequenced |
 //! | 2      | 1    | length N of the origin node id |
 //! | 3      | N    | origin node id (UTF-8) |
 //! | 3+N    | 8    | origin socket id, big endian; `0` = none (a plain broadcast) |
-//! | 11+N   | 2    | length E of the event name, big endian |
-//! | 13+N   | E    | event name (UTF-8) |
-//! | 13+N+E | rest | payload: JSON text or raw bytes |
+//! | 11+N   | 16   | only when sequenced: the log's epoch and the message's seq, u64 big endian each |
+//! | then   | 2    | length E of the event name, big endian |
+//! | then   | E    | event name (UTF-8) |
+//! | then   | rest | payload: JSON text or raw bytes |
+//!
+//! Version 1 (before sequenced broadcasts) had no seq field and no flag bit 1. A node drops
+//! envelopes of a version it does not speak; during a rolling upgrade the chat log repairs
+//! the chat messages lost that way (see the seq repair in plume-channels).
 //!
 //! A receiver drops envelopes of another version, envelopes it cannot parse (logged), and
 //! its own (it delivered them locally when it published). The origin socket id is how
 //! broadcast_from excludes its sender: only the origin node has that socket.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use plume_channels::Seq;
 use plume_wire::{Json, Payload};
 
 /// Current envelope version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 const FLAG_BINARY: u8 = 1;
+const FLAG_SEQ: u8 = 2;
 
 /// A decoded envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +40,8 @@ pub struct Envelope {
     pub node: String,
     /// The socket excluded by broadcast_from (0 = none).
     pub from_socket: u64,
+    /// The log position of a sequenced broadcast.
+    pub seq: Option<Seq>,
     /// The event.
     pub event: String,
     /// The payload.
@@ -54,21 +63,29 @@ pub enum EnvelopeError {
 pub fn encode(
     node: &str,
     from_socket: u64,
+    seq: Option<Seq>,
     event: &str,
     payload: &Payload,
 ) -> Result<Bytes, EnvelopeError> {
     let node_len = u8::try_from(node.len()).map_err(|_| EnvelopeError::Malformed("node id"))?;
     let event_len = u16::try_from(event.len()).map_err(|_| EnvelopeError::Malformed("event"))?;
-    let (flags, body) = match payload {
+    let (mut flags, body) = match payload {
         Payload::Json(j) => (0, j.as_bytes()),
         Payload::Binary(b) => (FLAG_BINARY, b),
     };
-    let mut out = BytesMut::with_capacity(13 + node.len() + event.len() + body.len());
+    if seq.is_some() {
+        flags |= FLAG_SEQ;
+    }
+    let mut out = BytesMut::with_capacity(29 + node.len() + event.len() + body.len());
     out.put_u8(VERSION);
     out.put_u8(flags);
     out.put_u8(node_len);
     out.put_slice(node.as_bytes());
     out.put_u64(from_socket);
+    if let Some(seq) = seq {
+        out.put_u64(seq.epoch);
+        out.put_u64(seq.seq);
+    }
     out.put_u16(event_len);
     out.put_slice(event.as_bytes());
     out.put_slice(body);
@@ -92,6 +109,21 @@ pub fn decode(data: Bytes) -> Result<Envelope, EnvelopeError> {
     let mut socket = [0u8; 8];
     socket.copy_from_slice(take(at, 8, "socket id")?);
     at += 8;
+    let u64_at = |at: usize, what| -> Result<u64, EnvelopeError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(take(at, 8, what)?);
+        Ok(u64::from_be_bytes(b))
+    };
+    let seq = if flags & FLAG_SEQ != 0 {
+        let seq = Seq {
+            epoch: u64_at(at, "epoch")?,
+            seq: u64_at(at + 8, "seq")?,
+        };
+        at += 16;
+        Some(seq)
+    } else {
+        None
+    };
     let event_len = usize::from(u16::from_be_bytes([
         take(at, 1, "event length")?[0],
         take(at + 1, 1, "event length")?[0],
@@ -110,6 +142,7 @@ pub fn decode(data: Bytes) -> Result<Envelope, EnvelopeError> {
     Ok(Envelope {
         node,
         from_socket: u64::from_be_bytes(socket),
+        seq,
         event,
         payload,
     })
@@ -123,10 +156,10 @@ mod tests {
     #[test]
     fn json_round_trip_and_exact_bytes() {
         let payload = Payload::Json(Json::from_text(Bytes::from_static(b"{\"a\":1}")).unwrap());
-        let bytes = encode("n1", 7, "ev", &payload).unwrap();
+        let bytes = encode("n1", 7, None, "ev", &payload).unwrap();
         assert_eq!(
             bytes.as_ref(),
-            b"\x01\x00\x02n1\x00\x00\x00\x00\x00\x00\x00\x07\x00\x02ev{\"a\":1}"
+            b"\x02\x00\x02n1\x00\x00\x00\x00\x00\x00\x00\x07\x00\x02ev{\"a\":1}"
         );
         let back = decode(bytes).unwrap();
         assert_eq!(
@@ -134,6 +167,7 @@ mod tests {
             Envelope {
                 node: "n1".into(),
                 from_socket: 7,
+                seq: None,
                 event: "ev".into(),
                 payload
             }
@@ -141,9 +175,25 @@ mod tests {
     }
 
     #[test]
+    fn sequenced_round_trip_and_exact_bytes() {
+        let payload = Payload::Json(Json::from_text(Bytes::from_static(b"{}")).unwrap());
+        let seq = Some(Seq { epoch: 9, seq: 258 });
+        let bytes = encode("n", 0, seq, "e", &payload).unwrap();
+        assert_eq!(
+            bytes.as_ref(),
+            b"\x02\x02\x01n\x00\x00\x00\x00\x00\x00\x00\x00\
+              \x00\x00\x00\x00\x00\x00\x00\x09\x00\x00\x00\x00\x00\x00\x01\x02\
+              \x00\x01e{}"
+        );
+        let back = decode(bytes).unwrap();
+        assert_eq!((back.seq, back.event.as_str()), (seq, "e"));
+        assert_eq!(back.payload, payload);
+    }
+
+    #[test]
     fn binary_round_trip() {
         let payload = Payload::Binary(Bytes::from_static(&[0, 1, 255]));
-        let back = decode(encode("node", 0, "blob", &payload).unwrap()).unwrap();
+        let back = decode(encode("node", 0, None, "blob", &payload).unwrap()).unwrap();
         assert_eq!(back.payload, payload);
         assert_eq!(back.from_socket, 0);
     }
@@ -152,13 +202,19 @@ mod tests {
     fn bad_envelopes_are_errors_not_panics() {
         assert_eq!(decode(Bytes::new()), Err(EnvelopeError::Malformed("empty")));
         assert_eq!(
-            decode(Bytes::from_static(&[2, 0])),
-            Err(EnvelopeError::Version(2))
+            decode(Bytes::from_static(&[1, 0])),
+            Err(EnvelopeError::Version(1))
         );
-        let good = encode("n", 1, "e", &Payload::empty()).unwrap();
-        for cut in 1..good.len() - 2 {
-            assert!(decode(good.slice(..cut)).is_err(), "cut at {cut}");
+        let seq = Some(Seq { epoch: 1, seq: 2 });
+        for good in [
+            encode("n", 1, None, "e", &Payload::empty()).unwrap(),
+            encode("n", 1, seq, "e", &Payload::empty()).unwrap(),
+        ] {
+            for cut in 1..good.len() - 2 {
+                assert!(decode(good.slice(..cut)).is_err(), "cut at {cut}");
+            }
         }
+        let good = encode("n", 1, None, "e", &Payload::empty()).unwrap();
         let mut bad_json = good.to_vec();
         bad_json.truncate(good.len() - 1);
         assert!(decode(Bytes::from(bad_json)).is_err());

@@ -58,6 +58,29 @@ impl Default for RedisConfig {
     }
 }
 
+/// `url` with its credentials replaced by `<redacted>`, for logs, errors and `--print-config`:
+/// the `user:password@` of `redis://user:password@host/0`, and the `pass=` value of a
+/// `redis+unix:///path?pass=…` URL. A URL without credentials comes back unchanged.
+pub fn redact_url(url: &str) -> String {
+    let mut out = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}<redacted>{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    };
+    if let Some(query) = out.find('?') {
+        let redacted: Vec<String> = out[query + 1..]
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("pass", _)) => "pass=<redacted>".to_owned(),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..query], redacted.join("&"));
+    }
+    out
+}
+
 /// A random node id: `node-` and 12 hex digits.
 pub fn random_node_id() -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
@@ -107,7 +130,7 @@ impl Cluster {
             )));
         }
         let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| ClusterError(format!("bad url {:?}: {e}", config.url)))?;
+            .map_err(|e| ClusterError(format!("bad url {:?}: {e}", redact_url(&config.url))))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.command_timeout))
             .set_response_timeout(Some(config.command_timeout))
@@ -118,8 +141,13 @@ impl Cluster {
             client.get_connection_manager_with_config(manager_config),
         )
         .await
-        .map_err(|_| ClusterError(format!("connecting to {} timed out", config.url)))?
-        .map_err(|e| ClusterError(format!("connecting to {}: {e}", config.url)))?;
+        .map_err(|_| {
+            ClusterError(format!(
+                "connecting to {} timed out",
+                redact_url(&config.url)
+            ))
+        })?
+        .map_err(|e| ClusterError(format!("connecting to {}: {e}", redact_url(&config.url))))?;
         let state = RedisState::new(conn.clone(), node.clone(), config.node_ttl);
         state
             .clear_node(&node)
@@ -151,7 +179,7 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let heartbeat = tokio::spawn(heartbeat_loop(state.clone(), config.node_ttl / 3));
-        tracing::info!(node, url = %config.url, "joined the redis cluster");
+        tracing::info!(node, url = %redact_url(&config.url), "joined the redis cluster");
         Ok(Cluster {
             pubsub,
             state,
@@ -195,5 +223,28 @@ async fn heartbeat_loop(state: RedisState, every: Duration) {
             }
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redact_url_hides_credentials_and_keeps_the_rest() {
+        assert_eq!(
+            redact_url("redis://:hunter2@redis:6379/0"),
+            "redis://<redacted>@redis:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://app:hunter2@cache.example.com/1"),
+            "rediss://<redacted>@cache.example.com/1"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=hunter2"),
+            "redis+unix:///run/redis.sock?db=1&pass=<redacted>"
+        );
+        assert_eq!(redact_url("redis://redis:6379/0"), "redis://redis:6379/0");
+        assert_eq!(redact_url(""), "");
     }
 }

@@ -202,7 +202,7 @@ impl PubSub for RedisPubSub {
     fn broadcast(&self, msg: Broadcast) -> Result<(), PubSubError> {
         self.local.dispatch(&msg);
         let from = msg.from.map_or(0, |s| s.0);
-        let data = envelope::encode(&self.node, from, &msg.event, &msg.payload)
+        let data = envelope::encode(&self.node, from, msg.seq, &msg.event, &msg.payload)
             .map_err(|e| PubSubError(e.to_string()))?;
         match self.publish.try_send((topic_channel(&msg.topic), data)) {
             Ok(()) => Ok(()),
@@ -214,6 +214,10 @@ impl PubSub for RedisPubSub {
                 Err(PubSubError("redis publisher stopped".into()))
             }
         }
+    }
+
+    fn registry(&self) -> &LocalPubSub {
+        &self.local
     }
 }
 
@@ -283,6 +287,7 @@ impl SubscriberState {
                         event: env.event.into(),
                         payload: env.payload,
                         from: None,
+                        seq: env.seq,
                     });
                 }
                 Err(err) => {
@@ -367,6 +372,10 @@ async fn subscriber(
         backoff = Duration::from_millis(100);
         state.stats.connected.store(true, Ordering::Relaxed);
         tracing::info!(topics = state.subscribed.len(), "redis pub/sub connected");
+        // What other nodes published while this link was down is gone from pub/sub; every
+        // sequenced topic reads it back from its log (subscribed again first, so nothing
+        // published from here on is missed either).
+        state.local.resync();
         loop {
             tokio::select! {
                 ctl = control.recv() => match ctl {

@@ -8,11 +8,24 @@
 //! | key | type | what |
 //! |-----|------|------|
 //! | `plume:members:{chat}` | set | members of a chat |
-//! | `plume:idem:{len}:{user}:{len}:{chat}:{ref}` | string, with expiry | the first result of a send |
-//! | `plume:pending:{user}` | list | pending notifications, oldest first (JSON) |
-//! | `plume:presence:{user}` | hash `{node}\|{target}` -> count | sockets of the user per node and target |
+//! | `plume:log:{chat}` | sorted set, score = seq | the chat's message log; members are `{seq}:{entry}` |
+//! | `plume:seq:{chat}` | string | the chat's newest seq |
+//! | `plume:epoch:{chat}` | string | the chat's log epoch (decimal u64) |
+//! | `plume:idem:{len}:{user}:{len}:{chat}:{ref}` | hash `message_id`, `seq`, `ts`, `delivered`, with expiry | the first result of a send |
+//! | `plume:pending:{user}` | sorted set, score = id | pending items (JSON), oldest first |
+//! | `plume:pending-id` | string | the counter pending ids come from |
+//! | `plume:presence:{user}` | hash `{node}\|{target}\|{socket}` -> 1 | sockets of the user per node and target |
 //! | `plume:node-users:{node}` | set | users with presence records on a node (for cleanup) |
 //! | `plume:nodes` | sorted set node -> expiry (ms, Redis clock) | live nodes |
+//!
+//! A chat's log, seq and epoch keys expire together `history_ttl` after its last message,
+//! and the log is trimmed to `history_limit` entries on every append; within an active chat,
+//! age is not trimmed entry by entry (approximate, unlike the embedded store). When the keys
+//! are gone (expired, or Redis lost its data) the next append or head read makes a new epoch.
+//!
+//! Every script and command here is safe to run twice (the command runner retries once on a
+//! dead connection): an append recognises its own earlier attempt by its message id, a
+//! pending item is stored once per user, and presence records are one field per socket.
 //!
 //! Presence records are per node and count only while the node is alive: each node refreshes
 //! its expiry in `plume:nodes` every third of the TTL. A query ignores records of nodes whose
@@ -36,6 +49,12 @@ impl From<RedisError> for StateError {
     }
 }
 
+impl From<redis::ParsingError> for StateError {
+    fn from(err: redis::ParsingError) -> Self {
+        StateError(format!("unexpected reply: {err}"))
+    }
+}
+
 type Result<T> = std::result::Result<T, StateError>;
 
 const NODES: &str = "plume:nodes";
@@ -55,6 +74,20 @@ fn idem_key(user: &str, chat: &str, mobile_ref_id: &str) -> String {
 fn pending_key(user: &str) -> String {
     format!("plume:pending:{user}")
 }
+
+fn log_key(chat: &str) -> String {
+    format!("plume:log:{chat}")
+}
+
+fn seq_key(chat: &str) -> String {
+    format!("plume:seq:{chat}")
+}
+
+fn epoch_key(chat: &str) -> String {
+    format!("plume:epoch:{chat}")
+}
+
+const PENDING_ID: &str = "plume:pending-id";
 
 fn presence_key(user: &str) -> String {
     format!("plume:presence:{user}")
@@ -87,8 +120,9 @@ for k = 2, #KEYS do
   for i = 1, #fields, 2 do
     local f = fields[i]
     local sep = string.find(f, '|', 1, true)
-    if sep and tonumber(fields[i + 1]) > 0 then
-      local target = string.sub(f, sep + 1)
+    local last = string.find(f, '|[^|]*$')
+    if sep and last and last > sep and tonumber(fields[i + 1]) > 0 then
+      local target = string.sub(f, sep + 1, last - 1)
       if not found[target] and live(string.sub(f, 1, sep - 1)) then
         found[target] = true
       end
@@ -101,13 +135,66 @@ end
 return out
 ";
 
-/// Decrements a presence count and deletes it at zero. KEYS: presence hash. ARGV: field.
-const LEAVE_LUA: &str = r"
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if n <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
+/// Appends a message unless its send key is known. KEYS: idem hash, seq, log, epoch.
+/// ARGV: message id, ts ms, entry (JSON), limit, idempotency ttl ms, log ttl ms, new epoch.
+/// Returns {kind, message_id, seq, ts, delivered, log entry or false, epoch}; kind is `new`,
+/// `own` (this very draft was appended before: a re-run after a lost reply) or `retry`.
+const APPEND_LUA: &str = r"
+local epoch = redis.call('GET', KEYS[4])
+local found = redis.call('HMGET', KEYS[1], 'message_id', 'seq', 'ts', 'delivered')
+if found[1] then
+  local entry = redis.call('ZRANGEBYSCORE', KEYS[3], found[2], found[2])
+  local kind = (found[1] == ARGV[1]) and 'own' or 'retry'
+  return {kind, found[1], found[2], found[3], found[4], entry[1] or false, epoch or '0'}
 end
-return n
+if not epoch then
+  epoch = ARGV[7]
+end
+local seq = redis.call('INCR', KEYS[2])
+local entry = seq .. ':' .. ARGV[3]
+redis.call('ZADD', KEYS[3], seq, entry)
+redis.call('HSET', KEYS[1], 'message_id', ARGV[1], 'seq', seq, 'ts', ARGV[2], 'delivered', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local limit = tonumber(ARGV[4])
+if seq > limit then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', seq - limit)
+end
+redis.call('SET', KEYS[4], epoch, 'PX', ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+return {'new', ARGV[1], seq, ARGV[2], '0', entry, epoch}
+";
+
+/// The head of a chat's log, making its epoch if it has none. KEYS: seq, epoch, log. ARGV:
+/// new epoch, log ttl ms. Returns {epoch, last seq, oldest kept seq or false}.
+const HEAD_LUA: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
+end
+local last = redis.call('GET', KEYS[1]) or '0'
+local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+return {epoch, last, first[2] or false}
+";
+
+/// Stores a pending item for several users, once each. KEYS[1]: the id counter, KEYS[2..]:
+/// pending sets. ARGV: item, limit. Returns how many older items were dropped.
+const PUSH_PENDING_LUA: &str = r"
+local limit = tonumber(ARGV[2])
+local dropped = 0
+for i = 2, #KEYS do
+  if not redis.call('ZSCORE', KEYS[i], ARGV[1]) then
+    local id = redis.call('INCR', KEYS[1])
+    redis.call('ZADD', KEYS[i], id, ARGV[1])
+    local n = redis.call('ZCARD', KEYS[i])
+    if n > limit then
+      redis.call('ZREMRANGEBYRANK', KEYS[i], 0, n - limit - 1)
+      dropped = dropped + n - limit
+    end
+  end
+end
+return dropped
 ";
 
 /// Refreshes this node's expiry and returns the nodes that have expired (removing them from
@@ -141,7 +228,92 @@ return #users
 ";
 
 static PRESENT_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(PRESENT_MANY_LUA));
-static LEAVE: LazyLock<Script> = LazyLock::new(|| Script::new(LEAVE_LUA));
+static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_LUA));
+static HEAD: LazyLock<Script> = LazyLock::new(|| Script::new(HEAD_LUA));
+static MARK_DELIVERED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then \
+         return redis.call('HSET', KEYS[1], 'delivered', 1) end return 0",
+    )
+});
+static PUSH_PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(PUSH_PENDING_LUA));
+
+/// What kind of answer an append got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendKind {
+    /// Appended now.
+    New,
+    /// Appended by an earlier run of this same append (same message id): treat as new.
+    Own,
+    /// The send key was used by an earlier send: nothing appended.
+    Retry,
+}
+
+/// The answer of [`RedisState::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendReply {
+    /// New, own or retry.
+    pub kind: AppendKind,
+    /// The message id of the (first) send.
+    pub message_id: String,
+    /// Its seq.
+    pub seq: u64,
+    /// Its timestamp (ms).
+    pub ts_ms: i64,
+    /// Whether its delivery was recorded as finished.
+    pub delivered: bool,
+    /// Its log entry (`{seq}:{entry}`), if the log still has it.
+    pub entry: Option<String>,
+    /// The chat's log epoch.
+    pub epoch: u64,
+}
+
+/// The head of a chat's log in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogHeadReply {
+    /// The epoch.
+    pub epoch: u64,
+    /// Newest seq (0: none).
+    pub last_seq: u64,
+    /// Oldest kept seq, if any is kept.
+    pub first_seq: Option<u64>,
+}
+
+/// What one append carries.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendArgs<'a> {
+    /// The sender.
+    pub user: &'a str,
+    /// The chat.
+    pub chat: &'a str,
+    /// The client's reference.
+    pub mobile_ref_id: &'a str,
+    /// The new message's id.
+    pub message_id: &'a str,
+    /// Its timestamp (ms).
+    pub ts_ms: i64,
+    /// Its log entry (stored after `{seq}:`).
+    pub entry: &'a str,
+    /// Entries kept per chat.
+    pub limit: usize,
+    /// How long the send key is kept.
+    pub idempotency_ttl: Duration,
+    /// How long the log lives after its last message.
+    pub log_ttl: Duration,
+    /// The epoch to use if the chat has none.
+    pub new_epoch: u64,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn parse_num<T: std::str::FromStr>(v: &redis::Value, what: &str) -> Result<T> {
+    let text: String =
+        redis::from_redis_value(v.clone()).map_err(|e| StateError(format!("{what}: {e}")))?;
+    text.parse()
+        .map_err(|_| StateError(format!("{what}: not a number: {text}")))
+}
 
 /// Shared cluster state in Redis.
 #[derive(Clone)]
@@ -231,91 +403,253 @@ impl RedisState {
         Ok(members)
     }
 
-    // Idempotency.
+    // The message log.
 
-    /// Atomically stores `value` for the send key unless one is stored; returns the stored
-    /// value when there was one (`SET NX GET PX`).
-    pub async fn claim_send(
-        &self,
-        user: &str,
-        chat: &str,
-        mobile_ref_id: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<Option<String>> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(idem_key(user, chat, mobile_ref_id))
-            .arg(value)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64);
-        // SET NX is safe to retry: a second attempt cannot overwrite the first.
-        self.run(|mut c| {
-            let cmd = cmd.clone();
-            async move { cmd.query_async::<Option<String>>(&mut c).await }
+    /// Appends a message to a chat's log unless its send key was used (one script, safe to
+    /// run twice: a second run finds its own append and answers [`AppendKind::Own`]).
+    pub async fn append(&self, a: &AppendArgs<'_>) -> Result<AppendReply> {
+        let keys = [
+            idem_key(a.user, a.chat, a.mobile_ref_id),
+            seq_key(a.chat),
+            log_key(a.chat),
+            epoch_key(a.chat),
+        ];
+        let reply: Vec<redis::Value> = self
+            .run(|mut c| {
+                let mut call = APPEND.prepare_invoke();
+                for key in &keys {
+                    call.key(key);
+                }
+                call.arg(a.message_id)
+                    .arg(a.ts_ms)
+                    .arg(a.entry)
+                    .arg(a.limit.max(1) as u64)
+                    .arg(millis(a.idempotency_ttl))
+                    .arg(millis(a.log_ttl))
+                    .arg(a.new_epoch.to_string());
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
+        let [kind, id, seq, ts, delivered, entry, epoch] = reply.as_slice() else {
+            return Err(StateError(format!(
+                "append returned {} values",
+                reply.len()
+            )));
+        };
+        let kind: String = redis::from_redis_value(kind.clone())?;
+        let kind = match kind.as_str() {
+            "new" => AppendKind::New,
+            "own" => AppendKind::Own,
+            _ => AppendKind::Retry,
+        };
+        let entry = match entry {
+            redis::Value::Nil | redis::Value::Boolean(false) | redis::Value::Int(0) => None,
+            v => Some(redis::from_redis_value(v.clone())?),
+        };
+        Ok(AppendReply {
+            kind,
+            message_id: redis::from_redis_value(id.clone())?,
+            seq: parse_num(seq, "seq")?,
+            ts_ms: parse_num(ts, "ts")?,
+            delivered: parse_num::<i64>(delivered, "delivered")? != 0,
+            entry,
+            epoch: parse_num(epoch, "epoch")?,
         })
-        .await
     }
 
-    /// Forgets a send key.
-    pub async fn release_send(&self, user: &str, chat: &str, mobile_ref_id: &str) -> Result<()> {
+    /// Records that a send's delivery finished (only while its key exists, so it keeps
+    /// its expiry).
+    pub async fn mark_delivered(&self, user: &str, chat: &str, mobile_ref_id: &str) -> Result<()> {
         let key = idem_key(user, chat, mobile_ref_id);
         let _: i64 = self
             .run(|mut c| {
-                let key = key.clone();
-                async move { c.del(key).await }
+                let call = MARK_DELIVERED.key(&key);
+                async move { call.invoke_async(&mut c).await }
             })
             .await?;
         Ok(())
     }
 
-    // Pending notifications.
-
-    /// Appends to a user's pending list, keeping the newest `limit`; returns how many were
-    /// dropped. One transaction.
-    pub async fn push_pending(&self, user: &str, item: &str, limit: usize) -> Result<usize> {
-        let key = pending_key(user);
-        let limit = limit.max(1) as i64;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .rpush(&key, item)
-            .ltrim(&key, -(limit as isize), -1)
-            .ignore();
-        let (len,): (i64,) = self
+    /// The head of a chat's log (making its epoch if it has none).
+    pub async fn log_head(
+        &self,
+        chat: &str,
+        log_ttl: Duration,
+        new_epoch: u64,
+    ) -> Result<LogHeadReply> {
+        let keys = [seq_key(chat), epoch_key(chat), log_key(chat)];
+        let reply: Vec<redis::Value> = self
             .run(|mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut c).await }
+                let mut call = HEAD.prepare_invoke();
+                for key in &keys {
+                    call.key(key);
+                }
+                call.arg(new_epoch.to_string()).arg(millis(log_ttl));
+                async move { call.invoke_async(&mut c).await }
             })
             .await?;
-        Ok((len - limit).max(0) as usize)
+        let [epoch, last, first] = reply.as_slice() else {
+            return Err(StateError(format!("head returned {} values", reply.len())));
+        };
+        let first_seq = match first {
+            redis::Value::Nil | redis::Value::Boolean(false) | redis::Value::Int(0) => None,
+            v => Some(parse_num::<f64>(v, "first seq")? as u64),
+        };
+        Ok(LogHeadReply {
+            epoch: parse_num(epoch, "epoch")?,
+            last_seq: parse_num(last, "last seq")?,
+            first_seq,
+        })
     }
 
-    /// Removes and returns a user's whole pending list, oldest first. One transaction, so
-    /// two concurrent takers never get the same items.
-    pub async fn take_pending(&self, user: &str) -> Result<Vec<String>> {
-        let key = pending_key(user);
+    /// Up to `limit` log entries with seq above `after`, oldest first.
+    pub async fn log_after(&self, chat: &str, after: u64, limit: usize) -> Result<Vec<String>> {
+        let key = log_key(chat);
+        self.run(|mut c| {
+            let key = key.clone();
+            async move {
+                redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(format!("({after}"))
+                    .arg("+inf")
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// The newest `limit` log entries with seq below `before` (all when `None`), newest first.
+    pub async fn log_before(
+        &self,
+        chat: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let key = log_key(chat);
+        let max = before.map_or_else(|| "+inf".to_owned(), |b| format!("({b}"));
+        self.run(|mut c| {
+            let (key, max) = (key.clone(), max.clone());
+            async move {
+                redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(max)
+                    .arg("-inf")
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// The log entries at these positions (`None` where the log has none), in one pipeline.
+    pub async fn log_get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<String>>> {
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
-        pipe.atomic().lrange(&key, 0, -1).del(&key).ignore();
-        let (items,): (Vec<String>,) = self
+        for (chat, seq) in refs {
+            pipe.cmd("ZRANGE")
+                .arg(log_key(chat))
+                .arg(*seq)
+                .arg(*seq)
+                .arg("BYSCORE");
+        }
+        let found: Vec<Vec<String>> = self
             .run(|mut c| {
                 let pipe = pipe.clone();
                 async move { pipe.query_async(&mut c).await }
             })
             .await?;
-        Ok(items)
+        Ok(found.into_iter().map(|mut v| v.pop()).collect())
+    }
+
+    // Pending notifications.
+
+    /// Stores `item` in the pending sets of several users (once each: storing it again is a
+    /// no-op), keeping each set's newest `limit`; returns how many were dropped in total.
+    pub async fn push_pending_many(
+        &self,
+        users: &[String],
+        item: &str,
+        limit: usize,
+    ) -> Result<usize> {
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<String> = users.iter().map(|u| pending_key(u)).collect();
+        let dropped: i64 = self
+            .run(|mut c| {
+                let mut call = PUSH_PENDING.key(PENDING_ID);
+                for key in &keys {
+                    call.key(key);
+                }
+                call.arg(item).arg(limit.max(1) as u64);
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(dropped.max(0) as usize)
+    }
+
+    /// A user's pending items with their ids, oldest first.
+    pub async fn list_pending(&self, user: &str) -> Result<Vec<(u64, String)>> {
+        let key = pending_key(user);
+        let items: Vec<(String, f64)> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.zrange_withscores(key, 0, -1).await }
+            })
+            .await?;
+        Ok(items
+            .into_iter()
+            .map(|(item, id)| (id as u64, item))
+            .collect())
+    }
+
+    /// Removes one pending item of a user.
+    pub async fn remove_pending_item(&self, user: &str, item: &str) -> Result<()> {
+        let key = pending_key(user);
+        let _: i64 = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.zrem(key, item).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a user's pending items with id up to `upto`.
+    pub async fn remove_pending(&self, user: &str, upto: u64) -> Result<()> {
+        let key = pending_key(user);
+        let _: i64 = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.zrembyscore(key, "-inf", upto).await }
+            })
+            .await?;
+        Ok(())
     }
 
     // Presence.
 
-    fn field(&self, target: &str) -> String {
-        format!("{}|{target}", self.node)
+    fn field(&self, target: &str, socket: u64) -> String {
+        format!("{}|{target}|{socket}", self.node)
     }
 
-    /// One more socket of `user` on this node for `target` (`chat:{id}`, `notifications`).
-    pub async fn enter(&self, user: &str, target: &str) -> Result<()> {
+    /// Socket `socket` of `user` on this node is on `target` (`chat:{id}`, `notifications`).
+    /// One field per socket, so running it twice changes nothing.
+    pub async fn enter(&self, user: &str, target: &str, socket: u64) -> Result<()> {
         let mut pipe = redis::pipe();
-        pipe.hincr(presence_key(user), self.field(target), 1)
+        pipe.hset(presence_key(user), self.field(target, socket), 1)
             .ignore()
             .sadd(node_users_key(&self.node), user)
             .ignore();
@@ -326,14 +660,13 @@ impl RedisState {
         .await
     }
 
-    /// One socket of `user` on this node left `target`.
-    pub async fn leave(&self, user: &str, target: &str) -> Result<()> {
-        let (key, field) = (presence_key(user), self.field(target));
+    /// Socket `socket` of `user` on this node left `target`.
+    pub async fn leave(&self, user: &str, target: &str, socket: u64) -> Result<()> {
+        let (key, field) = (presence_key(user), self.field(target, socket));
         let _: i64 = self
             .run(|mut c| {
-                let mut call = LEAVE.key(&key);
-                call.arg(&field);
-                async move { call.invoke_async(&mut c).await }
+                let (key, field) = (key.clone(), field.clone());
+                async move { c.hdel(key, field).await }
             })
             .await?;
         Ok(())
@@ -380,37 +713,6 @@ impl RedisState {
             .chunks(targets.len())
             .map(|row| row.iter().map(|v| *v == 1).collect())
             .collect())
-    }
-
-    /// Appends `item` to the pending lists of several users in one pipeline, keeping each
-    /// list's newest `limit`; returns how many were dropped in total.
-    pub async fn push_pending_many(
-        &self,
-        users: &[String],
-        item: &str,
-        limit: usize,
-    ) -> Result<usize> {
-        if users.is_empty() {
-            return Ok(0);
-        }
-        let limit = limit.max(1);
-        let mut pipe = redis::pipe();
-        for user in users {
-            let key = pending_key(user);
-            pipe.rpush(&key, item)
-                .ltrim(&key, -(limit as isize), -1)
-                .ignore();
-        }
-        let lens: Vec<i64> = self
-            .run(|mut c| {
-                let pipe = pipe.clone();
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
-        Ok(lens
-            .iter()
-            .map(|len| (*len - limit as i64).max(0) as usize)
-            .sum())
     }
 
     /// Refreshes this node's liveness and sweeps the records of nodes that died.

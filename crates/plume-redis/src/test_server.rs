@@ -105,6 +105,16 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server with SIGKILL (no flush beyond what `appendfsync always` wrote) and
+    /// starts it again on the same port with the same data: a Redis crash.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
     /// Stops and starts again on the same port with the same data.
     pub fn restart(&mut self) {
         self.stop();

@@ -10,6 +10,7 @@ use plume_channels::outbound::{Batch, outbound};
 use plume_channels::{
     Broadcast, LocalPubSub, Out, OutboundRx, PubSub, SocketId, Subscriber, SubscriberKind,
 };
+use plume_redis::state::{AppendArgs, AppendKind};
 use plume_redis::test_server::RedisServer;
 use plume_redis::{Cluster, RedisConfig};
 use plume_wire::{Frame, Json, Payload, Serializer};
@@ -40,6 +41,7 @@ async fn subscribe(pubsub: &dyn PubSub, topic: &str, id: u64) -> OutboundRx {
                 serializer: Serializer::V2,
                 kind: SubscriberKind::Fastlane,
                 tx,
+                floor: None,
             },
         )
         .await;
@@ -56,6 +58,7 @@ fn broadcast(topic: &str, event: &str, payload: &str, from: Option<u64>) -> Broa
         event: event.into(),
         payload: json(payload),
         from: from.map(SocketId),
+        seq: None,
     }
 }
 
@@ -184,59 +187,108 @@ async fn shared_state_operations() {
     assert!(s.remove_member("c:1", "al").await.unwrap());
     assert!(!s.is_member("c:1", "al").await.unwrap());
 
-    let ttl = Duration::from_secs(60);
-    assert_eq!(
-        s.claim_send("u", "c", "r", "first", ttl).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        s.claim_send("u", "c", "r", "second", ttl)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("first")
-    );
-    // Length prefixes keep ("u:1","c") and ("u","1:c") apart.
-    assert_eq!(s.claim_send("u:1", "c", "r", "x", ttl).await.unwrap(), None);
-    assert_eq!(s.claim_send("u", "1:c", "r", "y", ttl).await.unwrap(), None);
-    s.release_send("u", "c", "r").await.unwrap();
-    assert_eq!(
-        s.claim_send("u", "c", "r", "third", ttl).await.unwrap(),
-        None
-    );
-
     let mut dropped = 0;
+    let users = ["u".to_owned()];
     for i in 0..5 {
-        dropped += s.push_pending("u", &format!("n{i}"), 3).await.unwrap();
-    }
-    assert_eq!(dropped, 2);
-    assert_eq!(s.take_pending("u").await.unwrap(), ["n2", "n3", "n4"]);
-    assert!(s.take_pending("u").await.unwrap().is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_takes_never_share_a_notification() {
-    let redis = RedisServer::start();
-    let a = node(&redis, "a").await;
-    let b = node(&redis, "b").await;
-    for i in 0..200 {
-        a.state
-            .push_pending("u", &format!("n{i}"), 1000)
+        dropped += s
+            .push_pending_many(&users, &format!("n{i}"), 3)
             .await
             .unwrap();
     }
-    let (x, y) = tokio::join!(a.state.take_pending("u"), b.state.take_pending("u"));
-    let (x, y) = (x.unwrap(), y.unwrap());
+    // Storing an item again is a no-op (a retried command cannot double it).
+    s.push_pending_many(&users, "n4", 3).await.unwrap();
+    assert_eq!(dropped, 2);
+    let listed = s.list_pending("u").await.unwrap();
+    let items: Vec<&str> = listed.iter().map(|(_, i)| i.as_str()).collect();
+    assert_eq!(items, ["n2", "n3", "n4"]);
+    s.remove_pending("u", listed[1].0).await.unwrap();
+    let left = s.list_pending("u").await.unwrap();
+    assert_eq!(left, listed[2..]);
+}
+
+fn append_args<'a>(user: &'a str, chat: &'a str, r: &'a str, id: &'a str) -> AppendArgs<'a> {
+    AppendArgs {
+        user,
+        chat,
+        mobile_ref_id: r,
+        message_id: id,
+        ts_ms: 1_000,
+        entry: id,
+        limit: 3,
+        idempotency_ttl: Duration::from_secs(60),
+        log_ttl: Duration::from_secs(600),
+        new_epoch: 77,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_numbers_appends_and_knows_retries_from_reruns() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let s = &a.state;
+    let head = s.log_head("c", Duration::from_secs(600), 77).await.unwrap();
+    assert_eq!((head.epoch, head.last_seq, head.first_seq), (77, 0, None));
+    let first = s.append(&append_args("u", "c", "r1", "m1")).await.unwrap();
     assert_eq!(
-        x.len() + y.len(),
-        200,
-        "a notification was lost or duplicated"
+        (first.kind, first.seq, first.epoch),
+        (AppendKind::New, 1, 77)
     );
+    assert_eq!(first.entry.as_deref(), Some("1:m1"));
+    // The same append run again (its reply was lost): recognised as its own.
+    let rerun = s.append(&append_args("u", "c", "r1", "m1")).await.unwrap();
+    assert_eq!((rerun.kind, rerun.seq), (AppendKind::Own, 1));
+    // Another attempt with the same send key: a retry, answered with the original.
+    let retry = s
+        .append(&append_args("u", "c", "r1", "other"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (retry.kind, retry.message_id.as_str(), retry.seq),
+        (AppendKind::Retry, "m1", 1)
+    );
+    assert!(!retry.delivered);
+    s.mark_delivered("u", "c", "r1").await.unwrap();
     assert!(
-        x.is_empty() || y.is_empty(),
-        "both takers got some: {} and {}",
-        x.len(),
-        y.len()
+        s.append(&append_args("u", "c", "r1", "x"))
+            .await
+            .unwrap()
+            .delivered
+    );
+    // Length prefixes keep ("u:1","c") and ("u","1:c") apart.
+    assert_eq!(
+        s.append(&append_args("u:1", "c", "r1", "m2"))
+            .await
+            .unwrap()
+            .seq,
+        2
+    );
+    assert_eq!(
+        s.append(&append_args("u", "1:c", "r1", "z"))
+            .await
+            .unwrap()
+            .seq,
+        1
+    );
+    for (i, r) in ["r3", "r4", "r5"].iter().enumerate() {
+        let id = format!("m{}", i + 3);
+        s.append(&append_args("u", "c", r, &id)).await.unwrap();
+    }
+    // Trimmed to the newest three.
+    let head = s.log_head("c", Duration::from_secs(600), 1).await.unwrap();
+    assert_eq!(
+        (head.epoch, head.last_seq, head.first_seq),
+        (77, 5, Some(3))
+    );
+    assert_eq!(s.log_after("c", 3, 10).await.unwrap(), ["4:m4", "5:m5"]);
+    assert_eq!(
+        s.log_before("c", Some(5), 10).await.unwrap(),
+        ["4:m4", "3:m3"]
+    );
+    assert_eq!(
+        s.log_get(&[("c".into(), 1), ("c".into(), 4)])
+            .await
+            .unwrap(),
+        [None, Some("4:m4".to_owned())]
     );
 }
 
@@ -245,11 +297,13 @@ async fn presence_is_cluster_wide_and_expires_with_its_node() {
     let redis = RedisServer::start();
     let a = node(&redis, "a").await;
     let b = node(&redis, "b").await;
-    a.state.enter("u", "notifications").await.unwrap();
-    a.state.enter("u", "notifications").await.unwrap();
+    a.state.enter("u", "notifications", 1).await.unwrap();
+    a.state.enter("u", "notifications", 2).await.unwrap();
+    // Entering again (a retried command) changes nothing.
+    a.state.enter("u", "notifications", 2).await.unwrap();
     assert!(b.state.present("u", "notifications").await.unwrap());
     assert!(!b.state.present("u", "chat:1").await.unwrap());
-    a.state.leave("u", "notifications").await.unwrap();
+    a.state.leave("u", "notifications", 1).await.unwrap();
     assert!(
         b.state.present("u", "notifications").await.unwrap(),
         "one socket is left"
@@ -266,7 +320,7 @@ async fn presence_is_cluster_wide_and_expires_with_its_node() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A node that departs cleanly stops counting at once.
-    b.state.enter("v", "chat:9").await.unwrap();
+    b.state.enter("v", "chat:9", 1).await.unwrap();
     let c = node(&redis, "c").await;
     assert!(c.state.present("v", "chat:9").await.unwrap());
     b.depart().await;
@@ -279,7 +333,14 @@ async fn fan_out_resumes_after_redis_restarts_and_data_survives() {
     let a = node(&redis, "a").await;
     let b = node(&redis, "b").await;
     a.state.add_member("kept", "x").await.unwrap();
-    a.state.push_pending("x", "waiting", 10).await.unwrap();
+    a.state
+        .push_pending_many(&["x".to_owned()], "waiting", 10)
+        .await
+        .unwrap();
+    a.state
+        .append(&append_args("x", "kept", "r", "m"))
+        .await
+        .unwrap();
     let mut on_b = subscribe(b.pubsub.as_ref(), "room:r", 1).await;
     a.pubsub
         .broadcast(broadcast("room:r", "before", "{}", None))
@@ -310,7 +371,19 @@ async fn fan_out_resumes_after_redis_restarts_and_data_survives() {
         );
     }
     assert!(a.state.is_member("kept", "x").await.unwrap());
-    assert_eq!(a.state.take_pending("x").await.unwrap(), ["waiting"]);
+    let pending = a.state.list_pending("x").await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1, "waiting");
+    let head = a
+        .state
+        .log_head("kept", Duration::from_secs(600), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (head.epoch, head.last_seq),
+        (77, 1),
+        "the log survived the restart"
+    );
     assert!(a.pubsub.health(Duration::from_secs(2)).await.is_ok());
 }
 
@@ -358,10 +431,13 @@ async fn many_users_are_located_and_notified_in_one_round_trip_each() {
     let redis = RedisServer::start();
     let a = node(&redis, "a").await;
     let b = node(&redis, "b").await;
-    a.state.enter("in-chat", "chat:7").await.unwrap();
-    b.state.enter("listening", "notifications").await.unwrap();
-    b.state.enter("both", "notifications").await.unwrap();
-    a.state.enter("both", "chat:7").await.unwrap();
+    a.state.enter("in-chat", "chat:7", 1).await.unwrap();
+    b.state
+        .enter("listening", "notifications", 1)
+        .await
+        .unwrap();
+    b.state.enter("both", "notifications", 1).await.unwrap();
+    a.state.enter("both", "chat:7", 1).await.unwrap();
     let users: Vec<String> = ["in-chat", "listening", "both", "offline"]
         .iter()
         .map(|s| s.to_string())
@@ -381,9 +457,21 @@ async fn many_users_are_located_and_notified_in_one_round_trip_each() {
         ]
     );
     let offline = vec!["x".to_owned(), "y".to_owned()];
-    for _ in 0..3 {
-        a.state.push_pending_many(&offline, "n", 2).await.unwrap();
+    for i in 0..3 {
+        a.state
+            .push_pending_many(&offline, &format!("n{i}"), 2)
+            .await
+            .unwrap();
     }
-    assert_eq!(a.state.take_pending("x").await.unwrap(), ["n", "n"]);
-    assert_eq!(a.state.take_pending("y").await.unwrap(), ["n", "n"]);
+    for user in ["x", "y"] {
+        let items: Vec<String> = a
+            .state
+            .list_pending(user)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+        assert_eq!(items, ["n1", "n2"]);
+    }
 }

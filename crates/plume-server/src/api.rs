@@ -34,6 +34,8 @@ pub struct ApiRequest {
     pub method: Method,
     /// The path, percent-encoded as received.
     pub path: String,
+    /// The query string (without `?`; empty when there is none), percent-encoded.
+    pub query: String,
     /// The headers.
     pub headers: HeaderMap,
     /// The body.
@@ -156,6 +158,7 @@ pub(crate) async fn serve(
     api.handle(ApiRequest {
         method: parts.method,
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or("").to_owned(),
         headers: parts.headers,
         body,
     })

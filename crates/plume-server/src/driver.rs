@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use plume_channels::outbound::Batch;
+use plume_channels::outbound::{Batch, admit_seq};
 use plume_channels::{Out, OutboundRx, Socket};
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{DecodeError, Frame};
@@ -93,6 +93,11 @@ pub async fn drive(
                         match item {
                             // The fan-out path: an encoded frame goes straight to the writer.
                             Out::Frame(frame) => socket.frames().push(frame),
+                            Out::Seq { frame, seq, floor } => {
+                                if let Some(frame) = admit_seq(frame, seq, &floor) {
+                                    socket.frames().push(frame);
+                                }
+                            }
                             // Rare items run boxed, so their state does not sit in every
                             // connection's task (see the note on `drive`).
                             other if end.is_none() => {

@@ -139,9 +139,13 @@ impl Server {
         self
     }
 
-    /// Binds the configured address and starts accepting connections.
+    /// Binds the configured address and starts accepting connections. A bind error names the
+    /// address (`binding 127.0.0.1:4000: Address already in use`).
     pub async fn start(self) -> io::Result<Running> {
-        let listener = TcpListener::bind(self.config.bind).await?;
+        let bind = self.config.bind;
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("binding {bind}: {e}")))?;
         let addr = listener.local_addr()?;
         let mut origins = Vec::new();
         for pattern in &self.config.check_origin {

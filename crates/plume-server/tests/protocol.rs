@@ -1,6 +1,6 @@
 //! The Phoenix protocol over a real WebSocket: heartbeat, join, leave, duplicate join, stale
-//! join_refs, replies, pushes, broadcasts, crashes, V1 and V2 binary. Expected frames follow
-//! the reference transcripts recorded from Phoenix (shared/reference/phoenix-transcripts).
+//! join_refs, replies, pushes, broadcasts, crashes, V1 and V2 binary. Expected frames are those
+//! of a real Phoenix server, as protocol-spec/lifecycle.md and serializers.md write them down.
 #![allow(clippy::unwrap_used)]
 
 mod common;

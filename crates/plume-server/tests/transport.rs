@@ -190,6 +190,7 @@ async fn disconnect_broadcast_closes_every_socket_with_that_id() {
             event: "something".into(),
             payload: Payload::empty(),
             from: None,
+            seq: None,
         })
         .unwrap();
     s.pubsub
@@ -198,6 +199,7 @@ async fn disconnect_broadcast_closes_every_socket_with_that_id() {
             event: "disconnect".into(),
             payload: Payload::empty(),
             from: None,
+            seq: None,
         })
         .unwrap();
     for c in [&mut a1, &mut a2] {
@@ -225,6 +227,7 @@ async fn a_slow_consumer_is_closed_with_4008_and_others_are_not() {
                 event: "flood".into(),
                 payload: json(&format!(r#"{{"i":{i}}}"#)),
                 from: None,
+                seq: None,
             })
             .unwrap();
     }

@@ -72,6 +72,17 @@ pub enum MembershipArg {
     Open,
 }
 
+/// `--store` values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// An embedded SQLite database under `--data-dir`: everything survives a restart.
+    #[default]
+    Embedded,
+    /// In this process only (tests, throwaway runs): nothing survives a restart.
+    Memory,
+}
+
 /// `plume serve` flags. Unset flags fall back to the config file, then the defaults.
 #[derive(Parser, Debug, Default)]
 pub struct ServeArgs {
@@ -109,6 +120,7 @@ pub struct ServeArgs {
     pub check_origin: Option<Vec<String>>,
     /// HS256 secret for connect tokens. Without a secret or public key, a loopback bind uses
     /// a published development secret (with a warning) and any other bind refuses to start.
+    /// An empty secret is refused.
     #[arg(long, env = "PLUME_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// PEM public key for RS256/ES256 connect tokens (instead of a secret).
@@ -118,7 +130,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PLUME_JWT_ALGORITHM", value_enum)]
     pub jwt_algorithm: Option<JwtAlgorithm>,
     /// Who may join chat:{id}: strict (members added through the API) or open (anyone
-    /// authenticated, recorded as a participant) [default: strict].
+    /// authenticated, recorded as a participant) [default: strict; open in development mode,
+    /// a loopback bind without a JWT secret or public key].
     #[arg(long, env = "PLUME_MEMBERSHIP", value_enum)]
     pub membership: Option<MembershipArg>,
     /// Longest message content in characters [default: 4096].
@@ -130,7 +143,24 @@ pub struct ServeArgs {
     /// Most pending notifications kept per user [default: 1000].
     #[arg(long, env = "PLUME_PENDING_LIMIT", value_name = "N")]
     pub pending_limit: Option<usize>,
-    /// Bearer key of the backend HTTP API; the API is off without one.
+    /// Where chat state lives without Redis: embedded (a database under --data-dir) or
+    /// memory (lost on restart) [default: embedded].
+    #[arg(long, env = "PLUME_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// Directory of the embedded database, created on first start [default: ./plume-data].
+    #[arg(long, env = "PLUME_DATA_DIR", value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+    /// Newest messages kept per chat [default: 10000].
+    #[arg(long, env = "PLUME_HISTORY_LIMIT", value_name = "N")]
+    pub history_limit: Option<usize>,
+    /// Seconds a message is kept [default: 2592000, 30 days].
+    #[arg(long, env = "PLUME_HISTORY_TTL", value_name = "SECS")]
+    pub history_ttl: Option<f64>,
+    /// Most messages one rejoin replays; beyond it the join answers recovered: false
+    /// [default: 1000].
+    #[arg(long, env = "PLUME_RECOVERY_LIMIT", value_name = "N")]
+    pub recovery_limit: Option<usize>,
+    /// Bearer key of the backend HTTP API; the API is off without one (an empty key is none).
     #[arg(long, env = "PLUME_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Redis URL (`redis://host:6379/0`): share pub/sub and every store with other nodes.

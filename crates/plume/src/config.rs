@@ -9,7 +9,7 @@ use plume_redis::RedisConfig;
 use plume_server::ServerConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{JwtAlgorithm, LogFormat, MembershipArg, ServeArgs};
+use crate::cli::{JwtAlgorithm, LogFormat, MembershipArg, ServeArgs, StoreKind};
 
 /// The HS256 secret used when none is configured and the server only listens on loopback.
 /// It is published here, so tokens signed with it prove nothing: development only.
@@ -27,6 +27,25 @@ pub struct AuthConfig {
     pub jwt_algorithm: Option<PublicKeyAlgorithm>,
 }
 
+/// Where chat state lives on a node without Redis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Embedded database (default) or memory.
+    pub kind: StoreKind,
+    /// Directory of the embedded database. Default `./plume-data`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Embedded,
+            data_dir: PathBuf::from("plume-data"),
+        }
+    }
+}
+
 /// Everything `plume serve` runs with.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,13 +60,29 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The chat service.
     pub chat: ChatConfig,
+    /// Where chat state lives without Redis.
+    pub store: StoreConfig,
     /// The Redis cluster backend (used when `url` is set).
     pub redis: RedisConfig,
     /// The transport.
     pub server: ServerConfig,
+    /// Set by [`load`] when development mode chose open membership because nothing else
+    /// chose a join rule; the start-up log says so. Not a setting.
+    #[serde(skip)]
+    pub membership_from_development_mode: bool,
 }
 
 impl Config {
+    /// Development mode: a loopback bind and no JWT secret or public key. Only then does the
+    /// server accept tokens signed with the published [`DEV_JWT_SECRET`] (the one `plume
+    /// token` signs with by default), and, unless a join rule was chosen, use open membership
+    /// so that the README's quick start can chat without the backend API.
+    pub fn development_mode(&self) -> bool {
+        self.auth.jwt_secret.is_none()
+            && self.auth.jwt_public_key.is_none()
+            && self.server.bind.ip().is_loopback()
+    }
+
     /// The configuration with secrets replaced, for `--print-config`.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
@@ -58,40 +93,49 @@ impl Config {
         };
         hide(&mut c.api_key);
         hide(&mut c.auth.jwt_secret);
-        if !c.redis.url.is_empty() {
-            c.redis.url = redact_url(&c.redis.url);
-        }
+        c.redis.url = plume_redis::redact_url(&c.redis.url);
         c
-    }
-}
-
-/// `redis://user:password@host` -> `redis://<redacted>@host`.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}<redacted>{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 
 /// Reads the config file, if any.
 pub fn read_file(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    match path {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading config file {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
-        }
-        None => Ok(Config::default()),
-    }
+    Ok(read_file_and_membership(path)?.0)
+}
+
+/// Reads the config file, if any, and tells whether it sets `chat.membership` (serde fills a
+/// missing key with the default, so only the text can tell a chosen `strict` from none).
+fn read_file_and_membership(path: Option<&PathBuf>) -> anyhow::Result<(Config, bool)> {
+    let Some(path) = path else {
+        return Ok((Config::default(), false));
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let parse = || format!("parsing config file {}", path.display());
+    let config: Config = toml::from_str(&text).with_context(parse)?;
+    let table: toml::Table = toml::from_str(&text).with_context(parse)?;
+    let sets_membership = table
+        .get("chat")
+        .and_then(|chat| chat.get("membership"))
+        .is_some();
+    Ok((config, sets_membership))
 }
 
 /// Builds the effective configuration from the file (if any) and the flags/env.
 pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut config = read_file(args.config.as_ref())?;
+    let (mut config, file_sets_membership) = read_file_and_membership(args.config.as_ref())?;
     apply(&mut config, args)?;
+    // An empty API key (`PLUME_API_KEY=`, as docker-compose.yml passes it when unset) means
+    // no key: the API stays off, and --print-config must not pretend a key is set.
+    if config.api_key.as_deref() == Some("") {
+        config.api_key = None;
+    }
     validate(&config)?;
+    let membership_chosen = file_sets_membership || args.membership.is_some();
+    if config.development_mode() && !membership_chosen {
+        config.chat.membership = Membership::Open;
+        config.membership_from_development_mode = true;
+    }
     Ok(config)
 }
 
@@ -155,6 +199,22 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.pending_limit {
         chat.pending_limit = n;
     }
+    if let Some(n) = args.history_limit {
+        chat.history_limit = n;
+    }
+    if let Some(secs) = args.history_ttl {
+        chat.history_ttl =
+            Duration::try_from_secs_f64(secs).context("--history-ttl must be >= 0")?;
+    }
+    if let Some(n) = args.recovery_limit {
+        chat.recovery_limit = n;
+    }
+    if let Some(kind) = args.store {
+        config.store.kind = kind;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.store.data_dir = dir.clone();
+    }
     if let Some(key) = &args.api_key {
         config.api_key = Some(key.clone());
     }
@@ -170,6 +230,19 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     }
     if args.echo_channel {
         config.echo_channel = true;
+    }
+    Ok(())
+}
+
+/// Refuses an empty JWT secret. It is not taken as "no secret": on a loopback address that
+/// would silently switch to development mode (published secret, open membership) when the
+/// user meant to set one, and an empty HMAC key would let anyone sign tokens.
+pub fn check_jwt_secret(secret: Option<&str>) -> anyhow::Result<()> {
+    if secret == Some("") {
+        bail!(
+            "the JWT secret is empty (PLUME_JWT_SECRET= or jwt_secret = \"\"): set a secret, \
+             or unset it to use the development secret on a loopback address"
+        );
     }
     Ok(())
 }
@@ -206,6 +279,12 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if config.chat.pending_limit == 0 {
         bail!("pending limit must be at least 1");
     }
+    if config.chat.history_limit == 0 {
+        bail!("history limit must be at least 1");
+    }
+    if config.chat.history_ttl < Duration::from_secs(1) {
+        bail!("history TTL must be at least 1 second");
+    }
     if !config.redis.node_id.is_empty() && !plume_redis::valid_node_id(&config.redis.node_id) {
         bail!("node id must be 1-64 characters of A-Z a-z 0-9 . _ -");
     }
@@ -216,10 +295,18 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if auth.jwt_secret.is_some() && auth.jwt_public_key.is_some() {
         bail!("configure either a JWT secret or a JWT public key, not both");
     }
-    if auth.jwt_secret.as_deref() == Some("") {
-        bail!("the JWT secret must not be empty");
+    check_jwt_secret(auth.jwt_secret.as_deref())?;
+    if auth
+        .jwt_public_key
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        bail!(
+            "the JWT public key path is empty (PLUME_JWT_PUBLIC_KEY= or jwt_public_key = \"\"): \
+             give the PEM file, or unset it"
+        );
     }
-    if auth.jwt_secret.is_none() && auth.jwt_public_key.is_none() && !s.bind.ip().is_loopback() {
+    if auth.jwt_secret.is_none() && auth.jwt_public_key.is_none() && !config.development_mode() {
         bail!(
             "listening on {} needs PLUME_JWT_SECRET or PLUME_JWT_PUBLIC_KEY \
              (the development secret is only used on loopback addresses)",

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, LogFormat, TokenArgs};
+use crate::cli::{Cli, Command, LogFormat, StoreKind, TokenArgs};
 use crate::config::{Config, DEV_JWT_SECRET};
 
 fn main() -> anyhow::Result<()> {
@@ -50,11 +50,9 @@ fn main() -> anyhow::Result<()> {
 
 fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let file = config::read_file(args.config.as_ref())?;
-    let secret = args
-        .jwt_secret
-        .clone()
-        .or(file.auth.jwt_secret)
-        .unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
+    let secret = args.jwt_secret.clone().or(file.auth.jwt_secret);
+    config::check_jwt_secret(secret.as_deref())?;
+    let secret = secret.unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
     let token = plume_chat::auth::sign_hs256(secret.as_bytes(), &args.sub, args.ttl)?;
     println!("{token}");
     Ok(())
@@ -86,11 +84,44 @@ fn verifier(config: &Config) -> anyhow::Result<JwtVerifier> {
         Some(secret) => Ok(JwtVerifier::hs256(secret.as_bytes())),
         None => {
             tracing::warn!(
-                "no JWT secret configured: accepting tokens signed with the published \
-                 development secret (`plume token` signs with it); set PLUME_JWT_SECRET"
+                "development mode (loopback address, no JWT secret or public key): accepting \
+                 tokens signed with the published development secret (`plume token` signs \
+                 with it); set PLUME_JWT_SECRET for anything but local development"
             );
+            if config.membership_from_development_mode {
+                tracing::info!(
+                    "development mode: chat membership is open, any authenticated user may \
+                     join chat:{{id}}; choose with --membership or PLUME_MEMBERSHIP"
+                );
+            }
             Ok(JwtVerifier::hs256(DEV_JWT_SECRET.as_bytes()))
         }
+    }
+}
+
+/// `/readyz` on the embedded store: the database answers a read; the body carries the
+/// writer's counters (commits, and writes grouped into them).
+struct EmbeddedReadiness {
+    log: Arc<dyn plume_chat::store::MessageLog>,
+    stats: Arc<plume_chat::store::sqlite::SqliteStats>,
+}
+
+impl Readiness for EmbeddedReadiness {
+    fn check(&self) -> ReadyFuture<'_> {
+        Box::pin(async move {
+            let commits = self.stats.commits.load(Ordering::Relaxed);
+            let writes = self.stats.jobs.load(Ordering::Relaxed);
+            let counters = serde_json::json!({"commits": commits, "writes": writes});
+            match tokio::time::timeout(Duration::from_secs(2), self.log.head("")).await {
+                Ok(Ok(_)) => Ok(serde_json::json!({"store": "ok", "counters": counters})),
+                Ok(Err(err)) => Err(serde_json::json!({
+                    "store": "error", "error": err.to_string(), "counters": counters,
+                })),
+                Err(_) => Err(serde_json::json!({
+                    "store": "error", "error": "no answer within 2 s", "counters": counters,
+                })),
+            }
+        })
     }
 }
 
@@ -127,15 +158,34 @@ impl Readiness for RedisReadiness {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let verifier = verifier(&config)?;
     let local = Arc::new(LocalPubSub::new());
+    let retention = config.chat.retention();
+    let mut embedded: Option<Arc<dyn Readiness>> = None;
     let (pubsub, stores, cluster): (Arc<dyn PubSub>, Stores, Option<Cluster>) =
-        if config.redis.url.is_empty() {
-            (local, Stores::memory(), None)
-        } else {
+        if !config.redis.url.is_empty() {
             let cluster = Cluster::connect(&config.redis, local)
                 .await
                 .context("joining the redis cluster")?;
-            let stores = plume_chat::store::redis::stores(cluster.state.clone());
+            let stores = plume_chat::store::redis::stores(cluster.state.clone(), retention);
             (cluster.pubsub.clone(), stores, Some(cluster))
+        } else {
+            match config.store.kind {
+                StoreKind::Memory => {
+                    tracing::warn!("store: memory (chat state is lost when this process stops)");
+                    (local, Stores::memory(retention), None)
+                }
+                StoreKind::Embedded => {
+                    let dir = &config.store.data_dir;
+                    let (stores, stats) = plume_chat::store::sqlite::open(dir, retention)
+                        .with_context(|| {
+                            format!("opening the embedded store in {}", dir.display())
+                        })?;
+                    embedded = Some(Arc::new(EmbeddedReadiness {
+                        log: stores.log.clone(),
+                        stats,
+                    }));
+                    (local, stores, None)
+                }
+            }
         };
     let chat = ChatService::new(config.chat.clone(), stores, pubsub.clone());
     let mut router = chat.routes(Router::new());
@@ -154,10 +204,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .with_http_api(Arc::new(chat.api(config.api_key.clone())));
     let server = match &cluster {
         Some(cluster) => server.with_readiness(Arc::new(RedisReadiness(cluster.pubsub.clone()))),
-        None => server,
+        None => match embedded {
+            Some(readiness) => server.with_readiness(readiness),
+            None => server,
+        },
     };
     let mut signals = StopSignals::install()?;
-    let running = server.start().await.context("binding the listener")?;
+    let running = server.start().await.context("starting the server")?;
     signals.wait().await?;
     running.shutdown().await;
     if let Some(cluster) = cluster {

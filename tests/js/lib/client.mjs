@@ -268,7 +268,7 @@ export class FrameRecorder {
     });
   }
 
-  /** A transcript in the style of the reference transcripts. */
+  /** The recorded frames, one line each: `[+time] label#conn >> sent` / `<< received`. */
   dump() {
     const lines = this.entries.map((e) => {
       const ts = `[+${String(e.t).padStart(6)}ms] ${this.label}#${e.conn}`;

@@ -5,7 +5,8 @@
 // with `cargo build -p plume`.
 
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { TEST_JWT_SECRET } from "./auth.mjs";
@@ -36,9 +37,11 @@ export const DEFAULT_SERVER_ENV = {
 };
 
 // Every child we spawn, so that an abnormal exit of the test process
-// does not leave servers behind.
+// does not leave servers behind; and every data dir we made, removed at exit.
 const liveChildren = new Set();
+const dataDirs = new Set();
 process.once("exit", () => {
+  for (const dir of dataDirs) rmSync(dir, { recursive: true, force: true });
   for (const child of liveChildren) {
     try {
       child.kill("SIGKILL");
@@ -88,7 +91,11 @@ export class PlumeServer {
   constructor({ args = [], env = {}, startTimeoutMs = DEFAULT_START_TIMEOUT_MS } = {}) {
     this.bin = assertBinaryExists();
     this.extraArgs = args;
-    this.extraEnv = env;
+    // Each server gets its own embedded store (the default), kept across restart() so
+    // that a restarted server finds its data; a test may point PLUME_DATA_DIR elsewhere.
+    this.dataDir = mkdtempSync(path.join(os.tmpdir(), "plume-js-"));
+    dataDirs.add(this.dataDir);
+    this.extraEnv = { PLUME_DATA_DIR: this.dataDir, ...env };
     this.startTimeoutMs = startTimeoutMs;
     /** @type {{t: number, gen: number, stream: string, line: string}[]} */
     this.lines = [];

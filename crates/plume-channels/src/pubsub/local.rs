@@ -9,28 +9,74 @@
 //! serializer, then one reference-count increment and one queue push per subscriber. No lock
 //! is held across an `.await` (there is none on this path).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use indexmap::IndexMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use plume_wire::{Frame, Serializer, event};
 
 use super::{
-    Broadcast, PubSub, PubSubError, Subscribed, Subscriber, SubscriberKind, subscribed_now,
+    Broadcast, PubSub, PubSubError, Seq, Subscribed, Subscriber, SubscriberKind, subscribed_now,
 };
 use crate::outbound::{Out, SendError, SocketId};
 
 const SHARDS: usize = 64;
 
-type Topics = HashMap<Box<str>, IndexMap<SocketId, Subscriber>>;
+/// Sequenced broadcasts held per topic while an earlier seq is missing. Beyond it the newest
+/// are dropped: the repair that was asked for reads them from the log again.
+const MAX_HELD: usize = 4096;
+
+/// Fetches what a sequenced topic is missing, from the application's log.
+///
+/// The registry calls [`SeqRepair::repair`] when a topic's next seq has not arrived but a
+/// later one has, and (through [`LocalPubSub::resync`]) after a clustered backend lost
+/// messages. The implementation reads the log after `after` and hands the messages to
+/// [`LocalPubSub::repaired`]. It is called with no lock held but on the dispatching thread,
+/// so it must not wait: spawn a task.
+pub trait SeqRepair: Send + Sync + 'static {
+    /// `topic` (in `epoch`) has dispatched everything up to `after` and is missing what follows.
+    fn repair(&self, topic: &str, epoch: u64, after: u64);
+}
+
+struct Topic {
+    subs: IndexMap<SocketId, Subscriber>,
+    /// Ordering state of a sequenced topic; `None` until the first sequenced use.
+    seq: Mutex<Option<SeqState>>,
+}
+
+struct SeqState {
+    epoch: u64,
+    /// Highest seq dispatched. `None` until the application says where the topic starts
+    /// ([`LocalPubSub::start_seq`]); until then sequenced broadcasts are held.
+    last: Option<u64>,
+    /// Broadcasts that arrived ahead of their turn, by seq.
+    held: BTreeMap<u64, Broadcast>,
+    /// The `last` for which a repair has been asked (so one gap asks once).
+    repair_asked: Option<u64>,
+}
+
+impl SeqState {
+    fn new(epoch: u64) -> SeqState {
+        SeqState {
+            epoch,
+            last: None,
+            held: BTreeMap::new(),
+            repair_asked: None,
+        }
+    }
+}
+
+type Topics = HashMap<Box<str>, Topic>;
 
 /// The in-process registry of topic subscriptions.
 pub struct LocalPubSub {
     shards: Box<[RwLock<Topics>]>,
     hasher: RandomState,
     stats: Stats,
+    repair: OnceLock<Arc<dyn SeqRepair>>,
 }
 
 #[derive(Default)]
@@ -44,6 +90,9 @@ impl Default for LocalPubSub {
     }
 }
 
+/// A repair to ask for once the locks are released.
+type RepairAsk = Option<(u64, u64)>;
+
 impl LocalPubSub {
     /// An empty registry.
     pub fn new() -> LocalPubSub {
@@ -51,7 +100,14 @@ impl LocalPubSub {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             stats: Stats::default(),
+            repair: OnceLock::new(),
         }
+    }
+
+    /// Installs the application's log reader for sequenced topics (once; later calls are
+    /// ignored). Without one, a sequenced broadcast that arrives early is dispatched at once.
+    pub fn set_repair(&self, repair: Arc<dyn SeqRepair>) {
+        let _ = self.repair.set(repair);
     }
 
     fn shard(&self, topic: &str) -> &RwLock<Topics> {
@@ -63,14 +119,20 @@ impl LocalPubSub {
     pub fn add(&self, topic: &str, sub: Subscriber) -> bool {
         let mut shard = self.shard(topic).write();
         match shard.get_mut(topic) {
-            Some(subs) => {
-                subs.insert(sub.socket, sub);
+            Some(t) => {
+                t.subs.insert(sub.socket, sub);
                 false
             }
             None => {
                 let mut subs = IndexMap::with_capacity(1);
                 subs.insert(sub.socket, sub);
-                shard.insert(topic.into(), subs);
+                shard.insert(
+                    topic.into(),
+                    Topic {
+                        subs,
+                        seq: Mutex::new(None),
+                    },
+                );
                 true
             }
         }
@@ -79,13 +141,13 @@ impl LocalPubSub {
     /// Removes a subscription; returns true when the topic has no local subscriber left.
     pub fn remove(&self, topic: &str, socket: SocketId) -> bool {
         let mut shard = self.shard(topic).write();
-        let Some(subs) = shard.get_mut(topic) else {
+        let Some(t) = shard.get_mut(topic) else {
             return false;
         };
-        if subs.swap_remove(&socket).is_none() {
+        if t.subs.swap_remove(&socket).is_none() {
             return false;
         }
-        if subs.is_empty() {
+        if t.subs.is_empty() {
             shard.remove(topic);
             true
         } else {
@@ -94,12 +156,171 @@ impl LocalPubSub {
     }
 
     /// Delivers a broadcast to the local subscribers of its topic and returns how many
-    /// received it. Frames are encoded lazily, once per serializer in use.
+    /// received it. Frames are encoded lazily, once per serializer in use. A sequenced
+    /// broadcast is dispatched in seq order (held while an earlier one is missing, dropped
+    /// when already dispatched).
     pub fn dispatch(&self, msg: &Broadcast) -> usize {
-        let shard = self.shard(&msg.topic).read();
-        let Some(subs) = shard.get(&*msg.topic) else {
-            return 0;
+        let (delivered, ask) = {
+            let shard = self.shard(&msg.topic).read();
+            let Some(topic) = shard.get(&*msg.topic) else {
+                return 0;
+            };
+            match msg.seq {
+                None => (self.fan_out(&topic.subs, msg), None),
+                Some(seq) => self.dispatch_seq(topic, msg, seq),
+            }
         };
+        self.ask_repair(&msg.topic, ask);
+        delivered
+    }
+
+    fn dispatch_seq(&self, topic: &Topic, msg: &Broadcast, seq: Seq) -> (usize, RepairAsk) {
+        let mut guard = topic.seq.lock();
+        let state = guard.get_or_insert_with(|| SeqState::new(seq.epoch));
+        if state.epoch != seq.epoch {
+            // The log was reset (a new epoch): start over from this message, and forget what
+            // every socket was given, since the new seqs start again from 1.
+            *state = SeqState::new(seq.epoch);
+            state.last = Some(seq.seq.saturating_sub(1));
+            for sub in topic.subs.values() {
+                if let Some(floor) = &sub.floor {
+                    floor.store(0, Ordering::Release);
+                }
+            }
+        }
+        let Some(last) = state.last else {
+            if state.held.len() < MAX_HELD {
+                state.held.insert(seq.seq, msg.clone());
+            }
+            return (0, None);
+        };
+        if seq.seq <= last {
+            return (0, None);
+        }
+        if seq.seq > last + 1 && self.repair.get().is_some() {
+            if state.held.len() < MAX_HELD {
+                state.held.insert(seq.seq, msg.clone());
+            }
+            return (0, ask_once(state, last));
+        }
+        let delivered = self.fan_out(&topic.subs, msg);
+        state.last = Some(seq.seq);
+        let ask = self.drain_held(&topic.subs, state);
+        (delivered, ask)
+    }
+
+    /// Dispatches the held broadcasts that are now next in line; asks for a repair when some
+    /// remain behind a gap.
+    fn drain_held(&self, subs: &IndexMap<SocketId, Subscriber>, state: &mut SeqState) -> RepairAsk {
+        let mut last = state.last?;
+        while let Some(entry) = state.held.first_entry() {
+            let seq = *entry.key();
+            if seq <= last {
+                entry.remove();
+            } else if seq == last + 1 {
+                let msg = entry.remove();
+                self.fan_out(subs, &msg);
+                last = seq;
+            } else {
+                break;
+            }
+        }
+        state.last = Some(last);
+        if state.held.is_empty() {
+            state.repair_asked = None;
+            None
+        } else {
+            ask_once(state, last)
+        }
+    }
+
+    fn ask_repair(&self, topic: &str, ask: RepairAsk) {
+        if let (Some((epoch, after)), Some(repair)) = (ask, self.repair.get()) {
+            repair.repair(topic, epoch, after);
+        }
+    }
+
+    /// Says where a sequenced topic starts on this node: everything up to `last` (in `epoch`)
+    /// is accounted for, so dispatch continues at `last + 1`. Called by the application once
+    /// it has subscribed and read its log's head. No effect on a topic that is already
+    /// running in the same epoch, or that has no local subscriber.
+    pub fn start_seq(&self, topic: &str, epoch: u64, last: u64) {
+        let ask = {
+            let shard = self.shard(topic).read();
+            let Some(t) = shard.get(topic) else {
+                return;
+            };
+            let mut guard = t.seq.lock();
+            let state = guard.get_or_insert_with(|| SeqState::new(epoch));
+            if state.epoch != epoch {
+                *state = SeqState::new(epoch);
+            }
+            if state.last.is_some() {
+                return;
+            }
+            state.last = Some(last);
+            self.drain_held(&t.subs, state)
+        };
+        self.ask_repair(topic, ask);
+    }
+
+    /// The highest seq dispatched on `topic` (with its epoch), if it is sequenced here.
+    pub fn seq_position(&self, topic: &str) -> Option<Seq> {
+        let shard = self.shard(topic).read();
+        let guard = shard.get(topic)?.seq.lock();
+        let state = guard.as_ref()?;
+        Some(Seq {
+            epoch: state.epoch,
+            seq: state.last?,
+        })
+    }
+
+    /// What a [`SeqRepair`] read from the log after `after`, oldest first. When the log no
+    /// longer has `after + 1` (trimmed), dispatch skips to the oldest message it has.
+    pub fn repaired(&self, topic: &str, epoch: u64, after: u64, messages: Vec<Broadcast>) {
+        {
+            let shard = self.shard(topic).read();
+            let Some(t) = shard.get(topic) else {
+                return;
+            };
+            let mut guard = t.seq.lock();
+            if let Some(state) = guard.as_mut() {
+                state.repair_asked = None;
+                let first = messages.first().and_then(|m| m.seq).map(|s| s.seq);
+                if let (true, Some(last), Some(first)) = (state.epoch == epoch, state.last, first)
+                    && last == after
+                    && first > last + 1
+                {
+                    state.last = Some(first - 1);
+                }
+            }
+        }
+        for msg in &messages {
+            self.dispatch(msg);
+        }
+    }
+
+    /// Asks for a repair of every sequenced topic with local subscribers, from what each has
+    /// dispatched (a clustered backend calls this after its link to the other nodes dropped).
+    pub fn resync(&self) {
+        let mut asks = Vec::new();
+        for shard in self.shards.iter() {
+            for (name, t) in shard.read().iter() {
+                let mut guard = t.seq.lock();
+                if let Some(state) = guard.as_mut()
+                    && let Some(last) = state.last
+                {
+                    state.repair_asked = Some(last);
+                    asks.push((name.to_string(), state.epoch, last));
+                }
+            }
+        }
+        for (topic, epoch, after) in asks {
+            self.ask_repair(&topic, Some((epoch, after)));
+        }
+    }
+
+    fn fan_out(&self, subs: &IndexMap<SocketId, Subscriber>, msg: &Broadcast) -> usize {
         let mut encoded: [Option<Option<Frame>>; 2] = [None, None];
         let mut delivered = 0;
         for sub in subs.values() {
@@ -113,12 +334,21 @@ impl LocalPubSub {
                     }
                     Out::Disconnect
                 }
+                SubscriberKind::Intercept { channel } => Out::Info {
+                    channel,
+                    info: Box::new(msg.clone()),
+                },
                 SubscriberKind::Fastlane => {
                     let slot = &mut encoded[sub.serializer.index()];
                     let frame = slot.get_or_insert_with(|| encode(sub.serializer, msg));
-                    match frame {
-                        Some(frame) => Out::Frame(frame.clone()),
-                        None => continue,
+                    match (frame, msg.seq, &sub.floor) {
+                        (None, _, _) => continue,
+                        (Some(frame), Some(seq), Some(floor)) => Out::Seq {
+                            frame: frame.clone(),
+                            seq: seq.seq,
+                            floor: floor.clone(),
+                        },
+                        (Some(frame), _, _) => Out::Frame(frame.clone()),
                     }
                 }
             };
@@ -145,13 +375,25 @@ impl LocalPubSub {
 
     /// Number of local subscribers of `topic`.
     pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.shard(topic).read().get(topic).map_or(0, IndexMap::len)
+        self.shard(topic)
+            .read()
+            .get(topic)
+            .map_or(0, |t| t.subs.len())
     }
 
     /// Subscribers closed as slow consumers since start.
     pub fn overflowed_total(&self) -> u64 {
         self.stats.overflowed.load(Ordering::Relaxed)
     }
+}
+
+/// A repair request for the gap after `last`, unless one is out for it already.
+fn ask_once(state: &mut SeqState, last: u64) -> RepairAsk {
+    if state.repair_asked == Some(last) {
+        return None;
+    }
+    state.repair_asked = Some(last);
+    Some((state.epoch, last))
 }
 
 fn encode(serializer: Serializer, msg: &Broadcast) -> Option<Frame> {
@@ -178,5 +420,158 @@ impl PubSub for LocalPubSub {
     fn broadcast(&self, msg: Broadcast) -> Result<(), PubSubError> {
         self.dispatch(&msg);
         Ok(())
+    }
+
+    fn registry(&self) -> &LocalPubSub {
+        self
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
+mod tests {
+    use super::*;
+    use crate::outbound::{OutboundRx, admit_seq, outbound};
+    use bytes::Bytes;
+    use plume_wire::{Json, Payload};
+
+    /// Records the repairs asked for.
+    #[derive(Default)]
+    struct Asked(parking_lot::Mutex<Vec<(String, u64, u64)>>);
+
+    impl SeqRepair for Asked {
+        fn repair(&self, topic: &str, epoch: u64, after: u64) {
+            self.0.lock().push((topic.to_owned(), epoch, after));
+        }
+    }
+
+    fn msg(epoch: u64, seq: u64) -> Broadcast {
+        Broadcast {
+            topic: "t".into(),
+            event: "e".into(),
+            payload: Payload::Json(
+                Json::from_text(Bytes::from(format!(r#"{{"n":{seq}}}"#))).unwrap(),
+            ),
+            from: None,
+            seq: Some(Seq { epoch, seq }),
+        }
+    }
+
+    fn setup() -> (LocalPubSub, Arc<Asked>, OutboundRx, Arc<AtomicU64>) {
+        let registry = LocalPubSub::new();
+        let asked = Arc::new(Asked::default());
+        registry.set_repair(asked.clone());
+        let (tx, rx) = outbound(64);
+        let floor = Arc::new(AtomicU64::new(0));
+        registry.add(
+            "t",
+            Subscriber {
+                socket: SocketId(1),
+                serializer: Serializer::V2,
+                kind: SubscriberKind::Fastlane,
+                tx,
+                floor: Some(floor.clone()),
+            },
+        );
+        (registry, asked, rx, floor)
+    }
+
+    /// The seqs a socket would write, in order (through its floor, as the driver does).
+    async fn written(rx: &mut OutboundRx) -> Vec<u64> {
+        let mut items = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            rx.recv_batch(&mut items),
+        )
+        .await;
+        items
+            .into_iter()
+            .filter_map(|item| match item {
+                Out::Seq { frame, seq, floor } => admit_seq(frame, seq, &floor).map(|_| seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn holds_until_the_start_is_known_then_dispatches_in_order() {
+        let (registry, asked, mut rx, _) = setup();
+        registry.dispatch(&msg(1, 6));
+        registry.dispatch(&msg(1, 5));
+        assert!(written(&mut rx).await.is_empty(), "no start yet");
+        // The join read the head at 4: everything after it, in order.
+        registry.start_seq("t", 1, 4);
+        assert_eq!(written(&mut rx).await, [5, 6]);
+        registry.dispatch(&msg(1, 6));
+        registry.dispatch(&msg(1, 7));
+        assert_eq!(written(&mut rx).await, [7], "a repeat is dropped");
+        assert!(asked.0.lock().is_empty());
+        // Starting again in the same epoch changes nothing.
+        registry.start_seq("t", 1, 100);
+        registry.dispatch(&msg(1, 8));
+        assert_eq!(written(&mut rx).await, [8]);
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_held_asked_for_once_and_closed_by_the_repair() {
+        let (registry, asked, mut rx, _) = setup();
+        registry.start_seq("t", 1, 0);
+        registry.dispatch(&msg(1, 1));
+        registry.dispatch(&msg(1, 3));
+        registry.dispatch(&msg(1, 4));
+        assert_eq!(written(&mut rx).await, [1]);
+        assert_eq!(
+            *asked.0.lock(),
+            [("t".to_owned(), 1, 1)],
+            "asked once for the gap"
+        );
+        assert_eq!(registry.seq_position("t"), Some(Seq { epoch: 1, seq: 1 }));
+        registry.repaired("t", 1, 1, vec![msg(1, 2), msg(1, 3)]);
+        assert_eq!(written(&mut rx).await, [2, 3, 4]);
+        assert_eq!(registry.seq_position("t"), Some(Seq { epoch: 1, seq: 4 }));
+    }
+
+    #[tokio::test]
+    async fn a_repair_that_finds_the_gap_trimmed_skips_it() {
+        let (registry, _, mut rx, _) = setup();
+        registry.start_seq("t", 1, 10);
+        registry.dispatch(&msg(1, 15));
+        assert!(written(&mut rx).await.is_empty());
+        // The log keeps only 14 onwards.
+        registry.repaired("t", 1, 10, vec![msg(1, 14), msg(1, 15)]);
+        assert_eq!(written(&mut rx).await, [14, 15]);
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_starts_over_and_resets_floors() {
+        let (registry, _, mut rx, floor) = setup();
+        registry.start_seq("t", 1, 0);
+        registry.dispatch(&msg(1, 1));
+        registry.dispatch(&msg(1, 2));
+        assert_eq!(written(&mut rx).await, [1, 2]);
+        assert_eq!(floor.load(Ordering::Relaxed), 2);
+        // The log was lost: seq starts again at 1 in epoch 2.
+        registry.dispatch(&msg(2, 1));
+        assert_eq!(written(&mut rx).await, [1]);
+        assert_eq!(registry.seq_position("t"), Some(Seq { epoch: 2, seq: 1 }));
+    }
+
+    #[tokio::test]
+    async fn resync_asks_every_sequenced_topic_from_where_it_stands() {
+        let (registry, asked, _rx, _) = setup();
+        registry.start_seq("t", 3, 7);
+        registry.resync();
+        assert_eq!(*asked.0.lock(), [("t".to_owned(), 3, 7)]);
+    }
+
+    #[tokio::test]
+    async fn plain_broadcasts_are_not_sequenced() {
+        let (registry, _, mut rx, _) = setup();
+        let mut plain = msg(0, 0);
+        plain.seq = None;
+        assert_eq!(registry.dispatch(&plain), 1);
+        let mut items = Vec::new();
+        rx.recv_batch(&mut items).await;
+        assert!(matches!(items.as_slice(), [Out::Frame(_)]));
     }
 }

@@ -11,15 +11,20 @@
 //! - broadcasts published on one topic from one caller reach each subscriber in publish order;
 //! - `from` (broadcast_from) excludes exactly that socket's subscription;
 //! - publishing never blocks on a subscriber: a subscriber whose queue is full is closed as a
-//!   slow consumer (see [`crate::outbound`]).
+//!   slow consumer (see [`crate::outbound`]);
+//! - a *sequenced* broadcast (one with a [`Seq`], such as a chat message from a durable log)
+//!   reaches this node's subscribers in seq order, each seq once: the registry holds one that
+//!   arrives early, drops one it already dispatched, and asks the application's
+//!   [`SeqRepair`] to fetch what is missing when a gap does not close by itself.
 
 mod local;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use plume_wire::{Payload, Serializer};
 
-pub use local::LocalPubSub;
+pub use local::{LocalPubSub, SeqRepair};
 
 use crate::outbound::{OutboundTx, SocketId};
 
@@ -34,6 +39,18 @@ pub struct Broadcast {
     pub payload: Payload,
     /// For broadcast_from: the socket that must not receive it.
     pub from: Option<SocketId>,
+    /// The position of the message in its topic's log, for sequenced topics.
+    pub seq: Option<Seq>,
+}
+
+/// Where a sequenced broadcast sits in its topic's log: `seq` counts 1, 2, 3, … within an
+/// `epoch`, and the epoch changes when the log is lost or reset (seq then starts again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Seq {
+    /// The log's epoch.
+    pub epoch: u64,
+    /// The message's sequence number (from 1).
+    pub seq: u64,
 }
 
 /// How a subscription wants its messages.
@@ -43,6 +60,13 @@ pub enum SubscriberKind {
     Fastlane,
     /// The socket's id topic: only a `disconnect` event matters, and it closes the socket.
     Control,
+    /// A joined channel that handles its topic's broadcasts itself (Phoenix's `intercept`):
+    /// each arrives in the channel's `handle_info` as a [`Broadcast`], which the channel
+    /// pushes (or not) and can follow up once it is written.
+    Intercept {
+        /// The channel instance (see [`crate::Context::channel_id`]).
+        channel: u64,
+    },
 }
 
 /// One socket's subscription to one topic.
@@ -56,6 +80,9 @@ pub struct Subscriber {
     pub kind: SubscriberKind,
     /// The socket's outbound queue.
     pub tx: OutboundTx,
+    /// For a joined channel: the highest seq of the topic this socket was given (see
+    /// [`crate::outbound::Out::Seq`]). `None` for control subscriptions.
+    pub floor: Option<Arc<AtomicU64>>,
 }
 
 /// Completes when a subscription is effective cluster-wide (see [`PubSub::subscribe`]).
@@ -85,4 +112,9 @@ pub trait PubSub: Send + Sync + 'static {
 
     /// Delivers a broadcast to every subscriber (except `from`). Never waits for subscribers.
     fn broadcast(&self, msg: Broadcast) -> Result<(), PubSubError>;
+
+    /// This node's registry: where a clustered backend dispatches what it receives, and where
+    /// an application repairs sequenced topics (replays from its log go to this node's
+    /// subscribers only).
+    fn registry(&self) -> &LocalPubSub;
 }

@@ -1,17 +1,20 @@
-//! In-memory stores for a single node. Each is a map behind one short `parking_lot` mutex;
-//! none holds its lock across an `.await`.
+//! In-memory stores for a single node (`--store memory`, and the presence store of every
+//! single-node setup). Each is a map behind one short `parking_lot` mutex; none holds its
+//! lock across an `.await`. Expiry runs on tokio's clock, so tests can pause time.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use super::{
-    IdempotencyStore, MembershipStore, Notification, PendingStore, PresenceStore, SendKey,
-    SentMessage, StoreError, Whereabouts,
+    Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
+    PendingStore, PresenceStore, Retention, SendKey, SentRecord, StoreError, Whereabouts,
+    new_epoch,
 };
+use crate::time::now_millis;
 
 /// Membership in memory. Each chat's sorted member list is built once per change and shared.
 #[derive(Default)]
@@ -26,14 +29,29 @@ struct Members {
     list: Option<Arc<[String]>>,
 }
 
-#[async_trait]
-impl MembershipStore for MemoryMembership {
-    async fn add(&self, chat: &str, user: &str) -> Result<(), StoreError> {
+impl MemoryMembership {
+    /// Adds without going through the async trait (loading a cache).
+    pub fn insert(&self, chat: &str, user: &str) {
         let mut chats = self.chats.lock();
         let members = chats.entry(chat.to_owned()).or_default();
         if members.set.insert(user.to_owned()) {
             members.list = None;
         }
+    }
+
+    /// Whether `user` is a member of `chat`.
+    pub fn contains(&self, chat: &str, user: &str) -> bool {
+        self.chats
+            .lock()
+            .get(chat)
+            .is_some_and(|m| m.set.contains(user))
+    }
+}
+
+#[async_trait]
+impl MembershipStore for MemoryMembership {
+    async fn add(&self, chat: &str, user: &str) -> Result<(), StoreError> {
+        self.insert(chat, user);
         Ok(())
     }
 
@@ -51,11 +69,7 @@ impl MembershipStore for MemoryMembership {
     }
 
     async fn is_member(&self, chat: &str, user: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .chats
-            .lock()
-            .get(chat)
-            .is_some_and(|m| m.set.contains(user)))
+        Ok(self.contains(chat, user))
     }
 
     async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError> {
@@ -70,89 +84,272 @@ impl MembershipStore for MemoryMembership {
     }
 }
 
-/// Idempotency keys in memory; expired keys are swept as new ones arrive.
-#[derive(Default)]
-pub struct MemoryIdempotency {
-    inner: Mutex<IdemInner>,
+/// The message log in memory: per chat, the kept messages in a deque; per send key, the
+/// first result, swept as it expires. One mutex, held for a few map operations.
+pub struct MemoryLog {
+    retention: Retention,
+    epoch: u64,
+    inner: Mutex<LogInner>,
 }
 
 #[derive(Default)]
-struct IdemInner {
-    keys: HashMap<SendKey, (SentMessage, Instant)>,
-    /// Insertion order with deadlines, for sweeping (every key has the same TTL per call).
+struct LogInner {
+    chats: HashMap<String, ChatLog>,
+    sends: HashMap<SendKey, Send>,
+    /// Send keys in insertion order with their deadlines, for sweeping (one TTL for all).
     order: VecDeque<(Instant, SendKey)>,
 }
 
-#[async_trait]
-impl IdempotencyStore for MemoryIdempotency {
-    async fn claim(
-        &self,
-        key: &SendKey,
-        sent: &SentMessage,
-        ttl: Duration,
-    ) -> Result<Option<SentMessage>, StoreError> {
-        let now = Instant::now();
-        let mut inner = self.inner.lock();
-        // Sweep expired keys from the front (bounded work: only expired entries are removed).
-        while let Some((deadline, _)) = inner.order.front() {
+#[derive(Default)]
+struct ChatLog {
+    last_seq: u64,
+    messages: VecDeque<LoggedMessage>,
+}
+
+struct Send {
+    sent: SentRecord,
+    delivered: bool,
+    deadline: Instant,
+}
+
+impl MemoryLog {
+    /// An empty log with a fresh epoch.
+    pub fn new(retention: Retention) -> MemoryLog {
+        MemoryLog {
+            retention,
+            epoch: new_epoch(),
+            inner: Mutex::new(LogInner::default()),
+        }
+    }
+}
+
+impl LogInner {
+    fn sweep(&mut self, now: Instant) {
+        while let Some((deadline, _)) = self.order.front() {
             if *deadline > now {
                 break;
             }
-            if let Some((_, k)) = inner.order.pop_front()
-                && inner.keys.get(&k).is_some_and(|(_, d)| *d <= now)
+            if let Some((_, k)) = self.order.pop_front()
+                && self.sends.get(&k).is_some_and(|s| s.deadline <= now)
             {
-                inner.keys.remove(&k);
+                self.sends.remove(&k);
             }
         }
-        if let Some((original, deadline)) = inner.keys.get(key)
-            && *deadline > now
-        {
-            return Ok(Some(original.clone()));
-        }
-        let deadline = now + ttl;
-        inner.keys.insert(key.clone(), (sent.clone(), deadline));
-        inner.order.push_back((deadline, key.clone()));
-        Ok(None)
-    }
-
-    async fn release(&self, key: &SendKey) -> Result<(), StoreError> {
-        self.inner.lock().keys.remove(key);
-        Ok(())
     }
 }
 
-/// Pending notifications in memory.
-#[derive(Default)]
-pub struct MemoryPending {
-    users: Mutex<HashMap<String, VecDeque<Notification>>>,
+fn trim(log: &mut ChatLog, retention: &Retention, now_ms: i64) {
+    let oldest = now_ms - i64::try_from(retention.ttl.as_millis()).unwrap_or(i64::MAX);
+    while log.messages.len() > retention.limit.max(1)
+        || log.messages.front().is_some_and(|m| m.ts_ms < oldest)
+    {
+        log.messages.pop_front();
+    }
 }
 
 #[async_trait]
-impl PendingStore for MemoryPending {
-    async fn push(
+impl MessageLog for MemoryLog {
+    async fn append(&self, key: &SendKey, draft: &Draft) -> Result<Appended, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        inner.sweep(now);
+        if let Some(send) = inner.sends.get(key) {
+            let (sent, delivered) = (send.sent.clone(), send.delivered);
+            let message = inner.chats.get(&key.chat).and_then(|log| {
+                log.messages
+                    .binary_search_by_key(&sent.seq, |m| m.seq)
+                    .ok()
+                    .map(|i| log.messages[i].clone())
+            });
+            return Ok(Appended::Retry {
+                sent,
+                message,
+                delivered,
+            });
+        }
+        let log = inner.chats.entry(key.chat.clone()).or_default();
+        log.last_seq += 1;
+        let message = LoggedMessage {
+            epoch: self.epoch,
+            chat_id: key.chat.clone(),
+            seq: log.last_seq,
+            message_id: draft.message_id.clone(),
+            sender_id: key.user.clone(),
+            content: draft.content.clone(),
+            ts_ms: draft.ts_ms,
+        };
+        log.messages.push_back(message.clone());
+        trim(log, &self.retention, draft.ts_ms);
+        let deadline = now + self.retention.idempotency_ttl;
+        let sent = SentRecord {
+            message_id: message.message_id.clone(),
+            seq: message.seq,
+            ts_ms: message.ts_ms,
+        };
+        inner.sends.insert(
+            key.clone(),
+            Send {
+                sent,
+                delivered: false,
+                deadline,
+            },
+        );
+        inner.order.push_back((deadline, key.clone()));
+        Ok(Appended::New(message))
+    }
+
+    async fn mark_delivered(&self, key: &SendKey) -> Result<(), StoreError> {
+        if let Some(send) = self.inner.lock().sends.get_mut(key) {
+            send.delivered = true;
+        }
+        Ok(())
+    }
+
+    async fn head(&self, chat: &str) -> Result<LogHead, StoreError> {
+        let mut inner = self.inner.lock();
+        let (last_seq, first_seq) = match inner.chats.get_mut(chat) {
+            Some(log) => {
+                trim(log, &self.retention, now_millis());
+                let first = log.messages.front().map_or(log.last_seq + 1, |m| m.seq);
+                (log.last_seq, first)
+            }
+            None => (0, 1),
+        };
+        Ok(LogHead {
+            epoch: self.epoch,
+            last_seq,
+            first_seq,
+        })
+    }
+
+    async fn after(
         &self,
-        user: &str,
-        notification: &Notification,
+        chat: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LoggedMessage>, StoreError> {
+        let inner = self.inner.lock();
+        let Some(log) = inner.chats.get(chat) else {
+            return Ok(Vec::new());
+        };
+        let start = log.messages.partition_point(|m| m.seq <= after);
+        Ok(log.messages.range(start..).take(limit).cloned().collect())
+    }
+
+    async fn before(
+        &self,
+        chat: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LoggedMessage>, StoreError> {
+        let inner = self.inner.lock();
+        let Some(log) = inner.chats.get(chat) else {
+            return Ok(Vec::new());
+        };
+        let end = match before {
+            Some(b) => log.messages.partition_point(|m| m.seq < b),
+            None => log.messages.len(),
+        };
+        let start = end.saturating_sub(limit);
+        Ok(log.messages.range(start..end).cloned().collect())
+    }
+
+    async fn get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
+        let inner = self.inner.lock();
+        Ok(refs
+            .iter()
+            .map(|(chat, seq)| {
+                let log = inner.chats.get(chat)?;
+                let i = log.messages.binary_search_by_key(seq, |m| m.seq).ok()?;
+                Some(log.messages[i].clone())
+            })
+            .collect())
+    }
+}
+
+/// Pending notifications in memory, per user in id order.
+#[derive(Default)]
+pub struct MemoryPending {
+    inner: Mutex<PendingInner>,
+}
+
+#[derive(Default)]
+struct PendingInner {
+    next_id: u64,
+    users: HashMap<String, VecDeque<(u64, PendingItem)>>,
+}
+
+/// How far back a push looks for the same chat message already stored (a redelivery of a
+/// send comes right after the first).
+const PENDING_DEDUPE_WINDOW: usize = 64;
+
+#[async_trait]
+impl PendingStore for MemoryPending {
+    async fn push_many(
+        &self,
+        users: &[String],
+        item: &PendingItem,
         limit: usize,
     ) -> Result<usize, StoreError> {
-        let mut users = self.users.lock();
-        let queue = users.entry(user.to_owned()).or_default();
-        queue.push_back(notification.clone());
+        let mut inner = self.inner.lock();
         let mut dropped = 0;
-        while queue.len() > limit.max(1) {
-            queue.pop_front();
-            dropped += 1;
+        for user in users {
+            inner.next_id += 1;
+            let id = inner.next_id;
+            let queue = inner.users.entry(user.clone()).or_default();
+            let repeat = matches!(item, PendingItem::Message { .. })
+                && queue
+                    .iter()
+                    .rev()
+                    .take(PENDING_DEDUPE_WINDOW)
+                    .any(|(_, held)| held == item);
+            if repeat {
+                continue;
+            }
+            queue.push_back((id, item.clone()));
+            while queue.len() > limit.max(1) {
+                queue.pop_front();
+                dropped += 1;
+            }
         }
         Ok(dropped)
     }
 
-    async fn take_all(&self, user: &str) -> Result<Vec<Notification>, StoreError> {
+    async fn list(&self, user: &str) -> Result<Vec<(u64, PendingItem)>, StoreError> {
         Ok(self
-            .users
+            .inner
             .lock()
-            .remove(user)
-            .map(Vec::from)
+            .users
+            .get(user)
+            .map(|q| q.iter().cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn remove(&self, user: &str, upto: u64) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        if let Some(queue) = inner.users.get_mut(user) {
+            while queue.front().is_some_and(|(id, _)| *id <= upto) {
+                queue.pop_front();
+            }
+            if queue.is_empty() {
+                inner.users.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        if let Some(queue) = inner.users.get_mut(user) {
+            // Live deliveries remove what was stored last, so search from the back.
+            if let Some(pos) = queue.iter().rposition(|(_, held)| held == item) {
+                queue.remove(pos);
+            }
+            if queue.is_empty() {
+                inner.users.remove(user);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -184,7 +381,7 @@ fn decrement(map: &mut HashMap<String, usize>, key: &str) {
 
 #[async_trait]
 impl PresenceStore for MemoryPresence {
-    async fn enter_chat(&self, user: &str, chat: &str) -> Result<(), StoreError> {
+    async fn enter_chat(&self, user: &str, chat: &str, _socket: u64) -> Result<(), StoreError> {
         let mut chats = self.chats.lock();
         match chats.get_mut(chat) {
             Some(users) => increment(users, user),
@@ -195,7 +392,7 @@ impl PresenceStore for MemoryPresence {
         Ok(())
     }
 
-    async fn leave_chat(&self, user: &str, chat: &str) -> Result<(), StoreError> {
+    async fn leave_chat(&self, user: &str, chat: &str, _socket: u64) -> Result<(), StoreError> {
         let mut chats = self.chats.lock();
         if let Some(users) = chats.get_mut(chat) {
             decrement(users, user);
@@ -214,12 +411,12 @@ impl PresenceStore for MemoryPresence {
             .is_some_and(|users| users.contains_key(user)))
     }
 
-    async fn enter_notifications(&self, user: &str) -> Result<(), StoreError> {
+    async fn enter_notifications(&self, user: &str, _socket: u64) -> Result<(), StoreError> {
         increment(&mut self.notifications.lock(), user);
         Ok(())
     }
 
-    async fn leave_notifications(&self, user: &str) -> Result<(), StoreError> {
+    async fn leave_notifications(&self, user: &str, _socket: u64) -> Result<(), StoreError> {
         decrement(&mut self.notifications.lock(), user);
         Ok(())
     }
@@ -251,75 +448,145 @@ impl PresenceStore for MemoryPresence {
 mod tests {
     use super::*;
 
-    fn note(i: usize) -> Notification {
-        Notification {
+    fn item(i: u64) -> PendingItem {
+        PendingItem::Message {
             chat_id: "c".into(),
-            sender_id: "s".into(),
-            content: format!("m{i}"),
-            timestamp: "t".into(),
-            message_id: format!("id{i}"),
+            seq: i,
         }
     }
 
     #[tokio::test]
-    async fn pending_keeps_the_newest_up_to_the_limit_and_take_empties() {
+    async fn pending_keeps_the_newest_up_to_the_limit_until_removed() {
         let p = MemoryPending::default();
+        let users = ["u".to_owned()];
         let mut dropped = 0;
         for i in 0..5 {
-            dropped += p.push("u", &note(i), 3).await.unwrap();
+            dropped += p.push_many(&users, &item(i), 3).await.unwrap();
         }
+        // The same chat message again is not stored twice.
+        p.push_many(&users, &item(4), 3).await.unwrap();
         assert_eq!(dropped, 2);
-        let got: Vec<_> = p
-            .take_all("u")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|n| n.content)
+        let listed = p.list("u").await.unwrap();
+        let seqs: Vec<_> = listed
+            .iter()
+            .map(|(_, i)| match i {
+                PendingItem::Message { seq, .. } => *seq,
+                PendingItem::Inline(_) => 0,
+            })
             .collect();
-        assert_eq!(got, ["m2", "m3", "m4"]);
-        assert!(p.take_all("u").await.unwrap().is_empty());
+        assert_eq!(seqs, [2, 3, 4]);
+        // Listing removes nothing; removal is up to an id.
+        assert_eq!(p.list("u").await.unwrap().len(), 3);
+        p.remove("u", listed[1].0).await.unwrap();
+        assert_eq!(p.list("u").await.unwrap(), listed[2..]);
+    }
+
+    fn key(r: &str) -> SendKey {
+        SendKey {
+            user: "u".into(),
+            chat: "c".into(),
+            mobile_ref_id: r.into(),
+        }
+    }
+
+    fn draft(id: &str) -> Draft {
+        Draft {
+            message_id: id.into(),
+            ts_ms: now_millis(),
+            content: format!("text {id}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn log_numbers_messages_and_answers_retries_until_the_key_expires() {
+        let log = MemoryLog::new(Retention {
+            idempotency_ttl: std::time::Duration::from_secs(60),
+            ..Retention::default()
+        });
+        let Appended::New(first) = log.append(&key("r1"), &draft("a")).await.unwrap() else {
+            panic!("first send is new")
+        };
+        assert_eq!(first.seq, 1);
+        let Appended::New(second) = log.append(&key("r2"), &draft("b")).await.unwrap() else {
+            panic!("second send is new")
+        };
+        assert_eq!(second.seq, 2);
+        match log.append(&key("r1"), &draft("c")).await.unwrap() {
+            Appended::Retry {
+                sent,
+                message,
+                delivered,
+            } => {
+                assert_eq!((sent.message_id.as_str(), sent.seq), ("a", 1));
+                assert_eq!(message, Some(first.clone()));
+                assert!(!delivered);
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        log.mark_delivered(&key("r1")).await.unwrap();
+        assert!(matches!(
+            log.append(&key("r1"), &draft("c")).await.unwrap(),
+            Appended::Retry {
+                delivered: true,
+                ..
+            }
+        ));
+        tokio::time::advance(std::time::Duration::from_secs(61)).await;
+        let Appended::New(third) = log.append(&key("r1"), &draft("d")).await.unwrap() else {
+            panic!("an expired key sends again")
+        };
+        assert_eq!(third.seq, 3);
+        let head = log.head("c").await.unwrap();
+        assert_eq!((head.last_seq, head.first_seq), (3, 1));
     }
 
     #[tokio::test]
-    async fn idempotency_returns_the_original_until_it_expires() {
-        let s = MemoryIdempotency::default();
-        let key = SendKey {
-            user: "u".into(),
-            chat: "c".into(),
-            mobile_ref_id: "r".into(),
-        };
-        let first = SentMessage {
-            message_id: "1".into(),
-            timestamp: "t1".into(),
-        };
-        let second = SentMessage {
-            message_id: "2".into(),
-            timestamp: "t2".into(),
-        };
-        let ttl = Duration::from_millis(50);
-        assert_eq!(s.claim(&key, &first, ttl).await.unwrap(), None);
+    async fn log_trims_to_the_limit_and_pages_both_ways() {
+        let log = MemoryLog::new(Retention {
+            limit: 3,
+            ..Retention::default()
+        });
+        for i in 0..5 {
+            log.append(&key(&format!("r{i}")), &draft(&format!("m{i}")))
+                .await
+                .unwrap();
+        }
+        let head = log.head("c").await.unwrap();
+        assert_eq!((head.last_seq, head.first_seq), (5, 3));
+        let seqs = |v: Vec<LoggedMessage>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(log.after("c", 0, 10).await.unwrap()), [3, 4, 5]);
+        assert_eq!(seqs(log.after("c", 3, 1).await.unwrap()), [4]);
+        assert_eq!(seqs(log.before("c", None, 2).await.unwrap()), [4, 5]);
+        assert_eq!(seqs(log.before("c", Some(5), 10).await.unwrap()), [3, 4]);
+        let got = log
+            .get(&[("c".into(), 2), ("c".into(), 4), ("x".into(), 1)])
+            .await
+            .unwrap();
         assert_eq!(
-            s.claim(&key, &second, ttl).await.unwrap(),
-            Some(first.clone())
+            got.iter()
+                .map(|m| m.as_ref().map(|m| m.seq))
+                .collect::<Vec<_>>(),
+            [None, Some(4), None]
         );
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        assert_eq!(s.claim(&key, &second, ttl).await.unwrap(), None);
-        s.release(&key).await.unwrap();
-        assert_eq!(s.claim(&key, &first, ttl).await.unwrap(), None);
+        let empty = log.head("none").await.unwrap();
+        assert_eq!(
+            (empty.last_seq, empty.first_seq, empty.epoch),
+            (0, 1, head.epoch)
+        );
     }
 
     #[tokio::test]
     async fn presence_counts_sockets() {
         let p = MemoryPresence::default();
-        p.enter_chat("u", "c").await.unwrap();
-        p.enter_chat("u", "c").await.unwrap();
-        p.leave_chat("u", "c").await.unwrap();
+        p.enter_chat("u", "c", 1).await.unwrap();
+        p.enter_chat("u", "c", 1).await.unwrap();
+        p.leave_chat("u", "c", 1).await.unwrap();
         assert!(p.in_chat("u", "c").await.unwrap());
-        p.leave_chat("u", "c").await.unwrap();
+        p.leave_chat("u", "c", 1).await.unwrap();
         assert!(!p.in_chat("u", "c").await.unwrap());
-        p.enter_notifications("u").await.unwrap();
+        p.enter_notifications("u", 1).await.unwrap();
         assert!(p.has_notifications("u").await.unwrap());
-        p.leave_notifications("u").await.unwrap();
+        p.leave_notifications("u", 1).await.unwrap();
         assert!(!p.has_notifications("u").await.unwrap());
     }
 

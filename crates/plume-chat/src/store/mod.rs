@@ -1,12 +1,13 @@
-//! The chat service's state, behind traits so a node can keep it in memory (the single-node
-//! default, [`memory`]) or share it through Redis ([`redis`], over plume-redis) without the
-//! channels changing.
+//! The chat service's state, behind traits so a node can keep it in an embedded database
+//! (the single-node default, [`sqlite`]), in memory ([`memory`], tests and throwaway runs) or
+//! share it through Redis ([`redis`], over plume-redis) without the channels changing.
 //!
 //! Every method is async and returns [`StoreError`] when the backend cannot answer; the
 //! channels turn that into an error reply (`storage_unavailable`) instead of dropping data.
 
 pub mod memory;
 pub mod redis;
+pub mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,28 +45,128 @@ pub struct SendKey {
     pub mobile_ref_id: String,
 }
 
-/// What a first send produced; a retry gets it back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SentMessage {
-    /// The server's id of the message.
+/// A message as the chat log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedMessage {
+    /// The epoch of the log it is in (see [`LogHead::epoch`]).
+    pub epoch: u64,
+    /// The chat.
+    pub chat_id: String,
+    /// Position in the chat's log: 1, 2, 3, … without gaps.
+    pub seq: u64,
+    /// The server's id of the message (a UUIDv7).
     pub message_id: String,
-    /// When it was sent (RFC 3339, UTC).
-    pub timestamp: String,
+    /// Who sent it.
+    pub sender_id: String,
+    /// The text.
+    pub content: String,
+    /// When it was accepted, milliseconds since the Unix epoch.
+    pub ts_ms: i64,
 }
 
-/// Remembers sends for a while so that retries are not delivered twice.
+/// A new message before the log numbers it.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The id it gets if it is new.
+    pub message_id: String,
+    /// Its timestamp if it is new (ms since the Unix epoch).
+    pub ts_ms: i64,
+    /// The text.
+    pub content: String,
+}
+
+/// What the first send with a [`SendKey`] produced; a retry is answered with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRecord {
+    /// The message id.
+    pub message_id: String,
+    /// Its seq.
+    pub seq: u64,
+    /// Its timestamp (ms since the Unix epoch).
+    pub ts_ms: i64,
+}
+
+/// The outcome of [`MessageLog::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// A new message, now in the log with the next seq.
+    New(LoggedMessage),
+    /// A retry of an earlier send: nothing was appended.
+    Retry {
+        /// The original send.
+        sent: SentRecord,
+        /// The original message, if the log still has it.
+        message: Option<LoggedMessage>,
+        /// Whether the original send's delivery step finished ([`MessageLog::mark_delivered`]);
+        /// when not, the retry delivers it again (receivers drop what they already have by seq).
+        delivered: bool,
+    },
+}
+
+/// Where a chat's log stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogHead {
+    /// Identifies this log: it changes when the log is lost or reset (seq starts again).
+    pub epoch: u64,
+    /// The newest seq; 0 for a chat with no message yet.
+    pub last_seq: u64,
+    /// The oldest seq still kept; `last_seq + 1` when none is kept.
+    pub first_seq: u64,
+}
+
+/// How much of each chat's log is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Newest messages kept per chat.
+    pub limit: usize,
+    /// Messages older than this are trimmed.
+    pub ttl: Duration,
+    /// How long a send is remembered for retries.
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            limit: 10_000,
+            ttl: Duration::from_secs(30 * 24 * 3600),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The durable, per-chat numbered message log, with send idempotency folded in so that
+/// "is this a retry" and "append with the next seq" are one atomic step.
+///
+/// Guarantees: seqs of a chat are 1, 2, 3, … with no gap and no duplicate, whatever the
+/// number of concurrent senders (and nodes, for a shared store); an `Ok` from `append` means
+/// the message is committed (durable for a durable store); a retry of a send whose first
+/// attempt was committed returns that attempt and appends nothing.
 #[async_trait]
-pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Claims `key` for `sent`, atomically: `None` when this is the first send (the claim now
-    /// holds `sent` for `ttl`), `Some(original)` when the key was already claimed.
-    async fn claim(
+pub trait MessageLog: Send + Sync + 'static {
+    /// Appends `draft` to `key.chat` unless `key` was sent before (within the idempotency
+    /// TTL). Trims the chat to the retention limits.
+    async fn append(&self, key: &SendKey, draft: &Draft) -> Result<Appended, StoreError>;
+    /// Records that the send's delivery step (broadcast, notifications) finished.
+    async fn mark_delivered(&self, key: &SendKey) -> Result<(), StoreError>;
+    /// The chat's epoch, newest seq and oldest kept seq.
+    async fn head(&self, chat: &str) -> Result<LogHead, StoreError>;
+    /// Up to `limit` messages with seq above `after`, oldest first.
+    async fn after(
         &self,
-        key: &SendKey,
-        sent: &SentMessage,
-        ttl: Duration,
-    ) -> Result<Option<SentMessage>, StoreError>;
-    /// Drops a claim (a send that failed after claiming, so a retry can go through).
-    async fn release(&self, key: &SendKey) -> Result<(), StoreError>;
+        chat: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LoggedMessage>, StoreError>;
+    /// The newest `limit` messages with seq below `before` (all when `None`), oldest first.
+    async fn before(
+        &self,
+        chat: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LoggedMessage>, StoreError>;
+    /// The messages at these positions, `None` where the log no longer has one.
+    async fn get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<LoggedMessage>>, StoreError>;
 }
 
 /// A notification about a chat message, as pushed to `notifications:{user}`.
@@ -81,37 +182,54 @@ pub struct Notification {
     pub timestamp: String,
     /// The message id.
     pub message_id: String,
+    /// The message's seq in its chat (absent for a notification the backend sent through
+    /// the API, which is not in any chat log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
-/// Notifications stored while a user has no notifications topic joined.
+/// What a pending notification holds: a reference into a chat log (a chat message; the
+/// content is read from the log when it is delivered, so a message to a thousand offline
+/// members is stored once), or a whole notification (one the backend sent through the API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PendingItem {
+    /// Message `seq` of chat `chat_id`.
+    Message {
+        /// The chat.
+        chat_id: String,
+        /// The seq.
+        seq: u64,
+    },
+    /// A notification that is not in any log.
+    Inline(Notification),
+}
+
+/// Notifications stored for a user until they were written to one of the user's sockets:
+/// stored for every member who is not in the chat, online or not, and removed once written
+/// (live as `new_notification`, or on the next join as `pending_notification`), so a socket
+/// or node that dies before writing loses nothing.
+///
+/// Delivery is at least once: [`PendingStore::list`] does not remove anything; the channel
+/// removes what it listed with [`PendingStore::remove`] only after it was written to the
+/// socket, so a socket that dies mid-way gets them again next time. Storing the same chat
+/// message twice for a user keeps one copy.
 #[async_trait]
 pub trait PendingStore: Send + Sync + 'static {
-    /// Appends a notification for `user`, keeping at most `limit` (the oldest are dropped);
-    /// returns how many were dropped.
-    async fn push(
-        &self,
-        user: &str,
-        notification: &Notification,
-        limit: usize,
-    ) -> Result<usize, StoreError>;
-    /// Removes and returns every stored notification of `user`, oldest first. Atomic: two
-    /// concurrent callers never both get the same notification.
-    async fn take_all(&self, user: &str) -> Result<Vec<Notification>, StoreError>;
-
-    /// [`PendingStore::push`] for several users (one round trip for a remote store); returns
-    /// how many were dropped in total.
+    /// Stores `item` for each of `users`, keeping at most `limit` per user (the oldest are
+    /// dropped); returns how many were dropped in total.
     async fn push_many(
         &self,
         users: &[String],
-        notification: &Notification,
+        item: &PendingItem,
         limit: usize,
-    ) -> Result<usize, StoreError> {
-        let mut dropped = 0;
-        for user in users {
-            dropped += self.push(user, notification, limit).await?;
-        }
-        Ok(dropped)
-    }
+    ) -> Result<usize, StoreError>;
+    /// Every stored item of `user`, oldest first, each with its id (ids increase).
+    async fn list(&self, user: &str) -> Result<Vec<(u64, PendingItem)>, StoreError>;
+    /// Removes the items of `user` with id up to and including `upto`.
+    async fn remove(&self, user: &str, upto: u64) -> Result<(), StoreError>;
+    /// Removes one item of `user` (one that was delivered live), if it is stored.
+    async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError>;
 }
 
 /// Where a user is, as far as notifications are concerned.
@@ -124,19 +242,20 @@ pub struct Whereabouts {
 }
 
 /// Which users have sockets joined where: `chat:{id}` and their notifications topic.
-/// Counts sockets, so a user with two devices stays present until both leave.
+/// Counts sockets (each named by its id, so a store may make enter and leave idempotent),
+/// and a user with two devices stays present until both leave.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
-    /// One more socket of `user` joined `chat`.
-    async fn enter_chat(&self, user: &str, chat: &str) -> Result<(), StoreError>;
-    /// One socket of `user` left `chat`.
-    async fn leave_chat(&self, user: &str, chat: &str) -> Result<(), StoreError>;
+    /// Socket `socket` of `user` joined `chat`.
+    async fn enter_chat(&self, user: &str, chat: &str, socket: u64) -> Result<(), StoreError>;
+    /// Socket `socket` of `user` left `chat`.
+    async fn leave_chat(&self, user: &str, chat: &str, socket: u64) -> Result<(), StoreError>;
     /// Whether `user` has any socket joined to `chat`.
     async fn in_chat(&self, user: &str, chat: &str) -> Result<bool, StoreError>;
-    /// One more socket of `user` joined its notifications topic.
-    async fn enter_notifications(&self, user: &str) -> Result<(), StoreError>;
-    /// One socket of `user` left its notifications topic.
-    async fn leave_notifications(&self, user: &str) -> Result<(), StoreError>;
+    /// Socket `socket` of `user` joined its notifications topic.
+    async fn enter_notifications(&self, user: &str, socket: u64) -> Result<(), StoreError>;
+    /// Socket `socket` of `user` left its notifications topic.
+    async fn leave_notifications(&self, user: &str, socket: u64) -> Result<(), StoreError>;
     /// Whether `user` has its notifications topic joined on any socket.
     async fn has_notifications(&self, user: &str) -> Result<bool, StoreError>;
 
@@ -162,13 +281,26 @@ pub trait PresenceStore: Send + Sync + 'static {
     }
 }
 
+/// A fresh log epoch: 64 random bits (from a UUIDv7's random part), so a wiped store is
+/// never mistaken for the old one.
+pub fn new_epoch() -> u64 {
+    let bits = uuid::Uuid::now_v7().as_u128() as u64;
+    // Zero is kept free (never an epoch), which lets stores use it as "none".
+    bits.max(1)
+}
+
+/// The epoch as it travels on the wire (`"epoch"`): 16 lowercase hex digits.
+pub fn epoch_text(epoch: u64) -> String {
+    format!("{epoch:016x}")
+}
+
 /// The four stores the chat service uses.
 #[derive(Clone)]
 pub struct Stores {
     /// Chat membership.
     pub membership: Arc<dyn MembershipStore>,
-    /// Send idempotency keys.
-    pub idempotency: Arc<dyn IdempotencyStore>,
+    /// The message log (with send idempotency).
+    pub log: Arc<dyn MessageLog>,
     /// Pending notifications.
     pub pending: Arc<dyn PendingStore>,
     /// Who is joined where.
@@ -176,11 +308,12 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// All four in memory (the single-node default).
-    pub fn memory() -> Stores {
+    /// All four in memory (`--store memory`: tests and throwaway runs; nothing survives a
+    /// restart).
+    pub fn memory(retention: Retention) -> Stores {
         Stores {
             membership: Arc::new(memory::MemoryMembership::default()),
-            idempotency: Arc::new(memory::MemoryIdempotency::default()),
+            log: Arc::new(memory::MemoryLog::new(retention)),
             pending: Arc::new(memory::MemoryPending::default()),
             presence: Arc::new(memory::MemoryPresence::default()),
         }

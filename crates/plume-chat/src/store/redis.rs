@@ -1,15 +1,17 @@
-//! The store traits over [`RedisState`]: what lets several nodes share membership,
-//! idempotency keys, pending notifications and presence.
+//! The store traits over [`RedisState`]: what lets several nodes share membership, the
+//! message log (with idempotency keys), pending notifications and presence.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
+use plume_redis::state::{AppendArgs, AppendKind};
 use plume_redis::{RedisState, StateError};
+use serde::{Deserialize, Serialize};
 
 use super::{
-    IdempotencyStore, MembershipStore, Notification, PendingStore, PresenceStore, SendKey,
-    SentMessage, StoreError, Stores, Whereabouts,
+    Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
+    PendingStore, PresenceStore, Retention, SendKey, SentRecord, StoreError, Stores, Whereabouts,
+    new_epoch,
 };
 
 /// The presence target of a user's notifications topic.
@@ -23,130 +25,277 @@ fn err(e: StateError) -> StoreError {
     StoreError(e.to_string())
 }
 
-/// All four stores in Redis.
-pub fn stores(state: RedisState) -> Stores {
-    let shared = Arc::new(RedisStores(state));
+/// All four stores in Redis, the log keeping `retention`.
+pub fn stores(state: RedisState, retention: Retention) -> Stores {
+    let shared = Arc::new(RedisStores { state, retention });
     Stores {
         membership: shared.clone(),
-        idempotency: shared.clone(),
+        log: shared.clone(),
         pending: shared.clone(),
         presence: shared,
     }
 }
 
-struct RedisStores(RedisState);
+struct RedisStores {
+    state: RedisState,
+    retention: Retention,
+}
 
-#[async_trait]
-impl MembershipStore for RedisStores {
-    async fn add(&self, chat: &str, user: &str) -> Result<(), StoreError> {
-        self.0.add_member(chat, user).await.map_err(err)
+/// A log entry after its `{seq}:` prefix.
+#[derive(Serialize, Deserialize)]
+struct Entry<'a> {
+    id: &'a str,
+    from: &'a str,
+    ts: i64,
+    text: &'a str,
+}
+
+fn parse_entry(chat: &str, epoch: u64, raw: &str) -> Result<LoggedMessage, StoreError> {
+    let bad = |why: &str| StoreError(format!("unreadable log entry in chat {chat}: {why}"));
+    let (seq, body) = raw.split_once(':').ok_or_else(|| bad("no seq"))?;
+    let seq = seq.parse().map_err(|_| bad("seq"))?;
+    let e: Entry<'_> = serde_json::from_str(body).map_err(|e| bad(&e.to_string()))?;
+    Ok(LoggedMessage {
+        epoch,
+        chat_id: chat.to_owned(),
+        seq,
+        message_id: e.id.to_owned(),
+        sender_id: e.from.to_owned(),
+        content: e.text.to_owned(),
+        ts_ms: e.ts,
+    })
+}
+
+impl RedisStores {
+    /// The chat's epoch for reading entries (making one if the chat has none).
+    async fn head_of(&self, chat: &str) -> Result<LogHead, StoreError> {
+        let h = self
+            .state
+            .log_head(chat, self.retention.ttl, new_epoch())
+            .await
+            .map_err(err)?;
+        Ok(LogHead {
+            epoch: h.epoch,
+            last_seq: h.last_seq,
+            first_seq: h.first_seq.unwrap_or(h.last_seq + 1),
+        })
     }
 
-    async fn remove(&self, chat: &str, user: &str) -> Result<bool, StoreError> {
-        self.0.remove_member(chat, user).await.map_err(err)
-    }
-
-    async fn is_member(&self, chat: &str, user: &str) -> Result<bool, StoreError> {
-        self.0.is_member(chat, user).await.map_err(err)
-    }
-
-    async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError> {
-        self.0.members(chat).await.map(Arc::from).map_err(err)
+    fn parse_all(&self, chat: &str, epoch: u64, raw: Vec<String>) -> Vec<LoggedMessage> {
+        raw.iter()
+            .filter_map(|r| match parse_entry(chat, epoch, r) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(%e, "skipping a log entry");
+                    None
+                }
+            })
+            .collect()
     }
 }
 
 #[async_trait]
-impl IdempotencyStore for RedisStores {
-    async fn claim(
-        &self,
-        key: &SendKey,
-        sent: &SentMessage,
-        ttl: Duration,
-    ) -> Result<Option<SentMessage>, StoreError> {
-        let value = serde_json::to_string(sent).map_err(|e| StoreError(e.to_string()))?;
-        let previous = self
-            .0
-            .claim_send(&key.user, &key.chat, &key.mobile_ref_id, &value, ttl)
+impl MembershipStore for RedisStores {
+    async fn add(&self, chat: &str, user: &str) -> Result<(), StoreError> {
+        self.state.add_member(chat, user).await.map_err(err)
+    }
+
+    async fn remove(&self, chat: &str, user: &str) -> Result<bool, StoreError> {
+        self.state.remove_member(chat, user).await.map_err(err)
+    }
+
+    async fn is_member(&self, chat: &str, user: &str) -> Result<bool, StoreError> {
+        self.state.is_member(chat, user).await.map_err(err)
+    }
+
+    async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError> {
+        self.state.members(chat).await.map(Arc::from).map_err(err)
+    }
+}
+
+#[async_trait]
+impl MessageLog for RedisStores {
+    async fn append(&self, key: &SendKey, draft: &Draft) -> Result<Appended, StoreError> {
+        let entry = serde_json::to_string(&Entry {
+            id: &draft.message_id,
+            from: &key.user,
+            ts: draft.ts_ms,
+            text: &draft.content,
+        })
+        .map_err(|e| StoreError(e.to_string()))?;
+        let reply = self
+            .state
+            .append(&AppendArgs {
+                user: &key.user,
+                chat: &key.chat,
+                mobile_ref_id: &key.mobile_ref_id,
+                message_id: &draft.message_id,
+                ts_ms: draft.ts_ms,
+                entry: &entry,
+                limit: self.retention.limit,
+                idempotency_ttl: self.retention.idempotency_ttl,
+                log_ttl: self.retention.ttl,
+                new_epoch: new_epoch(),
+            })
             .await
             .map_err(err)?;
-        match previous {
-            None => Ok(None),
-            Some(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| StoreError(format!("stored send is unreadable: {e}"))),
+        let message = match &reply.entry {
+            Some(raw) => Some(parse_entry(&key.chat, reply.epoch, raw)?),
+            None => None,
+        };
+        match (reply.kind, message) {
+            // Our own append, found again by a re-run after a lost reply: it is new, and
+            // nobody has received it yet.
+            (AppendKind::New | AppendKind::Own, Some(message)) => Ok(Appended::New(message)),
+            (AppendKind::New | AppendKind::Own, None) => Err(StoreError(
+                "the appended message is missing from the log".into(),
+            )),
+            (AppendKind::Retry, message) => Ok(Appended::Retry {
+                sent: SentRecord {
+                    message_id: reply.message_id,
+                    seq: reply.seq,
+                    ts_ms: reply.ts_ms,
+                },
+                message,
+                delivered: reply.delivered,
+            }),
         }
     }
 
-    async fn release(&self, key: &SendKey) -> Result<(), StoreError> {
-        self.0
-            .release_send(&key.user, &key.chat, &key.mobile_ref_id)
+    async fn mark_delivered(&self, key: &SendKey) -> Result<(), StoreError> {
+        self.state
+            .mark_delivered(&key.user, &key.chat, &key.mobile_ref_id)
             .await
             .map_err(err)
+    }
+
+    async fn head(&self, chat: &str) -> Result<LogHead, StoreError> {
+        self.head_of(chat).await
+    }
+
+    async fn after(
+        &self,
+        chat: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LoggedMessage>, StoreError> {
+        let head = self.head_of(chat).await?;
+        let raw = self
+            .state
+            .log_after(chat, after, limit)
+            .await
+            .map_err(err)?;
+        Ok(self.parse_all(chat, head.epoch, raw))
+    }
+
+    async fn before(
+        &self,
+        chat: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LoggedMessage>, StoreError> {
+        let head = self.head_of(chat).await?;
+        let raw = self
+            .state
+            .log_before(chat, before, limit)
+            .await
+            .map_err(err)?;
+        let mut out = self.parse_all(chat, head.epoch, raw);
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
+        let raw = self.state.log_get(refs).await.map_err(err)?;
+        // The epoch matters only for sequenced delivery, which pending items never use.
+        Ok(raw
+            .into_iter()
+            .zip(refs)
+            .map(|(r, (chat, _))| r.and_then(|r| parse_entry(chat, 0, &r).ok()))
+            .collect())
     }
 }
 
 #[async_trait]
 impl PendingStore for RedisStores {
-    async fn push(
-        &self,
-        user: &str,
-        notification: &Notification,
-        limit: usize,
-    ) -> Result<usize, StoreError> {
-        let item = serde_json::to_string(notification).map_err(|e| StoreError(e.to_string()))?;
-        self.0.push_pending(user, &item, limit).await.map_err(err)
-    }
-
     async fn push_many(
         &self,
         users: &[String],
-        notification: &Notification,
+        item: &PendingItem,
         limit: usize,
     ) -> Result<usize, StoreError> {
-        let item = serde_json::to_string(notification).map_err(|e| StoreError(e.to_string()))?;
-        self.0
+        let item = serde_json::to_string(item).map_err(|e| StoreError(e.to_string()))?;
+        self.state
             .push_pending_many(users, &item, limit)
             .await
             .map_err(err)
     }
 
-    async fn take_all(&self, user: &str) -> Result<Vec<Notification>, StoreError> {
-        let items = self.0.take_pending(user).await.map_err(err)?;
+    async fn list(&self, user: &str) -> Result<Vec<(u64, PendingItem)>, StoreError> {
+        let items = self.state.list_pending(user).await.map_err(err)?;
         let mut out = Vec::with_capacity(items.len());
-        for item in items {
+        for (id, item) in items {
             match serde_json::from_str(&item) {
-                Ok(n) => out.push(n),
-                Err(e) => tracing::error!(user, %e, "dropping an unreadable pending notification"),
+                Ok(n) => out.push((id, n)),
+                Err(e) => tracing::error!(user, %e, "skipping an unreadable pending item"),
             }
         }
         Ok(out)
+    }
+
+    async fn remove(&self, user: &str, upto: u64) -> Result<(), StoreError> {
+        self.state.remove_pending(user, upto).await.map_err(err)
+    }
+
+    async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError> {
+        // Items are stored as their JSON, which serializing the same item reproduces.
+        let item = serde_json::to_string(item).map_err(|e| StoreError(e.to_string()))?;
+        self.state
+            .remove_pending_item(user, &item)
+            .await
+            .map_err(err)
     }
 }
 
 #[async_trait]
 impl PresenceStore for RedisStores {
-    async fn enter_chat(&self, user: &str, chat: &str) -> Result<(), StoreError> {
-        self.0.enter(user, &chat_target(chat)).await.map_err(err)
+    async fn enter_chat(&self, user: &str, chat: &str, socket: u64) -> Result<(), StoreError> {
+        self.state
+            .enter(user, &chat_target(chat), socket)
+            .await
+            .map_err(err)
     }
 
-    async fn leave_chat(&self, user: &str, chat: &str) -> Result<(), StoreError> {
-        self.0.leave(user, &chat_target(chat)).await.map_err(err)
+    async fn leave_chat(&self, user: &str, chat: &str, socket: u64) -> Result<(), StoreError> {
+        self.state
+            .leave(user, &chat_target(chat), socket)
+            .await
+            .map_err(err)
     }
 
     async fn in_chat(&self, user: &str, chat: &str) -> Result<bool, StoreError> {
-        self.0.present(user, &chat_target(chat)).await.map_err(err)
+        self.state
+            .present(user, &chat_target(chat))
+            .await
+            .map_err(err)
     }
 
-    async fn enter_notifications(&self, user: &str) -> Result<(), StoreError> {
-        self.0.enter(user, NOTIFICATIONS_TARGET).await.map_err(err)
+    async fn enter_notifications(&self, user: &str, socket: u64) -> Result<(), StoreError> {
+        self.state
+            .enter(user, NOTIFICATIONS_TARGET, socket)
+            .await
+            .map_err(err)
     }
 
-    async fn leave_notifications(&self, user: &str) -> Result<(), StoreError> {
-        self.0.leave(user, NOTIFICATIONS_TARGET).await.map_err(err)
+    async fn leave_notifications(&self, user: &str, socket: u64) -> Result<(), StoreError> {
+        self.state
+            .leave(user, NOTIFICATIONS_TARGET, socket)
+            .await
+            .map_err(err)
     }
 
     async fn has_notifications(&self, user: &str) -> Result<bool, StoreError> {
-        self.0
+        self.state
             .present(user, NOTIFICATIONS_TARGET)
             .await
             .map_err(err)
@@ -162,7 +311,11 @@ impl PresenceStore for RedisStores {
             Some(target) => vec![NOTIFICATIONS_TARGET, target.as_str()],
             None => vec![NOTIFICATIONS_TARGET],
         };
-        let rows = self.0.present_many(users, &targets).await.map_err(err)?;
+        let rows = self
+            .state
+            .present_many(users, &targets)
+            .await
+            .map_err(err)?;
         Ok(rows
             .into_iter()
             .map(|row| Whereabouts {

@@ -37,8 +37,35 @@ pub async fn start_custom(
 ) -> Chat {
     let mut chat_config = ChatConfig::default();
     configure(&mut chat_config);
+    let stores = Stores::memory(chat_config.retention());
+    start_on(chat_config, stores, verifier, api_key).await
+}
+
+/// A chat server on the embedded (SQLite) store in `dir`.
+pub async fn start_embedded(
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut ChatConfig),
+) -> Chat {
+    let mut chat_config = ChatConfig::default();
+    configure(&mut chat_config);
+    let (stores, _) = plume_chat::store::sqlite::open(dir, chat_config.retention()).unwrap();
+    start_on(
+        chat_config,
+        stores,
+        JwtVerifier::hs256(SECRET),
+        Some(API_KEY.into()),
+    )
+    .await
+}
+
+pub async fn start_on(
+    chat_config: ChatConfig,
+    stores: Stores,
+    verifier: JwtVerifier,
+    api_key: Option<String>,
+) -> Chat {
     let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
-    let service = ChatService::new(chat_config, Stores::memory(), pubsub.clone());
+    let service = ChatService::new(chat_config, stores, pubsub.clone());
     let router = service.routes(Router::new());
     let config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -71,7 +98,7 @@ pub async fn start_node(
         .await
         .unwrap();
     let pubsub: Arc<dyn PubSub> = cluster.pubsub.clone();
-    let stores = plume_chat::store::redis::stores(cluster.state.clone());
+    let stores = plume_chat::store::redis::stores(cluster.state.clone(), chat_config.retention());
     let service = ChatService::new(chat_config, stores, pubsub.clone());
     let config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -223,4 +250,129 @@ pub async fn assert_no(c: &mut Client, event: &str) {
             Ok(other) => panic!("unexpected {other:?}"),
         }
     }
+}
+
+/// Fault injection around the real in-memory stores: a delay before the log's head is read
+/// (to widen the window between a join's subscription and its log read) and membership
+/// lookups that fail on demand (a delivery step that stops half-way).
+#[derive(Default)]
+pub struct Faults {
+    pub head_delay_ms: std::sync::atomic::AtomicU64,
+    pub fail_members: std::sync::atomic::AtomicUsize,
+}
+
+pub struct FaultyLog {
+    pub inner: Arc<dyn plume_chat::store::MessageLog>,
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait::async_trait]
+impl plume_chat::store::MessageLog for FaultyLog {
+    async fn append(
+        &self,
+        key: &plume_chat::store::SendKey,
+        draft: &plume_chat::store::Draft,
+    ) -> Result<plume_chat::store::Appended, plume_chat::store::StoreError> {
+        self.inner.append(key, draft).await
+    }
+    async fn mark_delivered(
+        &self,
+        key: &plume_chat::store::SendKey,
+    ) -> Result<(), plume_chat::store::StoreError> {
+        self.inner.mark_delivered(key).await
+    }
+    async fn head(
+        &self,
+        chat: &str,
+    ) -> Result<plume_chat::store::LogHead, plume_chat::store::StoreError> {
+        let ms = self
+            .faults
+            .head_delay_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.inner.head(chat).await
+    }
+    async fn after(
+        &self,
+        chat: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<plume_chat::store::LoggedMessage>, plume_chat::store::StoreError> {
+        self.inner.after(chat, after, limit).await
+    }
+    async fn before(
+        &self,
+        chat: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<plume_chat::store::LoggedMessage>, plume_chat::store::StoreError> {
+        self.inner.before(chat, before, limit).await
+    }
+    async fn get(
+        &self,
+        refs: &[(String, u64)],
+    ) -> Result<Vec<Option<plume_chat::store::LoggedMessage>>, plume_chat::store::StoreError> {
+        self.inner.get(refs).await
+    }
+}
+
+pub struct FaultyMembership {
+    pub inner: Arc<dyn plume_chat::store::MembershipStore>,
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait::async_trait]
+impl plume_chat::store::MembershipStore for FaultyMembership {
+    async fn add(&self, chat: &str, user: &str) -> Result<(), plume_chat::store::StoreError> {
+        self.inner.add(chat, user).await
+    }
+    async fn remove(&self, chat: &str, user: &str) -> Result<bool, plume_chat::store::StoreError> {
+        self.inner.remove(chat, user).await
+    }
+    async fn is_member(
+        &self,
+        chat: &str,
+        user: &str,
+    ) -> Result<bool, plume_chat::store::StoreError> {
+        self.inner.is_member(chat, user).await
+    }
+    async fn members(&self, chat: &str) -> Result<Arc<[String]>, plume_chat::store::StoreError> {
+        let fail = self
+            .faults
+            .fail_members
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if fail {
+            return Err(plume_chat::store::StoreError("injected failure".into()));
+        }
+        self.inner.members(chat).await
+    }
+}
+
+/// A chat server on in-memory stores wrapped with [`Faults`].
+pub async fn start_faulty(configure: impl FnOnce(&mut ChatConfig)) -> (Chat, Arc<Faults>) {
+    let mut chat_config = ChatConfig::default();
+    configure(&mut chat_config);
+    let faults = Arc::new(Faults::default());
+    let mut stores = Stores::memory(chat_config.retention());
+    stores.log = Arc::new(FaultyLog {
+        inner: stores.log.clone(),
+        faults: faults.clone(),
+    });
+    stores.membership = Arc::new(FaultyMembership {
+        inner: stores.membership.clone(),
+        faults: faults.clone(),
+    });
+    let chat = start_on(
+        chat_config,
+        stores,
+        JwtVerifier::hs256(SECRET),
+        Some(API_KEY.into()),
+    )
+    .await;
+    (chat, faults)
 }

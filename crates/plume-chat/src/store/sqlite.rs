@@ -1,0 +1,960 @@
+//! The embedded durable store, the single-node default: SQLite (bundled through rusqlite) in
+//! WAL mode under `--data-dir`. It keeps the message log, send idempotency keys, membership
+//! and pending notifications; presence stays in memory (after a restart nobody is connected).
+//!
+//! # Threads and group commit
+//!
+//! One writer thread owns the writing connection. Every write (an append, a membership
+//! change, pending notifications) is a job on its queue; the thread takes every job waiting
+//! (up to [`MAX_BATCH`]), runs each inside its own savepoint of one transaction, commits once
+//! (`synchronous = FULL`: one fsync of the WAL per commit) and only then answers the jobs. So
+//! a send is acknowledged after its message is on disk, and a burst of sends shares one
+//! fsync instead of paying one each. One reader thread owns a second connection for reads
+//! (WAL readers see every committed transaction and never block the writer). Neither thread
+//! is a tokio worker, so a slow disk never stalls the runtime; callers await a oneshot.
+//!
+//! # Schema
+//!
+//! Version [`SCHEMA_VERSION`], recorded in `meta`. A database written by a newer schema is
+//! refused at start; an older one is upgraded in place by the migrations in `migrate`
+//! (none yet: version 1 is the first). `protocol-spec/storage.md` documents the tables.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::memory::{MemoryMembership, MemoryPresence};
+use super::{
+    Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
+    PendingStore, Retention, SendKey, SentRecord, StoreError, Stores, new_epoch,
+};
+use crate::time::now_millis;
+
+/// The schema this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+/// The database file inside the data dir.
+pub const DB_FILE: &str = "plume.db";
+/// Most jobs committed together.
+pub const MAX_BATCH: usize = 512;
+/// How often expired messages and send keys are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+const SCHEMA: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE chats (chat_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE messages (
+  chat_id TEXT NOT NULL, seq INTEGER NOT NULL, message_id TEXT NOT NULL,
+  sender_id TEXT NOT NULL, content TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+  PRIMARY KEY (chat_id, seq)) WITHOUT ROWID;
+CREATE INDEX messages_ts ON messages (ts_ms);
+CREATE TABLE members (chat_id TEXT NOT NULL, user_id TEXT NOT NULL,
+  PRIMARY KEY (chat_id, user_id)) WITHOUT ROWID;
+CREATE TABLE sends (
+  user_id TEXT NOT NULL, chat_id TEXT NOT NULL, mobile_ref_id TEXT NOT NULL,
+  message_id TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
+  delivered INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+  PRIMARY KEY (user_id, chat_id, mobile_ref_id)) WITHOUT ROWID;
+CREATE INDEX sends_expiry ON sends (expires_ms);
+CREATE TABLE pending (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,
+  item_key TEXT NOT NULL, item TEXT NOT NULL, UNIQUE (user_id, item_key));
+CREATE INDEX pending_user ON pending (user_id, id);
+";
+
+/// Why the data dir could not be opened. Each names the path and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory could not be created or is not writable.
+    #[error("data dir {path}: {cause}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said (in the message, so not repeated as a source).
+        cause: std::io::Error,
+    },
+    /// SQLite could not open or read the database (unreadable, not a database, corrupt).
+    #[error(
+        "database {path} cannot be used: {cause} (if it is damaged, restore it from a \
+         backup or move it away to start empty)"
+    )]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said (in the message, so not repeated as a source).
+        cause: rusqlite::Error,
+    },
+    /// The database was written by a newer Plume.
+    #[error(
+        "database {path} has schema version {found}, newer than this build's {known}: run \
+         the Plume version that wrote it, or a newer one"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// This build's.
+        known: i64,
+    },
+    /// The database has no readable schema version or epoch.
+    #[error("database {path} is not a Plume database or is damaged: {detail}")]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// Counters of the writer (for benchmarks and logs).
+#[derive(Debug, Default)]
+pub struct SqliteStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Jobs committed (appends, membership changes, pending writes, …).
+    pub jobs: AtomicU64,
+}
+
+/// What a write job leaves for after the commit: its answer, given `true` when the commit
+/// succeeded.
+type Finish = Box<dyn FnOnce(bool) + Send>;
+/// A write job: runs inside the batch transaction; returns whether its statements
+/// succeeded (otherwise its savepoint is rolled back) and what to answer after the commit.
+/// `None` when the batch could not start: the job then only answers with a failure.
+type WriteJob = Box<dyn FnOnce(Option<(&Connection, &mut WriterCache)>) -> (bool, Finish) + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// What the writer remembers between jobs: the newest seq per chat (cleared when a commit
+/// fails, since the database did not take those seqs).
+pub struct WriterCache {
+    epoch: u64,
+    last_seq: HashMap<String, u64>,
+}
+
+/// The SQLite store: open it with [`open`].
+pub struct Sqlite {
+    writer: mpsc::Sender<WriteJob>,
+    reader: mpsc::Sender<ReadJob>,
+    epoch: u64,
+    retention: Retention,
+    members: MemoryMembership,
+    stats: Arc<SqliteStats>,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError(format!("sqlite: {e}"))
+}
+
+fn gone() -> StoreError {
+    StoreError("sqlite: the database thread stopped".into())
+}
+
+/// Opens (creating on first start) the store under `dir` and returns the chat service's
+/// stores over it, with the writer's counters.
+pub fn open(dir: &Path, retention: Retention) -> Result<(Stores, Arc<SqliteStats>), OpenError> {
+    let store = Arc::new(Sqlite::open(dir, retention)?);
+    let stats = store.stats.clone();
+    let stores = Stores {
+        membership: store.clone(),
+        log: store.clone(),
+        pending: store,
+        presence: Arc::new(MemoryPresence::default()),
+    };
+    Ok((stores, stats))
+}
+
+fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // journal_mode answers with a row, so it is read rather than executed.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, not wal"
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")?;
+    Ok(conn)
+}
+
+/// Brings an older schema up to [`SCHEMA_VERSION`]. Each future version adds one step here
+/// (`if version < 2 { …; set version 2 }`), run in one transaction at start.
+fn migrate(_conn: &Connection, version: i64) -> Result<i64, rusqlite::Error> {
+    Ok(version)
+}
+
+impl Sqlite {
+    fn open(dir: &Path, retention: Retention) -> Result<Sqlite, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|cause| OpenError::Dir {
+            path: dir.to_owned(),
+            cause,
+        })?;
+        let path = dir.join(DB_FILE);
+        let database = |cause| OpenError::Database {
+            path: path.clone(),
+            cause,
+        };
+        let conn = connect(&path).map_err(database)?;
+        let has_meta: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(database)?
+            > 0;
+        if !has_meta {
+            let objects: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(database)?;
+            if objects > 0 {
+                return Err(OpenError::Damaged {
+                    path,
+                    detail: "it has tables but no Plume meta table".into(),
+                });
+            }
+            let epoch = new_epoch();
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA} INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); \
+                 INSERT INTO meta VALUES ('epoch', '{epoch}'); COMMIT;"
+            ))
+            .map_err(database)?;
+            tracing::info!(path = %path.display(), "created a new database");
+        }
+        let meta = |key: &str| -> Result<String, OpenError> {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(database)?
+                .ok_or_else(|| OpenError::Damaged {
+                    path: path.clone(),
+                    detail: format!("meta has no {key}"),
+                })
+        };
+        let damaged = |detail: String| OpenError::Damaged {
+            path: path.clone(),
+            detail,
+        };
+        let version: i64 = meta("schema_version")?
+            .parse()
+            .map_err(|e| damaged(format!("schema_version: {e}")))?;
+        if version > SCHEMA_VERSION {
+            return Err(OpenError::NewerSchema {
+                path,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if version < SCHEMA_VERSION {
+            let upgraded = migrate(&conn, version).map_err(database)?;
+            tracing::info!(
+                from = version,
+                to = upgraded,
+                "upgraded the database schema"
+            );
+        }
+        let epoch: u64 = meta("epoch")?
+            .parse()
+            .map_err(|e| damaged(format!("epoch: {e}")))?;
+        let members = MemoryMembership::default();
+        {
+            let mut stmt = conn
+                .prepare("SELECT chat_id, user_id FROM members")
+                .map_err(database)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(database)?;
+            for row in rows {
+                let (chat, user) = row.map_err(database)?;
+                members.insert(&chat, &user);
+            }
+        }
+        let read_conn = connect(&path).map_err(database)?;
+        let stats = Arc::new(SqliteStats::default());
+        let (writer, wrx) = mpsc::channel::<WriteJob>();
+        let (reader, rrx) = mpsc::channel::<ReadJob>();
+        let writer_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("plume-sqlite-writer".into())
+            .spawn(move || write_loop(conn, wrx, writer_stats, retention, epoch))
+            .map_err(|cause| OpenError::Dir {
+                path: dir.to_owned(),
+                cause,
+            })?;
+        std::thread::Builder::new()
+            .name("plume-sqlite-reader".into())
+            .spawn(move || {
+                while let Ok(job) = rrx.recv() {
+                    job(&read_conn);
+                }
+            })
+            .map_err(|cause| OpenError::Dir {
+                path: dir.to_owned(),
+                cause,
+            })?;
+        tracing::info!(path = %path.display(), epoch = %super::epoch_text(epoch),
+            "embedded store open");
+        Ok(Sqlite {
+            writer,
+            reader,
+            epoch,
+            retention,
+            members,
+            stats,
+        })
+    }
+
+    /// Runs `f` in the next write batch; answers after the commit.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &mut WriterCache) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: WriteJob = Box::new(move |ctx| {
+            let Some((conn, cache)) = ctx else {
+                let finish: Finish = Box::new(move |_| {
+                    let _ = tx.send(Err(StoreError("sqlite: cannot begin a transaction".into())));
+                });
+                return (false, finish);
+            };
+            let result = f(conn, cache);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |committed| {
+                let answer = match (committed, result) {
+                    (true, r) => r.map_err(db_err),
+                    (false, _) => Err(StoreError("sqlite: commit failed".into())),
+                };
+                let _ = tx.send(answer);
+            });
+            (ok, finish)
+        });
+        self.writer.send(job).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Runs `f` on the reader connection.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.reader
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn).map_err(db_err));
+            }))
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    fn oldest_kept_ms(&self) -> i64 {
+        oldest_kept_ms(&self.retention)
+    }
+}
+
+fn oldest_kept_ms(retention: &Retention) -> i64 {
+    now_millis().saturating_sub(i64::try_from(retention.ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn write_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<WriteJob>,
+    stats: Arc<SqliteStats>,
+    retention: Retention,
+    epoch: u64,
+) {
+    let mut cache = WriterCache {
+        epoch,
+        last_seq: HashMap::new(),
+    };
+    let mut last_sweep = Instant::now();
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let n = jobs.len() as u64;
+        let mut finishes = Vec::with_capacity(jobs.len());
+        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(err) = began {
+            tracing::error!(%err, "sqlite: cannot begin a transaction");
+            for job in jobs {
+                let (_, finish) = job(None);
+                finish(false);
+            }
+            continue;
+        }
+        for job in jobs {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let (ok, finish) = job(Some((&conn, &mut cache)));
+            if !ok {
+                let _ = conn.execute_batch("ROLLBACK TO job");
+            }
+            let _ = conn.execute_batch("RELEASE job");
+            finishes.push(finish);
+        }
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = Instant::now();
+            if let Err(err) = sweep(&conn, &retention) {
+                tracing::warn!(%err, "sqlite: sweeping expired rows failed");
+            }
+        }
+        let committed = match conn.execute_batch("COMMIT") {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(%err, jobs = n, "sqlite: commit failed; the batch is refused");
+                let _ = conn.execute_batch("ROLLBACK");
+                cache.last_seq.clear();
+                false
+            }
+        };
+        if committed {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.jobs.fetch_add(n, Ordering::Relaxed);
+        }
+        for finish in finishes {
+            finish(committed);
+        }
+    }
+}
+
+fn sweep(conn: &Connection, retention: &Retention) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "DELETE FROM messages WHERE ts_ms < ?1",
+        [oldest_kept_ms(retention)],
+    )?;
+    conn.execute("DELETE FROM sends WHERE expires_ms <= ?1", [now_millis()])?;
+    Ok(())
+}
+
+fn message_row(
+    epoch: u64,
+) -> impl Fn(&rusqlite::Row<'_>) -> Result<LoggedMessage, rusqlite::Error> {
+    move |r| {
+        Ok(LoggedMessage {
+            epoch,
+            chat_id: r.get(0)?,
+            seq: r.get::<_, i64>(1)? as u64,
+            message_id: r.get(2)?,
+            sender_id: r.get(3)?,
+            content: r.get(4)?,
+            ts_ms: r.get(5)?,
+        })
+    }
+}
+
+const MESSAGE_COLUMNS: &str = "chat_id, seq, message_id, sender_id, content, ts_ms";
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn append_job(
+    conn: &Connection,
+    cache: &mut WriterCache,
+    key: &SendKey,
+    draft: &Draft,
+    retention: &Retention,
+) -> Result<Appended, rusqlite::Error> {
+    let now = now_millis();
+    let found = conn
+        .query_row(
+            "SELECT message_id, seq, ts_ms, delivered FROM sends \
+             WHERE user_id = ?1 AND chat_id = ?2 AND mobile_ref_id = ?3 AND expires_ms > ?4",
+            params![key.user, key.chat, key.mobile_ref_id, now],
+            |r| {
+                Ok((
+                    SentRecord {
+                        message_id: r.get(0)?,
+                        seq: r.get::<_, i64>(1)? as u64,
+                        ts_ms: r.get(2)?,
+                    },
+                    r.get::<_, i64>(3)? != 0,
+                ))
+            },
+        )
+        .optional()?;
+    if let Some((sent, delivered)) = found {
+        let message = conn
+            .query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2"),
+                params![key.chat, seq_param(sent.seq)],
+                message_row(cache.epoch),
+            )
+            .optional()?;
+        return Ok(Appended::Retry {
+            sent,
+            message,
+            delivered,
+        });
+    }
+    let last = match cache.last_seq.get(&key.chat) {
+        Some(last) => *last,
+        None => conn
+            .query_row(
+                "SELECT last_seq FROM chats WHERE chat_id = ?1",
+                [&key.chat],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map_or(0, |n| n as u64),
+    };
+    let seq = last + 1;
+    conn.prepare_cached(
+        "INSERT INTO messages (chat_id, seq, message_id, sender_id, content, ts_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        key.chat,
+        seq_param(seq),
+        draft.message_id,
+        key.user,
+        draft.content,
+        draft.ts_ms
+    ])?;
+    conn.prepare_cached(
+        "INSERT INTO chats (chat_id, last_seq) VALUES (?1, ?2) \
+         ON CONFLICT (chat_id) DO UPDATE SET last_seq = excluded.last_seq",
+    )?
+    .execute(params![key.chat, seq_param(seq)])?;
+    let ttl = i64::try_from(retention.idempotency_ttl.as_millis()).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO sends \
+         (user_id, chat_id, mobile_ref_id, message_id, seq, ts_ms, delivered, expires_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+    )?
+    .execute(params![
+        key.user,
+        key.chat,
+        key.mobile_ref_id,
+        draft.message_id,
+        seq_param(seq),
+        draft.ts_ms,
+        now.saturating_add(ttl)
+    ])?;
+    let limit = retention.limit.max(1) as u64;
+    if seq > limit {
+        conn.prepare_cached("DELETE FROM messages WHERE chat_id = ?1 AND seq <= ?2")?
+            .execute(params![key.chat, seq_param(seq - limit)])?;
+    }
+    cache.last_seq.insert(key.chat.clone(), seq);
+    Ok(Appended::New(LoggedMessage {
+        epoch: cache.epoch,
+        chat_id: key.chat.clone(),
+        seq,
+        message_id: draft.message_id.clone(),
+        sender_id: key.user.clone(),
+        content: draft.content.clone(),
+        ts_ms: draft.ts_ms,
+    }))
+}
+
+#[async_trait]
+impl MessageLog for Sqlite {
+    async fn append(&self, key: &SendKey, draft: &Draft) -> Result<Appended, StoreError> {
+        let (key, draft, retention) = (key.clone(), draft.clone(), self.retention);
+        self.write(move |conn, cache| append_job(conn, cache, &key, &draft, &retention))
+            .await
+    }
+
+    async fn mark_delivered(&self, key: &SendKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.write(move |conn, _| {
+            conn.prepare_cached(
+                "UPDATE sends SET delivered = 1 \
+                 WHERE user_id = ?1 AND chat_id = ?2 AND mobile_ref_id = ?3",
+            )?
+            .execute(params![key.user, key.chat, key.mobile_ref_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn head(&self, chat: &str) -> Result<LogHead, StoreError> {
+        let (chat, oldest, epoch) = (chat.to_owned(), self.oldest_kept_ms(), self.epoch);
+        self.read(move |conn| {
+            let last = conn
+                .prepare_cached("SELECT last_seq FROM chats WHERE chat_id = ?1")?
+                .query_row([&chat], |r| r.get::<_, i64>(0))
+                .optional()?
+                .map_or(0, |n| n as u64);
+            let first = conn
+                .prepare_cached("SELECT min(seq) FROM messages WHERE chat_id = ?1 AND ts_ms >= ?2")?
+                .query_row(params![chat, oldest], |r| r.get::<_, Option<i64>>(0))?
+                .map_or(last + 1, |n| n as u64);
+            Ok(LogHead {
+                epoch,
+                last_seq: last,
+                first_seq: first,
+            })
+        })
+        .await
+    }
+
+    async fn after(
+        &self,
+        chat: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LoggedMessage>, StoreError> {
+        let (chat, oldest, epoch) = (chat.to_owned(), self.oldest_kept_ms(), self.epoch);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE chat_id = ?1 AND seq > ?2 AND ts_ms >= ?3 ORDER BY seq LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(
+                params![chat, seq_param(after), oldest, limit as i64],
+                message_row(epoch),
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn before(
+        &self,
+        chat: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LoggedMessage>, StoreError> {
+        let (chat, oldest, epoch) = (chat.to_owned(), self.oldest_kept_ms(), self.epoch);
+        let before = before.map_or(i64::MAX, seq_param);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE chat_id = ?1 AND seq < ?2 AND ts_ms >= ?3 ORDER BY seq DESC LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(
+                params![chat, before, oldest, limit as i64],
+                message_row(epoch),
+            )?;
+            let mut out: Vec<LoggedMessage> = rows.collect::<Result<_, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
+        let (refs, oldest, epoch) = (refs.to_vec(), self.oldest_kept_ms(), self.epoch);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE chat_id = ?1 AND seq = ?2 AND ts_ms >= ?3"
+            ))?;
+            refs.iter()
+                .map(|(chat, seq)| {
+                    stmt.query_row(params![chat, seq_param(*seq), oldest], message_row(epoch))
+                        .optional()
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MembershipStore for Sqlite {
+    async fn add(&self, chat: &str, user: &str) -> Result<(), StoreError> {
+        if self.members.contains(chat, user) {
+            return Ok(());
+        }
+        let (c, u) = (chat.to_owned(), user.to_owned());
+        self.write(move |conn, _| {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO members (chat_id, user_id) VALUES (?1, ?2)",
+            )?
+            .execute(params![c, u])?;
+            Ok(())
+        })
+        .await?;
+        self.members.insert(chat, user);
+        Ok(())
+    }
+
+    async fn remove(&self, chat: &str, user: &str) -> Result<bool, StoreError> {
+        let (c, u) = (chat.to_owned(), user.to_owned());
+        let removed = self
+            .write(move |conn, _| {
+                conn.prepare_cached("DELETE FROM members WHERE chat_id = ?1 AND user_id = ?2")?
+                    .execute(params![c, u])
+            })
+            .await?;
+        self.members.remove(chat, user).await?;
+        Ok(removed > 0)
+    }
+
+    async fn is_member(&self, chat: &str, user: &str) -> Result<bool, StoreError> {
+        Ok(self.members.contains(chat, user))
+    }
+
+    async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError> {
+        self.members.members(chat).await
+    }
+}
+
+fn pending_key(item: &PendingItem) -> String {
+    match item {
+        PendingItem::Message { chat_id, seq } => format!("m:{seq}:{chat_id}"),
+        PendingItem::Inline(n) => format!("i:{}", n.message_id),
+    }
+}
+
+#[async_trait]
+impl PendingStore for Sqlite {
+    async fn push_many(
+        &self,
+        users: &[String],
+        item: &PendingItem,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let text = serde_json::to_string(item).map_err(|e| StoreError(e.to_string()))?;
+        let (users, item_key) = (users.to_vec(), pending_key(item));
+        let limit = limit.max(1) as i64;
+        self.write(move |conn, _| {
+            let mut insert = conn.prepare_cached(
+                "INSERT OR IGNORE INTO pending (user_id, item_key, item) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut trim = conn.prepare_cached(
+                "DELETE FROM pending WHERE user_id = ?1 AND id < \
+                 (SELECT id FROM pending WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )?;
+            let mut dropped = 0;
+            for user in &users {
+                insert.execute(params![user, item_key, text])?;
+                dropped += trim.execute(params![user, limit - 1])?;
+            }
+            Ok(dropped)
+        })
+        .await
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<(u64, PendingItem)>, StoreError> {
+        let user = user.to_owned();
+        let rows: Vec<(i64, String)> = self
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, item FROM pending WHERE user_id = ?1 ORDER BY id",
+                )?;
+                let rows = stmt.query_map([&user], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, text) in rows {
+            match serde_json::from_str(&text) {
+                Ok(item) => out.push((id as u64, item)),
+                Err(err) => tracing::error!(id, %err, "skipping an unreadable pending item"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, user: &str, upto: u64) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.write(move |conn, _| {
+            conn.prepare_cached("DELETE FROM pending WHERE user_id = ?1 AND id <= ?2")?
+                .execute(params![user, seq_param(upto)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError> {
+        let (user, key) = (user.to_owned(), pending_key(item));
+        self.write(move |conn, _| {
+            conn.prepare_cached("DELETE FROM pending WHERE user_id = ?1 AND item_key = ?2")?
+                .execute(params![user, key])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
+mod tests {
+    use super::*;
+
+    fn key(r: &str) -> SendKey {
+        SendKey {
+            user: "u".into(),
+            chat: "c".into(),
+            mobile_ref_id: r.into(),
+        }
+    }
+
+    fn draft(id: &str) -> Draft {
+        Draft {
+            message_id: id.into(),
+            ts_ms: now_millis(),
+            content: format!("text {id}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn everything_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch;
+        {
+            let (stores, stats) = open(dir.path(), Retention::default()).unwrap();
+            for i in 0..3 {
+                let a = stores
+                    .log
+                    .append(&key(&format!("r{i}")), &draft(&format!("m{i}")))
+                    .await
+                    .unwrap();
+                assert!(matches!(a, Appended::New(ref m) if m.seq == i + 1), "{a:?}");
+            }
+            stores.membership.add("c", "u").await.unwrap();
+            let item = PendingItem::Message {
+                chat_id: "c".into(),
+                seq: 2,
+            };
+            stores
+                .pending
+                .push_many(&["v".into()], &item, 10)
+                .await
+                .unwrap();
+            // The same item again is stored once.
+            stores
+                .pending
+                .push_many(&["v".into()], &item, 10)
+                .await
+                .unwrap();
+            epoch = stores.log.head("c").await.unwrap().epoch;
+            assert!(stats.commits.load(Ordering::Relaxed) >= 1);
+        }
+        // Dropping the stores stops the threads; give them a moment to close the files.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stores, _) = open(dir.path(), Retention::default()).unwrap();
+        let head = stores.log.head("c").await.unwrap();
+        assert_eq!((head.epoch, head.last_seq, head.first_seq), (epoch, 3, 1));
+        assert!(stores.membership.is_member("c", "u").await.unwrap());
+        assert_eq!(stores.pending.list("v").await.unwrap().len(), 1);
+        match stores
+            .log
+            .append(&key("r1"), &draft("again"))
+            .await
+            .unwrap()
+        {
+            Appended::Retry { sent, message, .. } => {
+                assert_eq!((sent.message_id.as_str(), sent.seq), ("m1", 2));
+                assert_eq!(message.unwrap().content, "text m1");
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        let Appended::New(next) = stores.log.append(&key("r9"), &draft("m9")).await.unwrap() else {
+            panic!("a new key appends")
+        };
+        assert_eq!(next.seq, 4);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_get_gapless_seqs_in_few_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, stats) = open(dir.path(), Retention::default()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let log = stores.log.clone();
+            tasks.push(tokio::spawn(async move {
+                match log
+                    .append(&key(&format!("k{i}")), &draft(&format!("d{i}")))
+                    .await
+                {
+                    Ok(Appended::New(m)) => m.seq,
+                    other => panic!("{other:?}"),
+                }
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+        let commits = stats.commits.load(Ordering::Relaxed);
+        assert!(commits < 200, "200 appends took {commits} commits");
+    }
+
+    #[tokio::test]
+    async fn trims_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention {
+            limit: 2,
+            ..Retention::default()
+        };
+        let (stores, _) = open(dir.path(), retention).unwrap();
+        for i in 0..5 {
+            stores
+                .log
+                .append(&key(&format!("r{i}")), &draft(&format!("m{i}")))
+                .await
+                .unwrap();
+        }
+        let head = stores.log.head("c").await.unwrap();
+        assert_eq!((head.last_seq, head.first_seq), (5, 4));
+        let seqs: Vec<u64> = stores
+            .log
+            .before("c", None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(seqs, [4, 5]);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema_and_a_foreign_database() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Sqlite::open(dir.path(), Retention::default()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute(
+            "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let err = Sqlite::open(dir.path(), Retention::default())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, OpenError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
+
+        let other = tempfile::tempdir().unwrap();
+        let conn = Connection::open(other.path().join(DB_FILE)).unwrap();
+        conn.execute("CREATE TABLE t (x)", []).unwrap();
+        drop(conn);
+        let err = Sqlite::open(other.path(), Retention::default())
+            .err()
+            .unwrap();
+        assert!(matches!(err, OpenError::Damaged { .. }), "{err}");
+
+        let garbage = tempfile::tempdir().unwrap();
+        std::fs::write(
+            garbage.path().join(DB_FILE),
+            b"this is not a database at all, no",
+        )
+        .unwrap();
+        let err = Sqlite::open(garbage.path(), Retention::default())
+            .err()
+            .unwrap();
+        assert!(matches!(err, OpenError::Database { .. }), "{err}");
+        assert!(err.to_string().contains(DB_FILE), "{err}");
+    }
+}
