@@ -1,7 +1,9 @@
 //! The server HTTP API for backends, under `/api/` on the WebSocket port.
 //!
 //! Every request needs `Authorization: Bearer <api key>` (401 otherwise). Without a
-//! configured key the API is off and every `/api/` path is 404.
+//! configured key the API is off and every `/api/` path is 404. Both, and the route (404,
+//! 405), are decided from the request head in [`HttpApi::admit`], before the server reads
+//! a byte of the body.
 //!
 //! | method and path                              | body                                   | answer |
 //! |----------------------------------------------|----------------------------------------|--------|
@@ -13,7 +15,9 @@
 //! | `POST /api/notify`                           | `{"user_id","chat_id","sender_id","content"}` | 200 `{"status":"delivered"\|"pending","message_id"}` |
 //!
 //! Errors are JSON `{"error": "…"}`: 400 for bad JSON or missing fields, 401, 404, 405, 413
-//! (body over 1 MiB), 503 when a store is unavailable.
+//! (body over 1 MiB), 503 when a store is unavailable; and from the server, while the body
+//! is read: 408 (body not complete within `body_timeout`) and 503 (too many request bodies
+//! in flight).
 
 use std::sync::Arc;
 
@@ -22,7 +26,7 @@ use http::{Method, Response, StatusCode, header};
 use http_body_util::Full;
 use percent_encoding::percent_decode_str;
 use plume_channels::Broadcast;
-use plume_server::api::{ApiFuture, ApiRequest, HttpApi, json_error, json_response};
+use plume_server::api::{ApiFuture, ApiHead, ApiRequest, HttpApi, json_error, json_response};
 use plume_wire::{Json, Payload};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -57,33 +61,47 @@ impl HttpApi for ChatApi {
         "/api/"
     }
 
+    fn admit(&self, head: &ApiHead<'_>) -> Result<(), Box<Resp>> {
+        let Some(key) = &self.key else {
+            return Err(Box::new(json_error(
+                StatusCode::NOT_FOUND,
+                "the API is off (no API key configured)",
+            )));
+        };
+        if !authorized(head.headers, key) {
+            let mut resp = json_error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return Err(Box::new(resp));
+        }
+        resolve(head.method, head.path)
+            .map(|_| ())
+            .map_err(|ApiError(status, msg)| Box::new(json_error(status, &msg)))
+    }
+
     fn handle(&self, req: ApiRequest) -> ApiFuture {
+        // The server calls `admit` first; checking again here costs a comparison and keeps
+        // the key check from depending on that order.
+        let admitted = self.admit(&ApiHead {
+            method: &req.method,
+            path: &req.path,
+            headers: &req.headers,
+        });
         let state = self.state.clone();
-        let key = self.key.clone();
         Box::pin(async move {
-            let Some(key) = key else {
-                return json_error(
-                    StatusCode::NOT_FOUND,
-                    "the API is off (no API key configured)",
-                );
-            };
-            if !authorized(&req, &key) {
-                let mut resp = json_error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer"),
-                );
-                return resp;
+            match admitted {
+                Ok(()) => route(&state, req).await,
+                Err(refused) => *refused,
             }
-            route(&state, req).await
         })
     }
 }
 
 /// Constant-time comparison of the bearer token with the key.
-fn authorized(req: &ApiRequest, key: &str) -> bool {
-    let Some(given) = req
-        .headers
+fn authorized(headers: &http::HeaderMap, key: &str) -> bool {
+    let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -98,22 +116,42 @@ fn segment(s: &str) -> String {
     percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
-async fn route(state: &ChatState, req: ApiRequest) -> Resp {
-    let path = req.path.trim_end_matches('/');
+/// An API route, resolved from the method and path alone.
+enum Route {
+    SetMember {
+        chat: String,
+        user: String,
+        member: bool,
+    },
+    Members {
+        chat: String,
+    },
+    Messages {
+        chat: String,
+    },
+    Broadcast,
+    Notify,
+}
+
+fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let path = path.trim_end_matches('/');
     let parts: Vec<&str> = path.split('/').skip(2).collect();
-    let result = match (&req.method, parts.as_slice()) {
-        (&Method::PUT, ["chats", chat, "members", user]) => {
-            set_member(state, &segment(chat), &segment(user), true).await
+    match (method, parts.as_slice()) {
+        (&Method::PUT | &Method::DELETE, ["chats", chat, "members", user]) => {
+            Ok(Route::SetMember {
+                chat: segment(chat),
+                user: segment(user),
+                member: method == Method::PUT,
+            })
         }
-        (&Method::DELETE, ["chats", chat, "members", user]) => {
-            set_member(state, &segment(chat), &segment(user), false).await
-        }
-        (&Method::GET, ["chats", chat, "members"]) => members(state, &segment(chat)).await,
-        (&Method::GET, ["chats", chat, "messages"]) => {
-            messages(state, &segment(chat), &req.query).await
-        }
-        (&Method::POST, ["broadcast"]) => broadcast(state, &req.body),
-        (&Method::POST, ["notify"]) => notify(state, &req.body).await,
+        (&Method::GET, ["chats", chat, "members"]) => Ok(Route::Members {
+            chat: segment(chat),
+        }),
+        (&Method::GET, ["chats", chat, "messages"]) => Ok(Route::Messages {
+            chat: segment(chat),
+        }),
+        (&Method::POST, ["broadcast"]) => Ok(Route::Broadcast),
+        (&Method::POST, ["notify"]) => Ok(Route::Notify),
         (
             _,
             ["chats", _, "members", _]
@@ -126,6 +164,19 @@ async fn route(state: &ChatState, req: ApiRequest) -> Resp {
             "method not allowed".into(),
         )),
         _ => Err(ApiError(StatusCode::NOT_FOUND, "no such API route".into())),
+    }
+}
+
+async fn route(state: &ChatState, req: ApiRequest) -> Resp {
+    let result = match resolve(&req.method, &req.path) {
+        Ok(Route::SetMember { chat, user, member }) => {
+            set_member(state, &chat, &user, member).await
+        }
+        Ok(Route::Members { chat }) => members(state, &chat).await,
+        Ok(Route::Messages { chat }) => messages(state, &chat, &req.query).await,
+        Ok(Route::Broadcast) => broadcast(state, &req.body),
+        Ok(Route::Notify) => notify(state, &req.body).await,
+        Err(err) => Err(err),
     };
     result.unwrap_or_else(|ApiError(status, msg)| json_error(status, &msg))
 }

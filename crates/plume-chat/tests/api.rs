@@ -143,3 +143,52 @@ async fn a_disconnect_broadcast_on_the_user_socket_topic_closes_the_users_socket
     }
     join_ok(&mut other, "notifications:oscar").await;
 }
+
+/// Sends a request head declaring a 1 MiB body and never sends the body; returns the status
+/// the server answered with, failing if it waits for the body instead.
+async fn status_without_body(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: &str,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{auth}\
+         content-type: application/json\r\ncontent-length: 1048576\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out));
+    assert!(
+        read.await.is_ok(),
+        "{method} {path} {auth:?}: the server waited for the body"
+    );
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn refusals_are_answered_without_reading_the_body() {
+    let chat = start().await;
+    let right = format!("authorization: Bearer {API_KEY}\r\n");
+    let cases = [
+        (
+            "POST",
+            "/api/notify",
+            "authorization: Bearer wrong\r\n",
+            401,
+        ),
+        ("POST", "/api/broadcast", "", 401),
+        ("POST", "/api/nothing", right.as_str(), 404),
+        ("PUT", "/api/notify", right.as_str(), 405),
+    ];
+    for (method, path, auth, expected) in cases {
+        let status = status_without_body(chat.addr(), method, path, auth).await;
+        assert_eq!(status, expected, "{method} {path} {auth:?}");
+    }
+    let off = start_custom(|_| {}, plume_chat::JwtVerifier::hs256(SECRET), None).await;
+    let status = status_without_body(off.addr(), "POST", "/api/notify", &right).await;
+    assert_eq!(status, 404, "the API is off");
+}

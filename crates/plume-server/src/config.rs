@@ -34,6 +34,32 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for sockets to close. Default 10 s.
     #[serde(with = "plume_channels::duration_secs")]
     pub shutdown_grace: Duration,
+    /// A connection must deliver a complete request head (request line and headers) within
+    /// this long of connecting, or of its previous response on a keep-alive connection, or it
+    /// is closed without an answer. Covers the WebSocket upgrade request and API requests;
+    /// an upgraded socket is governed by `idle_timeout` instead. Default 10 s.
+    #[serde(with = "plume_channels::duration_secs")]
+    pub handshake_timeout: Duration,
+    /// Connections this node serves at once (HTTP connections and the WebSockets they became).
+    /// Default 10,000: the idle footprint measured in BENCHMARKS.md (7.8 KiB per joined
+    /// socket) puts that at under 100 MiB, and it is the scale the benchmarks exercise; a
+    /// node meant for more raises it together with `ulimit -n`.
+    pub max_connections: usize,
+    /// Connections accepted beyond `max_connections` only to be answered: `GET /healthz`
+    /// gets its usual 200, anything else 503 `{"error":"too many connections"}`, then the
+    /// connection is closed (each lives at most `handshake_timeout`). While this many are
+    /// being answered, further connections wait in the kernel's listen backlog, so open
+    /// sockets never exceed `max_connections + overflow_connections`. Default 64.
+    pub overflow_connections: usize,
+    /// An API request body must arrive completely within this long of the server starting
+    /// to read it, else 408. Default 10 s.
+    #[serde(with = "plume_channels::duration_secs")]
+    pub body_timeout: Duration,
+    /// Bytes of API request bodies being read at once, across all connections. A request is
+    /// charged its `Content-Length` (or the 1 MiB body limit when it has none) before its
+    /// body is read; one that does not fit gets 503 at once instead of waiting. Default
+    /// 16 MiB.
+    pub max_body_bytes_in_flight: usize,
     /// Per-socket limits (channel cap, outbound queue).
     pub socket: SocketConfig,
 }
@@ -49,6 +75,11 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(10),
             check_origin: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            overflow_connections: 64,
+            body_timeout: Duration::from_secs(10),
+            max_body_bytes_in_flight: 16 << 20,
             socket: SocketConfig::default(),
         }
     }

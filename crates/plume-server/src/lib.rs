@@ -3,7 +3,10 @@
 //!
 //! # Layout
 //!
-//! - [`api`]: [`HttpApi`], application HTTP routes on the same port.
+//! - [`admission`]: the connection cap and its overflow, the accept backoff, the budget of
+//!   request-body bytes in flight.
+//! - [`api`]: [`HttpApi`], application HTTP routes on the same port, and how their bodies
+//!   are read (only after the route and the caller are admitted).
 //! - [`config`]: [`ServerConfig`], every transport limit with its default.
 //! - [`handshake`]: the checks an upgrade request passes before the 101 (method, headers,
 //!   origin, auth token subprotocol, `vsn`, the connect hook).
@@ -21,7 +24,15 @@
 //! | `GET /readyz`            | 200 when the [`Readiness`] checks pass, else 503 |
 //! | the [`HttpApi`] prefix   | the application's API, if one is mounted |
 //! | anything else            | 404 |
+//!
+//! # Admission
+//!
+//! Before anything is routed: a connection must send its request head within
+//! `handshake_timeout` (or be closed without an answer), and at most `max_connections` are
+//! served at once; one over the cap gets 503 `{"error":"too many connections"}` (or 200 for
+//! `GET /healthz`) and is closed. See [`admission`].
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod driver;
@@ -34,6 +45,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -41,7 +53,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use plume_channels::{ConnectHook, ConnectInfo, PubSub, Router, Socket};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -49,9 +61,10 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use api::{ApiRequest, HttpApi, Readiness};
+pub use api::{ApiHead, ApiRequest, HttpApi, Readiness};
 pub use config::ServerConfig;
 
+use crate::admission::{AcceptBackoff, Admission, BodyBudget, ServedSlot, Ticket};
 use crate::driver::DriverConfig;
 use crate::origin::OriginPattern;
 
@@ -85,6 +98,8 @@ struct Shared {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     connections: AtomicUsize,
+    admission: Admission,
+    bodies: BodyBudget,
 }
 
 /// A running server.
@@ -144,6 +159,11 @@ impl Server {
                 }
             }
         }
+        let admission = Admission::new(
+            self.config.max_connections,
+            self.config.overflow_connections,
+        );
+        let bodies = BodyBudget::new(self.config.max_body_bytes_in_flight);
         let shared = Arc::new(Shared {
             config: self.config,
             origins,
@@ -155,6 +175,8 @@ impl Server {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
+            admission,
+            bodies,
         });
         tracing::info!(%addr, "listening");
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -175,6 +197,17 @@ impl Running {
     /// Open WebSocket connections.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted while all `max_connections` slots were taken (each was answered
+    /// 503 `too many connections`, or 200 if it asked for `/healthz`, and closed).
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.admission.refused()
+    }
+
+    /// API requests answered 503 because the budget of body bytes in flight was spent.
+    pub fn refused_bodies(&self) -> u64 {
+        self.shared.bodies.refused()
     }
 
     /// Stops gracefully: stop accepting, close every socket with 1001 so clients reconnect
@@ -199,34 +232,90 @@ impl Running {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut backoff = AcceptBackoff::default();
     loop {
+        // Room for one more open socket first (mini-redis's model), so a flood of
+        // connections waits in the kernel's backlog instead of exhausting file descriptors.
+        let room = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            room = shared.admission.room() => room,
+        };
+        let Some(room) = room else {
+            tracing::error!("connection semaphore closed; no longer accepting");
+            return;
+        };
         let accepted = tokio::select! {
             () = shared.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
+                backoff.succeeded();
                 let _ = stream.set_nodelay(true);
-                shared
-                    .tracker
-                    .spawn(serve_http(stream, peer, shared.clone()));
+                match shared.admission.admit(room) {
+                    Ticket::Served(slot) => {
+                        shared
+                            .tracker
+                            .spawn(serve_http(stream, peer, shared.clone(), slot));
+                    }
+                    Ticket::Overflow(room) => {
+                        // Logged on the 1st, 2nd, 4th, 8th... refusal: an operator hears
+                        // about the cap, and a flood costs only log2(n) lines.
+                        let refused = shared.admission.refused();
+                        if refused.is_power_of_two() {
+                            tracing::warn!(
+                                refused,
+                                max_connections = shared.config.max_connections,
+                                "connection cap reached; answering 503 too many connections"
+                            );
+                        }
+                        let task_shared = shared.clone();
+                        shared.tracker.spawn(async move {
+                            let _room = room;
+                            serve_overflow(stream, peer, task_shared).await;
+                        });
+                    }
+                }
             }
             Err(err) => {
-                // Out of file descriptors and similar: back off briefly instead of spinning.
-                tracing::warn!(%err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // Out of file descriptors and similar: the error repeats until something
+                // closes, so wait (1 ms doubling to 1 s) and log at a bounded rate.
+                let retry = backoff.failed(Instant::now());
+                if let Some(suppressed) = retry.log {
+                    tracing::warn!(%err, suppressed, retry_ms = retry.delay.as_millis() as u64,
+                        "accept failed");
+                }
+                tokio::select! {
+                    () = shared.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(retry.delay) => {}
+                }
             }
         }
     }
 }
 
-async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// The HTTP/1 settings every accepted connection is served with: hyper's header-read timer
+/// runs from the moment the connection is served (and again after each response on a
+/// keep-alive connection), so a peer that never completes a request head is closed.
+fn http1_builder(config: &ServerConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.handshake_timeout);
+    builder
+}
+
+async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: ServedSlot) {
+    // The slot is shared with the WebSocket this connection may become, and freed when both
+    // are gone.
+    let slot = Arc::new(slot);
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = service_shared.clone();
-        async move { Ok::<_, Infallible>(route(req, peer, shared).await) }
+        let slot = slot.clone();
+        async move { Ok::<_, Infallible>(route(req, peer, shared, slot).await) }
     });
-    let conn = http1::Builder::new()
+    let conn = http1_builder(&shared.config)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -243,35 +332,72 @@ async fn serve_http(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     }
 }
 
+/// A connection over `max_connections`: one request is read (within the handshake timeout)
+/// and answered without touching the application, then the connection is closed. The whole
+/// exchange is bounded by the handshake timeout, so an overflow slot is never held longer.
+async fn serve_overflow(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let service_shared = shared.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let shared = service_shared.clone();
+        async move {
+            let resp = if req.method() == http::Method::GET && req.uri().path() == HEALTH_PATH {
+                health(&shared)
+            } else {
+                api::json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections")
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let mut builder = http1_builder(&shared.config);
+    builder.keep_alive(false);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(shared.config.handshake_timeout, conn).await {
+        Ok(Err(err)) => tracing::debug!(%peer, %err, "overflow connection error"),
+        Err(_elapsed) => tracing::debug!(%peer, "overflow connection timed out"),
+        Ok(Ok(())) => {}
+    }
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp
 }
 
-async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    slot: Arc<ServedSlot>,
+) -> Response<Body> {
     if let Some(api) = &shared.api
         && req.uri().path().starts_with(api.prefix())
     {
-        return call_api(api.as_ref(), req).await;
+        let limits = api::BodyLimits {
+            budget: &shared.bodies,
+            timeout: shared.config.body_timeout,
+        };
+        return api::serve(api.as_ref(), req, limits).await;
     }
     match req.uri().path() {
-        WEBSOCKET_PATH => upgrade(req, peer, shared),
-        HEALTH_PATH => {
-            let body = format!(
-                r#"{{"status":"ok","connections":{}}}"#,
-                shared.connections.load(Ordering::Relaxed)
-            );
-            let mut resp = text(StatusCode::OK, body);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
+        WEBSOCKET_PATH => upgrade(req, peer, shared, slot),
+        HEALTH_PATH => health(&shared),
         READY_PATH => ready(&shared).await,
         _ => text(StatusCode::NOT_FOUND, ""),
     }
+}
+
+fn health(shared: &Shared) -> Response<Body> {
+    let body = format!(
+        r#"{{"status":"ok","connections":{}}}"#,
+        shared.connections.load(Ordering::Relaxed)
+    );
+    let mut resp = text(StatusCode::OK, body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 async fn ready(shared: &Shared) -> Response<Body> {
@@ -294,33 +420,12 @@ async fn ready(shared: &Shared) -> Response<Body> {
     }
 }
 
-async fn call_api(api: &dyn HttpApi, req: Request<Incoming>) -> Response<Body> {
-    use http_body_util::{BodyExt, Limited};
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, api::MAX_API_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => {
-            let too_big = err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            return if too_big {
-                api::json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-            } else {
-                api::json_error(StatusCode::BAD_REQUEST, "could not read the request body")
-            };
-        }
-    };
-    api.handle(ApiRequest {
-        method: parts.method,
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().unwrap_or("").to_owned(),
-        headers: parts.headers,
-        body,
-    })
-    .await
-}
-
-fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+fn upgrade(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    slot: Arc<ServedSlot>,
+) -> Response<Body> {
     let up = match handshake::check(&req, Some(peer), &shared.origins, shared.hook.as_ref()) {
         Ok(up) => up,
         Err(refusal) => {
@@ -356,6 +461,7 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) ->
     }
     let task_shared = shared.clone();
     shared.tracker.spawn(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(err) => {

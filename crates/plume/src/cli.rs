@@ -111,6 +111,13 @@ pub struct ServeArgs {
     /// [default: 1048576].
     #[arg(long, env = "PLUME_OUTBOUND_MAX_BYTES", value_name = "N")]
     pub outbound_max_bytes: Option<usize>,
+    /// Connections served at once; more get 503 "too many connections" [default: 10000].
+    #[arg(long, env = "PLUME_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Close a connection that has not sent a complete request head within this many seconds
+    /// (before the WebSocket upgrade, and between keep-alive requests) [default: 10].
+    #[arg(long, env = "PLUME_HANDSHAKE_TIMEOUT", value_name = "SECS")]
+    pub handshake_timeout: Option<f64>,
     /// Allowed Origins, comma separated (`https://app.example.com,//*.example.org`); unset or
     /// empty = no check.
     #[arg(long, env = "PLUME_CHECK_ORIGIN", value_delimiter = ',')]

@@ -160,6 +160,13 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.outbound_max_bytes {
         server.socket.outbound_max_bytes = n;
     }
+    if let Some(n) = args.max_connections {
+        server.max_connections = n;
+    }
+    if let Some(secs) = args.handshake_timeout {
+        server.handshake_timeout =
+            Duration::try_from_secs_f64(secs).context("--handshake-timeout must be >= 0")?;
+    }
     if let Some(origins) = &args.check_origin {
         server.check_origin = origins.iter().filter(|o| !o.is_empty()).cloned().collect();
     }
@@ -257,6 +264,21 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if s.socket.outbound_max_bytes < 1024 {
         bail!("outbound max bytes must be at least 1024");
     }
+    if s.max_connections == 0 {
+        bail!("max connections must be at least 1");
+    }
+    if s.handshake_timeout.is_zero() {
+        bail!("handshake timeout must be more than 0 seconds");
+    }
+    if s.body_timeout.is_zero() {
+        bail!("body timeout must be more than 0 seconds");
+    }
+    if s.max_body_bytes_in_flight < plume_server::api::MAX_API_BODY {
+        bail!(
+            "max body bytes in flight must be at least {} (one largest API request)",
+            plume_server::api::MAX_API_BODY
+        );
+    }
     if config.chat.max_message_chars == 0 {
         bail!("max message chars must be at least 1");
     }
@@ -316,12 +338,16 @@ mod tests {
         assert_eq!(config.chat.membership, Membership::Open);
         let args = ServeArgs {
             max_frame_bytes: Some(8192),
+            max_connections: Some(50),
+            handshake_timeout: Some(2.5),
             membership: Some(MembershipArg::Strict),
             ..ServeArgs::default()
         };
         apply(&mut config, &args).unwrap();
         assert_eq!(config.server.bind.to_string(), "0.0.0.0:5000");
         assert_eq!(config.server.max_frame_bytes, 8192);
+        assert_eq!(config.server.max_connections, 50);
+        assert_eq!(config.server.handshake_timeout, Duration::from_millis(2500));
         assert_eq!(config.chat.membership, Membership::Strict);
         assert!(validate(&config).is_ok());
     }
@@ -346,6 +372,17 @@ mod tests {
         );
         public.auth.jwt_secret = Some("s".into());
         assert!(validate(&public).is_ok());
+        let breakages: [fn(&mut Config); 4] = [
+            |c| c.server.max_connections = 0,
+            |c| c.server.handshake_timeout = Duration::ZERO,
+            |c| c.server.body_timeout = Duration::ZERO,
+            |c| c.server.max_body_bytes_in_flight = 1000,
+        ];
+        for broken in breakages {
+            let mut c = public.clone();
+            broken(&mut c);
+            assert!(validate(&c).is_err(), "{:?}", c.server);
+        }
         public.auth.jwt_public_key = Some("k.pem".into());
         assert!(
             validate(&public).is_err(),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use plume_channels::echo::EchoChannel;
 use plume_channels::{AcceptAll, ConnectHook, LocalPubSub, Router};
 use plume_client::{Client, ConnectOptions};
-use plume_server::{Running, Server, ServerConfig};
+use plume_server::{HttpApi, Running, Server, ServerConfig};
 use plume_wire::client::ServerMessage;
 use plume_wire::{Json, Payload, Ref};
 
@@ -25,6 +25,15 @@ pub async fn start_with(
     configure: impl FnOnce(&mut ServerConfig),
     hook: Arc<dyn ConnectHook>,
 ) -> TestServer {
+    start_with_api(configure, hook, None).await
+}
+
+/// A server with an application HTTP API mounted (when `api` is set).
+pub async fn start_with_api(
+    configure: impl FnOnce(&mut ServerConfig),
+    hook: Arc<dyn ConnectHook>,
+    api: Option<Arc<dyn HttpApi>>,
+) -> TestServer {
     let mut config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         ..ServerConfig::default()
@@ -32,10 +41,11 @@ pub async fn start_with(
     configure(&mut config);
     let pubsub = Arc::new(LocalPubSub::new());
     let router = Router::new().channel::<EchoChannel>("echo:*", Arc::new(()));
-    let running = Server::new(config, router, pubsub.clone(), hook)
-        .start()
-        .await
-        .unwrap();
+    let mut server = Server::new(config, router, pubsub.clone(), hook);
+    if let Some(api) = api {
+        server = server.with_http_api(api);
+    }
+    let running = server.start().await.unwrap();
     TestServer { running, pubsub }
 }
 
