@@ -564,3 +564,30 @@ async fn a_pending_notification_refers_to_the_log_instead_of_copying_the_message
     let all = next_event(&mut o, "pending_notifications").await;
     assert_eq!(all["notifications"][0]["content"], long.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_stalls_then_resets_gets_everything_on_its_rejoin() {
+    let chat = start_with(|c| c.membership = Membership::Open).await;
+    let mut alice = chat.connect("alice", "a").await;
+    let ajr = join_ok(&mut alice, "chat:stall").await;
+    let mut bob = chat.connect("bob", "b").await;
+    let (_, _, reply) = join_with(&mut bob, "chat:stall", "{}").await;
+    let epoch = reply["epoch"].as_str().unwrap().to_owned();
+    send_n(&mut alice, &ajr, "stall", "a", 10).await;
+    let first = receive_seqs(&mut bob, 4).await;
+    // Bob stops reading (his connection stalls) while 300 more are sent, then it resets:
+    // whatever the server had queued or written for him is gone with it.
+    send_n(&mut alice, &ajr, "stall", "b", 300).await;
+    drop(bob);
+    let last = *first.last().unwrap();
+    let mut bob = chat.connect("bob", "b2").await;
+    let ask = format!(r#"{{"last_seq":{last},"epoch":"{epoch}"}}"#);
+    let (_, status, reply) = join_with(&mut bob, "chat:stall", &ask).await;
+    assert_eq!(
+        (status.as_str(), &reply["recovered"]),
+        ("ok", &json!(true)),
+        "{reply}"
+    );
+    let rest = receive_seqs(&mut bob, 310 - last as usize).await;
+    assert_eq!(rest, ((last + 1)..=310).collect::<Vec<u64>>());
+}
