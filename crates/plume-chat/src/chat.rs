@@ -29,10 +29,9 @@ use serde_json::{Map, Value};
 use crate::auth::UserSession;
 use crate::config::Membership;
 use crate::events::*;
-use crate::state::ChatState;
+use crate::state::{ChatState, Subject};
 use crate::store::{
-    Appended, Draft, LogHead, LoggedMessage, Notification, PendingItem, SendKey, SentRecord,
-    StoreError, epoch_text,
+    Appended, Draft, LogHead, LoggedMessage, SendKey, SentRecord, StoreError, epoch_text,
 };
 use crate::time::{format_millis, now_millis};
 
@@ -79,6 +78,12 @@ impl<'a> MessageView<'a> {
 }
 
 #[derive(Serialize)]
+struct SendReply<'a> {
+    message_id: &'a str,
+    seq: u64,
+}
+
+#[derive(Serialize)]
 struct MessageSent<'a> {
     mobile_ref_id: &'a str,
     status: &'static str,
@@ -108,9 +113,11 @@ pub fn receive_broadcast(
     m: &LoggedMessage,
     from: Option<plume_channels::SocketId>,
 ) -> Result<Broadcast, StoreError> {
+    static EVENT: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| Arc::from(RECEIVE_MESSAGE));
     Ok(Broadcast {
         topic,
-        event: RECEIVE_MESSAGE.into(),
+        event: EVENT.clone(),
         payload: receive_payload(m)?,
         from,
         seq: Some(Seq {
@@ -311,7 +318,10 @@ impl ChatChannel {
             reason: None,
         };
         ctx.push(MESSAGE_SENT, &json(&ack)?);
-        let reply = serde_json::json!({ "message_id": sent.message_id, "seq": sent.seq });
+        let reply = SendReply {
+            message_id: &sent.message_id,
+            seq: sent.seq,
+        };
         Ok(Reply::ok(json(&reply)?).into())
     }
 
@@ -325,14 +335,10 @@ impl ChatChannel {
                 "delivery incomplete; the message is in the log for recovery and history");
             return;
         }
-        let log = self.state.stores.log.clone();
-        let key = key.clone();
-        // Off the send's path: a lost mark only means a retry delivers again.
-        tokio::spawn(async move {
-            if let Err(err) = log.mark_delivered(&key).await {
-                tracing::warn!(%err, "could not record a delivered send");
-            }
-        });
+        // Stores record this without waiting (a lost mark only means a retry delivers again).
+        if let Err(err) = self.state.stores.log.mark_delivered(key).await {
+            tracing::warn!(%err, "could not record a delivered send");
+        }
     }
 
     async fn try_deliver(
@@ -346,26 +352,13 @@ impl ChatChannel {
             tracing::warn!(chat = %self.chat_id, seq = message.seq, %err,
                 "cross-node fan-out failed; other nodes will read the message from the log");
         }
-        let notification = Notification {
-            chat_id: message.chat_id.clone(),
-            sender_id: message.sender_id.clone(),
-            content: message.content.clone(),
-            timestamp: format_millis(message.ts_ms),
-            message_id: message.message_id.clone(),
-            seq: Some(message.seq),
-        };
-        let item = PendingItem::Message {
-            chat_id: message.chat_id.clone(),
-            seq: message.seq,
-        };
         let members = self.state.stores.membership.members(&self.chat_id).await?;
         self.state
             .notify_all(
                 &members,
                 Some(&self.user),
                 Some(&self.chat_id),
-                &notification,
-                &item,
+                Subject::Logged(message),
             )
             .await?;
         Ok(())

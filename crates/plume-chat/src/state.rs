@@ -8,7 +8,46 @@ use plume_wire::Payload;
 
 use crate::config::ChatConfig;
 use crate::events::{NEW_NOTIFICATION, NOTIFICATION_ALIAS_PREFIX, NOTIFICATIONS_PREFIX};
-use crate::store::{Notification, PendingItem, StoreError, Stores};
+use crate::store::{LoggedMessage, Notification, PendingItem, StoreError, Stores};
+
+/// What a notification is about: a message in a chat log (stored as a reference to it) or a
+/// notification the backend sent through the API (stored whole). Built into a
+/// [`Notification`] or a [`PendingItem`] only when someone is to be notified.
+#[derive(Clone, Copy)]
+pub enum Subject<'a> {
+    /// A logged chat message.
+    Logged(&'a LoggedMessage),
+    /// A notification from the API.
+    Inline(&'a Notification),
+}
+
+impl Subject<'_> {
+    /// As pushed to `notifications:{user}`.
+    pub fn notification(self) -> Notification {
+        match self {
+            Subject::Logged(m) => Notification {
+                chat_id: m.chat_id.clone(),
+                sender_id: m.sender_id.clone(),
+                content: m.content.clone(),
+                timestamp: crate::time::format_millis(m.ts_ms),
+                message_id: m.message_id.clone(),
+                seq: Some(m.seq),
+            },
+            Subject::Inline(n) => n.clone(),
+        }
+    }
+
+    /// As stored pending.
+    pub fn item(self) -> PendingItem {
+        match self {
+            Subject::Logged(m) => PendingItem::Message {
+                chat_id: m.chat_id.clone(),
+                seq: m.seq,
+            },
+            Subject::Inline(n) => PendingItem::Inline(n.clone()),
+        }
+    }
+}
 
 /// Shared state of the chat service.
 pub struct ChatState {
@@ -48,15 +87,14 @@ impl ChatState {
         notification: &Notification,
     ) -> Result<Delivery, StoreError> {
         let users = [user.to_owned()];
-        let item = PendingItem::Inline(notification.clone());
         let done = self
-            .notify_all(&users, None, None, notification, &item)
+            .notify_all(&users, None, None, Subject::Inline(notification))
             .await?;
         Ok(done.first().copied().flatten().unwrap_or(Delivery::Pending))
     }
 
     /// Notifies each of `users` except `sender` who has no socket in `chat` (all of them when
-    /// `chat` is `None`). `item` is stored as pending for every one of them (for a chat
+    /// `chat` is `None`). The subject is stored as pending for every one of them (for a chat
     /// message, a reference into the log), and those with a notifications topic joined also
     /// get `new_notification` at once; their channel removes the stored item once it wrote
     /// the frame. So a user whose socket or node dies before the write (or whose node is
@@ -69,8 +107,7 @@ impl ChatState {
         users: &[String],
         sender: Option<&str>,
         chat: Option<&str>,
-        notification: &Notification,
-        item: &PendingItem,
+        subject: Subject<'_>,
     ) -> Result<Vec<Option<Delivery>>, StoreError> {
         let located = self.stores.presence.locate(users, chat).await?;
         let mut notified = Vec::new();
@@ -89,12 +126,15 @@ impl ChatState {
                 outcome.push(Some(Delivery::Pending));
             }
         }
+        if notified.is_empty() {
+            return Ok(outcome);
+        }
         // Stored before the live push, so the channel's removal after the write cannot come
         // first.
         let dropped = self
             .stores
             .pending
-            .push_many(&notified, item, self.config.pending_limit)
+            .push_many(&notified, &subject.item(), self.config.pending_limit)
             .await?;
         if dropped > 0 {
             tracing::warn!(
@@ -104,7 +144,8 @@ impl ChatState {
             );
         }
         if !live.is_empty() {
-            let payload = Payload::json(notification).map_err(|e| StoreError(e.to_string()))?;
+            let payload =
+                Payload::json(&subject.notification()).map_err(|e| StoreError(e.to_string()))?;
             for user in live {
                 self.broadcast_notification(user, &payload)?;
             }

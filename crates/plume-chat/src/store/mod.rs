@@ -147,7 +147,9 @@ pub trait MessageLog: Send + Sync + 'static {
     /// Appends `draft` to `key.chat` unless `key` was sent before (within the idempotency
     /// TTL). Trims the chat to the retention limits.
     async fn append(&self, key: &SendKey, draft: &Draft) -> Result<Appended, StoreError>;
-    /// Records that the send's delivery step (broadcast, notifications) finished.
+    /// Records that the send's delivery step (broadcast, notifications) finished. Called on
+    /// the send's path before the acknowledgement, so it must not wait on a round trip or a
+    /// commit: a store queues it (losing one only means a retry delivers again).
     async fn mark_delivered(&self, key: &SendKey) -> Result<(), StoreError>;
     /// The chat's epoch, newest seq and oldest kept seq.
     async fn head(&self, chat: &str) -> Result<LogHead, StoreError>;

@@ -163,10 +163,17 @@ impl MessageLog for RedisStores {
     }
 
     async fn mark_delivered(&self, key: &SendKey) -> Result<(), StoreError> {
-        self.state
-            .mark_delivered(&key.user, &key.chat, &key.mobile_ref_id)
-            .await
-            .map_err(err)
+        // Off the send's path (see the trait): a lost mark only means a retry delivers again.
+        let (state, key) = (self.state.clone(), key.clone());
+        tokio::spawn(async move {
+            if let Err(e) = state
+                .mark_delivered(&key.user, &key.chat, &key.mobile_ref_id)
+                .await
+            {
+                tracing::warn!(%e, "could not record a delivered send");
+            }
+        });
+        Ok(())
     }
 
     async fn head(&self, chat: &str) -> Result<LogHead, StoreError> {
