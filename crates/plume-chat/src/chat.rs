@@ -15,6 +15,8 @@
 //!   `{message_id, seq}`. A retry is answered the same way and delivers nothing, unless the
 //!   first attempt stopped before its delivery step finished: then it delivers again.
 //! - `history` `{before_seq?, limit?}`: a page of older messages.
+//! - `typing` `{status}`: `user_typing` to the chat's other sockets (throttled, with an
+//!   automatic `stop`).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -47,6 +49,26 @@ pub struct ChatChannel {
     topic: Arc<str>,
     user: String,
     present: bool,
+    typing: Typing,
+}
+
+/// What this socket last said about its user typing.
+#[derive(Default)]
+struct Typing {
+    /// The status last forwarded and when (`None`: stopped).
+    last: Option<(&'static str, tokio::time::Instant)>,
+    /// Bumped by every forwarded status; a timeout for an older one is stale.
+    generation: u64,
+}
+
+/// Sent to itself `typing_timeout` after a status was forwarded.
+struct TypingTimeout(u64);
+
+#[derive(Serialize)]
+struct UserTyping<'a> {
+    chat_id: &'a str,
+    user_id: &'a str,
+    status: &'a str,
 }
 
 /// Sent to itself after the join reply: record presence once subscribed.
@@ -364,6 +386,56 @@ impl ChatChannel {
         Ok(())
     }
 
+    /// `typing` `{"status"}`: forwarded to the chat's other sockets as `user_typing`, at most
+    /// once per `typing_throttle` for the same status; a `stop` follows by itself after
+    /// `typing_timeout` without a new event. Not stored.
+    fn typing(
+        &mut self,
+        payload: &Payload,
+        ctx: &mut Context<'_>,
+    ) -> Result<Outcome, ChannelError> {
+        let status = object(payload)
+            .and_then(|o| o.get("status").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|s| TYPING_STATUSES.iter().copied().find(|t| *t == s));
+        let Some(status) = status else {
+            return Ok(Reply::error_reason(REASON_INVALID_TYPING_STATUS).into());
+        };
+        let now = tokio::time::Instant::now();
+        let throttled = matches!(self.typing.last, Some((last, at))
+            if last == status && now.duration_since(at) < self.state.config.typing_throttle);
+        let repeat_stop = status == TYPING_STOP && self.typing.last.is_none();
+        if !throttled && !repeat_stop {
+            self.forward_typing(status, ctx)?;
+            if status != TYPING_STOP {
+                let (handle, generation) = (ctx.handle(), self.typing.generation);
+                let wait = self.state.config.typing_timeout;
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = handle.send_info(Box::new(TypingTimeout(generation)));
+                });
+            }
+        }
+        Ok(Reply::ok_empty().into())
+    }
+
+    fn forward_typing(
+        &mut self,
+        status: &'static str,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ChannelError> {
+        self.typing.generation += 1;
+        self.typing.last = (status != TYPING_STOP).then(|| (status, tokio::time::Instant::now()));
+        let event = UserTyping {
+            chat_id: &self.chat_id,
+            user_id: &self.user,
+            status,
+        };
+        if let Err(err) = ctx.broadcast_from(USER_TYPING, json(&event)?) {
+            tracing::debug!(chat = %self.chat_id, %err, "user_typing not fanned out to other nodes");
+        }
+        Ok(())
+    }
+
     async fn history(&self, payload: Payload) -> Result<Outcome, ChannelError> {
         let Some(obj) = object(&payload) else {
             return Ok(Reply::error_reason(REASON_INVALID_PAYLOAD).into());
@@ -501,6 +573,7 @@ impl Channel for ChatChannel {
             topic: topic.into(),
             user,
             present: false,
+            typing: Typing::default(),
         };
         Ok((channel, reply))
     }
@@ -514,6 +587,7 @@ impl Channel for ChatChannel {
         match event {
             SEND_MESSAGE => self.send_message(payload, ctx).await,
             HISTORY => self.history(payload).await,
+            TYPING => self.typing(&payload, ctx),
             _ => Ok(Reply::error_reason(REASON_UNKNOWN_EVENT).into()),
         }
     }
@@ -523,6 +597,12 @@ impl Channel for ChatChannel {
         info: Box<dyn Any + Send>,
         ctx: &mut Context<'_>,
     ) -> Result<(), ChannelError> {
+        if let Some(TypingTimeout(generation)) = info.downcast_ref::<TypingTimeout>() {
+            if *generation == self.typing.generation && self.typing.last.is_some() {
+                self.forward_typing(TYPING_STOP, ctx)?;
+            }
+            return Ok(());
+        }
         if info.is::<AfterJoin>() && !self.present {
             // Subscribed by now: from here on this user gets the chat's messages live, so
             // they stop being notified about it.
@@ -538,6 +618,9 @@ impl Channel for ChatChannel {
     }
 
     async fn terminate(&mut self, _reason: Terminate, ctx: &mut Context<'_>) {
+        if self.typing.last.is_some() {
+            let _ = self.forward_typing(TYPING_STOP, ctx);
+        }
         if self.present
             && let Err(err) = self
                 .state

@@ -38,6 +38,14 @@ pub struct ChatConfig {
     /// Most messages a (re)join replays; a bigger gap answers `recovered: false` and the
     /// client pages history instead. Default 1,000.
     pub recovery_limit: usize,
+    /// A user's typing status is reset with a `stop` sent on their behalf after this long
+    /// without a new `typing` event. Default 6 s.
+    #[serde(with = "plume_channels::duration_secs")]
+    pub typing_timeout: Duration,
+    /// The same typing status from one socket is forwarded at most once per this interval.
+    /// Default 1 s.
+    #[serde(with = "plume_channels::duration_secs")]
+    pub typing_throttle: Duration,
 }
 
 impl ChatConfig {
@@ -61,6 +69,8 @@ impl Default for ChatConfig {
             history_limit: 10_000,
             history_ttl: Duration::from_secs(30 * 24 * 3600),
             recovery_limit: 1000,
+            typing_timeout: Duration::from_secs(6),
+            typing_throttle: Duration::from_secs(1),
         }
     }
 }

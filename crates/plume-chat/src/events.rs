@@ -23,6 +23,15 @@ pub const PENDING_NOTIFICATIONS: &str = "pending_notifications";
 /// Client to server on `chat:{id}`: a page of older messages.
 pub const HISTORY: &str = "history";
 
+/// Client to server on `chat:{id}`: the user is typing, recording, or stopped.
+pub const TYPING: &str = "typing";
+/// Server to the chat's other sockets: someone's typing status.
+pub const USER_TYPING: &str = "user_typing";
+/// Typing statuses, as on the wire.
+pub const TYPING_STATUSES: [&str; 3] = ["typing", "recording", "stop"];
+/// The typing status that ends the others.
+pub const TYPING_STOP: &str = "stop";
+
 /// `message_sent` status of a delivered send.
 pub const STATUS_SENT: &str = "sent";
 /// `message_sent` status of a failed send.
@@ -52,6 +61,8 @@ pub const REASON_INVALID_EPOCH: &str = "invalid_epoch";
 pub const REASON_INVALID_HISTORY: &str = "invalid_history";
 /// History `limit` that is not an integer from 1 to 100.
 pub const REASON_INVALID_LIMIT: &str = "invalid_limit";
+/// `typing` with a status other than typing, recording or stop.
+pub const REASON_INVALID_TYPING_STATUS: &str = "invalid_typing_status";
 /// An event the channel does not handle.
 pub const REASON_UNKNOWN_EVENT: &str = "unknown_event";
 
