@@ -17,6 +17,8 @@
 //! - `history` `{before_seq?, limit?}`: a page of older messages.
 //! - `typing` `{status}`: `user_typing` to the chat's other sockets (throttled, with an
 //!   automatic `stop`).
+//! - `mark_read` `{seq}`: the user's read position (never back); reply `{unread}`, and
+//!   `message_read` to the chat's other sockets.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -63,6 +65,18 @@ struct Typing {
 
 /// Sent to itself `typing_timeout` after a status was forwarded.
 struct TypingTimeout(u64);
+
+#[derive(Serialize)]
+struct MessageRead<'a> {
+    chat_id: &'a str,
+    user_id: &'a str,
+    seq: u64,
+}
+
+#[derive(Serialize)]
+struct Unread {
+    unread: u64,
+}
 
 #[derive(Serialize)]
 struct UserTyping<'a> {
@@ -436,6 +450,48 @@ impl ChatChannel {
         Ok(())
     }
 
+    /// `mark_read` `{"seq": N}`: the user has read the chat up to N (a position that never
+    /// moves back). Reply `{"unread": n}`; the chat's other sockets get `message_read`.
+    async fn mark_read(
+        &self,
+        payload: &Payload,
+        ctx: &mut Context<'_>,
+    ) -> Result<Outcome, ChannelError> {
+        let seq = match object(payload).map(|o| uint(&o, "seq")) {
+            Some(Ok(Some(seq))) if seq > 0 => seq,
+            _ => return Ok(Reply::error_reason(REASON_INVALID_SEQ).into()),
+        };
+        let stores = &self.state.stores;
+        let unavailable = |err: StoreError| {
+            tracing::error!(chat = %self.chat_id, %err, "mark_read: store unavailable");
+            Ok(Reply::error_reason(REASON_STORAGE_UNAVAILABLE).into())
+        };
+        let head = match stores.log.head(&self.chat_id).await {
+            Ok(head) => head,
+            Err(err) => return unavailable(err),
+        };
+        if seq > head.last_seq {
+            return Ok(Reply::error_reason(REASON_INVALID_SEQ).into());
+        }
+        let at = match stores.reads.mark_read(&self.user, &self.chat_id, seq).await {
+            Ok(at) => at,
+            Err(err) => return unavailable(err),
+        };
+        let unread = match stores.log.count_unread(&self.chat_id, at, &self.user).await {
+            Ok(n) => n,
+            Err(err) => return unavailable(err),
+        };
+        let read = MessageRead {
+            chat_id: &self.chat_id,
+            user_id: &self.user,
+            seq: at,
+        };
+        if let Err(err) = ctx.broadcast_from(MESSAGE_READ, json(&read)?) {
+            tracing::debug!(chat = %self.chat_id, %err, "message_read not fanned out to other nodes");
+        }
+        Ok(Reply::ok(json(&Unread { unread })?).into())
+    }
+
     async fn history(&self, payload: Payload) -> Result<Outcome, ChannelError> {
         let Some(obj) = object(&payload) else {
             return Ok(Reply::error_reason(REASON_INVALID_PAYLOAD).into());
@@ -588,6 +644,7 @@ impl Channel for ChatChannel {
             SEND_MESSAGE => self.send_message(payload, ctx).await,
             HISTORY => self.history(payload).await,
             TYPING => self.typing(&payload, ctx),
+            MARK_READ => self.mark_read(&payload, ctx).await,
             _ => Ok(Reply::error_reason(REASON_UNKNOWN_EVENT).into()),
         }
     }

@@ -32,6 +32,11 @@ pub const TYPING_STATUSES: [&str; 3] = ["typing", "recording", "stop"];
 /// The typing status that ends the others.
 pub const TYPING_STOP: &str = "stop";
 
+/// Client to server on `chat:{id}`: the user has read up to a seq.
+pub const MARK_READ: &str = "mark_read";
+/// Server to the chat's other sockets: a member's read position moved.
+pub const MESSAGE_READ: &str = "message_read";
+
 /// `message_sent` status of a delivered send.
 pub const STATUS_SENT: &str = "sent";
 /// `message_sent` status of a failed send.
@@ -63,6 +68,8 @@ pub const REASON_INVALID_HISTORY: &str = "invalid_history";
 pub const REASON_INVALID_LIMIT: &str = "invalid_limit";
 /// `typing` with a status other than typing, recording or stop.
 pub const REASON_INVALID_TYPING_STATUS: &str = "invalid_typing_status";
+/// `mark_read` with a seq that is not a positive integer or is above the chat's last seq.
+pub const REASON_INVALID_SEQ: &str = "invalid_seq";
 /// An event the channel does not handle.
 pub const REASON_UNKNOWN_EVENT: &str = "unknown_event";
 

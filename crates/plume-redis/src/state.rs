@@ -14,6 +14,7 @@
 //! | `plume:idem:{len}:{user}:{len}:{chat}:{ref}` | hash `message_id`, `seq`, `ts`, `delivered`, with expiry | the first result of a send |
 //! | `plume:pending:{user}` | sorted set, score = id | pending items (JSON), oldest first |
 //! | `plume:pending-id` | string | the counter pending ids come from |
+//! | `plume:reads:{user}` | hash chat -> seq | the user's read position per chat (never moves back) |
 //! | `plume:presence:{user}` | hash `{node}\|{target}\|{socket}` -> 1 | sockets of the user per node and target |
 //! | `plume:node-users:{node}` | set | users with presence records on a node (for cleanup) |
 //! | `plume:nodes` | sorted set node -> expiry (ms, Redis clock) | live nodes |
@@ -234,6 +235,14 @@ static MARK_DELIVERED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('EXISTS', KEYS[1]) == 1 then \
          return redis.call('HSET', KEYS[1], 'delivered', 1) end return 0",
+    )
+});
+static MARK_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') \
+         local new = tonumber(ARGV[2]) \
+         if new > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return new end \
+         return cur",
     )
 });
 static PUSH_PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(PUSH_PENDING_LUA));
@@ -571,6 +580,31 @@ impl RedisState {
             })
             .await?;
         Ok(found.into_iter().map(|mut v| v.pop()).collect())
+    }
+
+    // Read positions.
+
+    /// Moves a user's read position in a chat up to `seq` (never back); returns where it is.
+    pub async fn mark_read(&self, user: &str, chat: &str, seq: u64) -> Result<u64> {
+        let key = format!("plume:reads:{user}");
+        self.run(|mut c| {
+            let mut call = MARK_READ.key(&key);
+            call.arg(chat).arg(seq);
+            async move { call.invoke_async(&mut c).await }
+        })
+        .await
+    }
+
+    /// A user's read position in a chat (0: none).
+    pub async fn read_position(&self, user: &str, chat: &str) -> Result<u64> {
+        let key = format!("plume:reads:{user}");
+        let v: Option<u64> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.hget(key, chat).await }
+            })
+            .await?;
+        Ok(v.unwrap_or(0))
     }
 
     // Pending notifications.

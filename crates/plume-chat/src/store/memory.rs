@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
-    PendingStore, PresenceStore, Retention, SendKey, SentRecord, StoreError, Whereabouts,
-    new_epoch,
+    PendingStore, PresenceStore, ReadStore, Retention, SendKey, SentRecord, StoreError,
+    Whereabouts, new_epoch,
 };
 use crate::time::now_millis;
 
@@ -254,6 +254,19 @@ impl MessageLog for MemoryLog {
         Ok(log.messages.range(start..end).cloned().collect())
     }
 
+    async fn count_unread(&self, chat: &str, after: u64, user: &str) -> Result<u64, StoreError> {
+        let inner = self.inner.lock();
+        let Some(log) = inner.chats.get(chat) else {
+            return Ok(0);
+        };
+        let start = log.messages.partition_point(|m| m.seq <= after);
+        Ok(log
+            .messages
+            .range(start..)
+            .filter(|m| m.sender_id != user)
+            .count() as u64)
+    }
+
     async fn get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
         let inner = self.inner.lock();
         Ok(refs
@@ -264,6 +277,33 @@ impl MessageLog for MemoryLog {
                 Some(log.messages[i].clone())
             })
             .collect())
+    }
+}
+
+/// Read positions in memory.
+#[derive(Default)]
+pub struct MemoryReads {
+    positions: Mutex<HashMap<(String, String), u64>>,
+}
+
+#[async_trait]
+impl ReadStore for MemoryReads {
+    async fn mark_read(&self, user: &str, chat: &str, seq: u64) -> Result<u64, StoreError> {
+        let mut positions = self.positions.lock();
+        let at = positions
+            .entry((user.to_owned(), chat.to_owned()))
+            .or_default();
+        *at = (*at).max(seq);
+        Ok(*at)
+    }
+
+    async fn read_position(&self, user: &str, chat: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .positions
+            .lock()
+            .get(&(user.to_owned(), chat.to_owned()))
+            .copied()
+            .unwrap_or(0))
     }
 }
 

@@ -169,6 +169,19 @@ pub trait MessageLog: Send + Sync + 'static {
     ) -> Result<Vec<LoggedMessage>, StoreError>;
     /// The messages at these positions, `None` where the log no longer has one.
     async fn get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<LoggedMessage>>, StoreError>;
+    /// How many kept messages of `chat` with seq above `after` were not sent by `user` (the
+    /// user's unread count when `after` is their read position).
+    async fn count_unread(&self, chat: &str, after: u64, user: &str) -> Result<u64, StoreError>;
+}
+
+/// How far each user has read each chat. Durable like the log.
+#[async_trait]
+pub trait ReadStore: Send + Sync + 'static {
+    /// Moves `user`'s read position in `chat` up to `seq` (never back); returns the position
+    /// after the call.
+    async fn mark_read(&self, user: &str, chat: &str, seq: u64) -> Result<u64, StoreError>;
+    /// `user`'s read position in `chat` (0: nothing read).
+    async fn read_position(&self, user: &str, chat: &str) -> Result<u64, StoreError>;
 }
 
 /// A notification about a chat message, as pushed to `notifications:{user}`.
@@ -307,6 +320,8 @@ pub struct Stores {
     pub pending: Arc<dyn PendingStore>,
     /// Who is joined where.
     pub presence: Arc<dyn PresenceStore>,
+    /// Read positions.
+    pub reads: Arc<dyn ReadStore>,
 }
 
 impl Stores {
@@ -318,6 +333,7 @@ impl Stores {
             log: Arc::new(memory::MemoryLog::new(retention)),
             pending: Arc::new(memory::MemoryPending::default()),
             presence: Arc::new(memory::MemoryPresence::default()),
+            reads: Arc::new(memory::MemoryReads::default()),
         }
     }
 }

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
-    PendingStore, PresenceStore, Retention, SendKey, SentRecord, StoreError, Stores, Whereabouts,
-    new_epoch,
+    PendingStore, PresenceStore, ReadStore, Retention, SendKey, SentRecord, StoreError, Stores,
+    Whereabouts, new_epoch,
 };
 
 /// The presence target of a user's notifications topic.
@@ -32,7 +32,8 @@ pub fn stores(state: RedisState, retention: Retention) -> Stores {
         membership: shared.clone(),
         log: shared.clone(),
         pending: shared.clone(),
-        presence: shared,
+        presence: shared.clone(),
+        reads: shared,
     }
 }
 
@@ -212,6 +213,19 @@ impl MessageLog for RedisStores {
         Ok(out)
     }
 
+    async fn count_unread(&self, chat: &str, after: u64, user: &str) -> Result<u64, StoreError> {
+        let raw = self
+            .state
+            .log_after(chat, after, self.retention.limit)
+            .await
+            .map_err(err)?;
+        Ok(raw
+            .iter()
+            .filter_map(|r| parse_entry(chat, 0, r).ok())
+            .filter(|m| m.sender_id != user)
+            .count() as u64)
+    }
+
     async fn get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
         let raw = self.state.log_get(refs).await.map_err(err)?;
         // The epoch matters only for sequenced delivery, which pending items never use.
@@ -220,6 +234,17 @@ impl MessageLog for RedisStores {
             .zip(refs)
             .map(|(r, (chat, _))| r.and_then(|r| parse_entry(chat, 0, &r).ok()))
             .collect())
+    }
+}
+
+#[async_trait]
+impl ReadStore for RedisStores {
+    async fn mark_read(&self, user: &str, chat: &str, seq: u64) -> Result<u64, StoreError> {
+        self.state.mark_read(user, chat, seq).await.map_err(err)
+    }
+
+    async fn read_position(&self, user: &str, chat: &str) -> Result<u64, StoreError> {
+        self.state.read_position(user, chat).await.map_err(err)
     }
 }
 

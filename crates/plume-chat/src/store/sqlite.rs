@@ -16,8 +16,8 @@
 //! # Schema
 //!
 //! Version [`SCHEMA_VERSION`], recorded in `meta`. A database written by a newer schema is
-//! refused at start; an older one is upgraded in place by the migrations in `migrate`
-//! (none yet: version 1 is the first). `protocol-spec/storage.md` documents the tables.
+//! refused at start; an older one is upgraded in place by the steps in `MIGRATIONS`
+//! (version 2 added read positions). `protocol-spec/storage.md` documents the tables.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,12 +33,12 @@ use tokio::sync::oneshot;
 use super::memory::{MemoryMembership, MemoryPresence};
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
-    PendingStore, Retention, SendKey, SentRecord, StoreError, Stores, new_epoch,
+    PendingStore, ReadStore, Retention, SendKey, SentRecord, StoreError, Stores, new_epoch,
 };
 use crate::time::now_millis;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// The database file inside the data dir.
 pub const DB_FILE: &str = "plume.db";
 /// Most jobs committed together.
@@ -66,7 +66,16 @@ CREATE TABLE pending (
   id INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,
   item_key TEXT NOT NULL, item TEXT NOT NULL, UNIQUE (user_id, item_key));
 CREATE INDEX pending_user ON pending (user_id, id);
+CREATE TABLE reads (user_id TEXT NOT NULL, chat_id TEXT NOT NULL, seq INTEGER NOT NULL,
+  PRIMARY KEY (user_id, chat_id)) WITHOUT ROWID;
 ";
+
+/// What each schema version adds to the one before (the upgrade path, run by [`migrate`]).
+const MIGRATIONS: &[(i64, &str)] = &[(
+    2,
+    "CREATE TABLE reads (user_id TEXT NOT NULL, chat_id TEXT NOT NULL, seq INTEGER NOT NULL, \
+     PRIMARY KEY (user_id, chat_id)) WITHOUT ROWID;",
+)];
 
 /// Why the data dir could not be opened. Each names the path and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -167,8 +176,9 @@ pub fn open(dir: &Path, retention: Retention) -> Result<(Stores, Arc<SqliteStats
     let stores = Stores {
         membership: store.clone(),
         log: store.clone(),
-        pending: store,
+        pending: store.clone(),
         presence: Arc::new(MemoryPresence::default()),
+        reads: store,
     };
     Ok((stores, stats))
 }
@@ -196,9 +206,17 @@ fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
-/// Brings an older schema up to [`SCHEMA_VERSION`]. Each future version adds one step here
-/// (`if version < 2 { …; set version 2 }`), run in one transaction at start.
-fn migrate(_conn: &Connection, version: i64) -> Result<i64, rusqlite::Error> {
+/// Brings an older schema up to [`SCHEMA_VERSION`]: every step of [`MIGRATIONS`] above
+/// `version`, in order, each in its own transaction with the new version recorded in it (a
+/// crash between two steps leaves a database the next start continues from).
+fn migrate(conn: &Connection, from: i64) -> Result<i64, rusqlite::Error> {
+    let mut version = from;
+    for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > from) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql} UPDATE meta SET value = '{to}' WHERE key = 'schema_version'; COMMIT;"
+        ))?;
+        version = *to;
+    }
     Ok(version)
 }
 
@@ -702,6 +720,21 @@ impl MessageLog for Sqlite {
         .await
     }
 
+    async fn count_unread(&self, chat: &str, after: u64, user: &str) -> Result<u64, StoreError> {
+        let (chat, user, oldest) = (chat.to_owned(), user.to_owned(), self.oldest_kept_ms());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT count(*) FROM messages \
+                 WHERE chat_id = ?1 AND seq > ?2 AND sender_id <> ?3 AND ts_ms >= ?4",
+            )?
+            .query_row(params![chat, seq_param(after), user, oldest], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
     async fn get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
         let (refs, oldest, epoch) = (refs.to_vec(), self.oldest_kept_ms(), self.epoch);
         self.read(move |conn| {
@@ -757,6 +790,36 @@ impl MembershipStore for Sqlite {
 
     async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError> {
         self.members.members(chat).await
+    }
+}
+
+#[async_trait]
+impl ReadStore for Sqlite {
+    async fn mark_read(&self, user: &str, chat: &str, seq: u64) -> Result<u64, StoreError> {
+        let (user, chat) = (user.to_owned(), chat.to_owned());
+        self.write(move |conn, _| {
+            conn.prepare_cached(
+                "INSERT INTO reads (user_id, chat_id, seq) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (user_id, chat_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?
+            .execute(params![user, chat, seq_param(seq)])?;
+            conn.prepare_cached("SELECT seq FROM reads WHERE user_id = ?1 AND chat_id = ?2")?
+                .query_row(params![user, chat], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn read_position(&self, user: &str, chat: &str) -> Result<u64, StoreError> {
+        let (user, chat) = (user.to_owned(), chat.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT seq FROM reads WHERE user_id = ?1 AND chat_id = ?2")?
+                .query_row(params![user, chat], |r| r.get::<_, i64>(0))
+                .optional()?
+                .map_or(0, |n| n as u64))
+        })
+        .await
     }
 }
 
@@ -1014,6 +1077,35 @@ mod tests {
             panic!("a new key appends")
         };
         assert_eq!(next.seq, 4, "seq continues after the log emptied");
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (stores, _) = open(dir.path(), Retention::default()).unwrap();
+            stores.log.append(&key("r"), &draft("m")).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Make it look as version 1 wrote it: no reads table, version 1.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "DROP TABLE reads; UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+        drop(conn);
+        let (stores, _) = open(dir.path(), Retention::default()).unwrap();
+        assert_eq!(stores.log.head("c").await.unwrap().last_seq, 1);
+        assert_eq!(stores.reads.mark_read("u", "c", 1).await.unwrap(), 1);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let version: String = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
     }
 
     #[test]

@@ -314,6 +314,14 @@ impl plume_chat::store::MessageLog for FaultyLog {
     ) -> Result<Vec<Option<plume_chat::store::LoggedMessage>>, plume_chat::store::StoreError> {
         self.inner.get(refs).await
     }
+    async fn count_unread(
+        &self,
+        chat: &str,
+        after: u64,
+        user: &str,
+    ) -> Result<u64, plume_chat::store::StoreError> {
+        self.inner.count_unread(chat, after, user).await
+    }
 }
 
 pub struct FaultyMembership {
