@@ -121,14 +121,14 @@ const SENT: usize = 30;
 
 /// Before the kill: members, 30 acknowledged messages, 30 pending notifications for olga.
 /// Returns the chat's epoch and the reply to message m7.
-fn before_the_kill(addr: &str) -> (Value, Value) {
+async fn before_the_kill(addr: &str) -> (Value, Value) {
     for user in ["alice", "bob", "olga"] {
         assert_eq!(
             api(addr, "PUT", &format!("/api/chats/k/members/{user}")).0,
             200
         );
     }
-    block_on(async {
+    {
         let mut alice = connect(addr, "alice").await;
         let (jr, head) = join(&mut alice, "chat:k", json!({})).await;
         let mut m7 = Value::Null;
@@ -139,11 +139,11 @@ fn before_the_kill(addr: &str) -> (Value, Value) {
             }
         }
         (head["epoch"].clone(), m7)
-    })
+    }
 }
 
 /// After the restart: everything is there.
-fn after_the_restart(addr: &str, epoch: &Value, m7: &Value) {
+async fn after_the_restart(addr: &str, epoch: &Value, m7: &Value) {
     let (code, page) = api(addr, "GET", "/api/chats/k/messages?limit=100");
     assert_eq!(code, 200);
     let contents: Vec<&str> = page["messages"]
@@ -159,7 +159,7 @@ fn after_the_restart(addr: &str, epoch: &Value, m7: &Value) {
     );
     let (_, members) = api(addr, "GET", "/api/chats/k/members");
     assert_eq!(members, json!({"members": ["alice", "bob", "olga"]}));
-    block_on(async {
+    {
         // Bob recovers the whole log from 0 (strict membership admits him: it survived).
         let mut bob = connect(addr, "bob").await;
         let (_, reply) = join(&mut bob, "chat:k", json!({"last_seq": 0, "epoch": epoch})).await;
@@ -193,42 +193,34 @@ fn after_the_restart(addr: &str, epoch: &Value, m7: &Value) {
         )
         .await;
         assert!(extra.is_err(), "a retry delivered again: {extra:?}");
-    });
+    }
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-#[test]
-fn a_sigkilled_node_on_the_embedded_store_keeps_everything() {
+#[tokio::test]
+async fn a_sigkilled_node_on_the_embedded_store_keeps_everything() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("restart-embedded-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = ["--data-dir", dir.to_str().unwrap()];
     let (mut first, addr) = start(&data);
-    let (epoch, m7) = before_the_kill(&addr);
+    let (epoch, m7) = before_the_kill(&addr).await;
     sigkill(&mut first);
     let (mut second, addr) = start(&data);
-    after_the_restart(&addr, &epoch, &m7);
+    after_the_restart(&addr, &epoch, &m7).await;
     sigkill(&mut second);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_sigkilled_node_on_redis_with_aof_keeps_everything_even_when_redis_crashes_too() {
+#[tokio::test]
+async fn a_sigkilled_node_on_redis_with_aof_keeps_everything_even_when_redis_crashes_too() {
     let mut redis = plume_redis::test_server::RedisServer::start();
     let url = redis.url();
     let cluster = ["--redis-url", url.as_str(), "--node-id", "n1"];
     let (mut first, addr) = start(&cluster);
-    let (epoch, m7) = before_the_kill(&addr);
+    let (epoch, m7) = before_the_kill(&addr).await;
     sigkill(&mut first);
     redis.crash_and_restart();
     let (mut second, addr) = start(&cluster);
-    after_the_restart(&addr, &epoch, &m7);
+    after_the_restart(&addr, &epoch, &m7).await;
     sigkill(&mut second);
 }

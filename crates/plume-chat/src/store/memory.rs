@@ -521,21 +521,7 @@ mod tests {
         assert_eq!(p.list("u").await.unwrap(), listed[2..]);
     }
 
-    fn key(r: &str) -> SendKey {
-        SendKey {
-            user: "u".into(),
-            chat: "c".into(),
-            mobile_ref_id: r.into(),
-        }
-    }
-
-    fn draft(id: &str) -> Draft {
-        Draft {
-            message_id: id.into(),
-            ts_ms: now_millis(),
-            content: format!("text {id}"),
-        }
-    }
+    use crate::store::test_support::{draft, key};
 
     #[tokio::test(start_paused = true)]
     async fn log_numbers_messages_and_answers_retries_until_the_key_expires() {

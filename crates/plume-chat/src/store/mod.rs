@@ -337,3 +337,28 @@ impl Stores {
         }
     }
 }
+
+/// What the store implementations' unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{Draft, SendKey};
+    use crate::time::now_millis;
+
+    /// User `u`'s send `r` in chat `c`.
+    pub fn key(r: &str) -> SendKey {
+        SendKey {
+            user: "u".into(),
+            chat: "c".into(),
+            mobile_ref_id: r.into(),
+        }
+    }
+
+    /// A message with id `id`, sent now.
+    pub fn draft(id: &str) -> Draft {
+        Draft {
+            message_id: id.into(),
+            ts_ms: now_millis(),
+            content: format!("text {id}"),
+        }
+    }
+}

@@ -909,21 +909,7 @@ impl PendingStore for Sqlite {
 mod tests {
     use super::*;
 
-    fn key(r: &str) -> SendKey {
-        SendKey {
-            user: "u".into(),
-            chat: "c".into(),
-            mobile_ref_id: r.into(),
-        }
-    }
-
-    fn draft(id: &str) -> Draft {
-        Draft {
-            message_id: id.into(),
-            ts_ms: now_millis(),
-            content: format!("text {id}"),
-        }
-    }
+    use crate::store::test_support::{draft, key};
 
     #[tokio::test]
     async fn everything_survives_reopening() {
