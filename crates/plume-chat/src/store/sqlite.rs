@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 use super::memory::{MemoryMembership, MemoryPresence};
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
-    PendingStore, Retention, SendKey, SentRecord, StoreError, Stores, new_epoch,
+    PendingLimits, PendingStore, Retention, SendKey, SentRecord, StoreError, Stores, new_epoch,
 };
 use crate::time::now_millis;
 
@@ -715,14 +715,15 @@ impl PendingStore for Sqlite {
         &self,
         users: &[String],
         item: &PendingItem,
-        limit: usize,
+        limits: PendingLimits,
     ) -> Result<usize, StoreError> {
         if users.is_empty() {
             return Ok(0);
         }
         let text = serde_json::to_string(item).map_err(|e| StoreError(e.to_string()))?;
         let (users, item_key) = (users.to_vec(), pending_key(item));
-        let limit = limit.max(1) as i64;
+        let limit = limits.count.max(1) as i64;
+        let bytes = i64::try_from(limits.bytes).unwrap_or(i64::MAX);
         self.write(move |conn, _| {
             let mut insert = conn.prepare_cached(
                 "INSERT OR IGNORE INTO pending (user_id, item_key, item) VALUES (?1, ?2, ?3)",
@@ -731,10 +732,21 @@ impl PendingStore for Sqlite {
                 "DELETE FROM pending WHERE user_id = ?1 AND id < \
                  (SELECT id FROM pending WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
             )?;
+            // The oldest items beyond the byte budget, counting from the newest (which always
+            // stays). Bytes of the stored JSON text.
+            let mut trim_bytes = conn.prepare_cached(
+                "DELETE FROM pending WHERE user_id = ?1 AND id IN (SELECT id FROM \
+                 (SELECT id, ROW_NUMBER() OVER w AS n, \
+                         SUM(length(CAST(item AS BLOB))) OVER w AS running \
+                  FROM pending WHERE user_id = ?1 \
+                  WINDOW w AS (ORDER BY id DESC ROWS UNBOUNDED PRECEDING)) \
+                 WHERE n > 1 AND running > ?2)",
+            )?;
             let mut dropped = 0;
             for user in &users {
                 insert.execute(params![user, item_key, text])?;
                 dropped += trim.execute(params![user, limit - 1])?;
+                dropped += trim_bytes.execute(params![user, bytes])?;
             }
             Ok(dropped)
         })
@@ -788,6 +800,13 @@ impl PendingStore for Sqlite {
 mod tests {
     use super::*;
 
+    fn limits(count: usize) -> PendingLimits {
+        PendingLimits {
+            count,
+            bytes: usize::MAX,
+        }
+    }
+
     fn key(r: &str) -> SendKey {
         SendKey {
             user: "u".into(),
@@ -825,13 +844,13 @@ mod tests {
             };
             stores
                 .pending
-                .push_many(&["v".into()], &item, 10)
+                .push_many(&["v".into()], &item, limits(10))
                 .await
                 .unwrap();
             // The same item again is stored once.
             stores
                 .pending
-                .push_many(&["v".into()], &item, 10)
+                .push_many(&["v".into()], &item, limits(10))
                 .await
                 .unwrap();
             epoch = stores.log.head("c").await.unwrap().epoch;
