@@ -6,6 +6,12 @@
 //! in [`Socket::frames`]. It performs no IO itself, so every protocol rule is testable without
 //! a network. One method per protocol case, in the order Phoenix's `socket.ex` checks them:
 //! heartbeat, join, leave, message to a joined topic, message to an unjoined topic.
+//!
+//! Before the protocol cases come the socket's limits ([`SocketConfig`]): a token bucket for
+//! pushes and one for joins (heartbeats are never limited), a tolerance for refusals beyond
+//! which the socket is closed with [`close::RATE_LIMITED`], and the sizes of topics, event
+//! names and join payloads. Leave orders on the socket id topic ([`Out::Leave`]) end one
+//! channel with `phx_close`.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;

@@ -7,7 +7,10 @@
 //!   history was. Recovered messages follow the reply as `receive_message`, oldest first,
 //!   then live ones with no gap and no duplicate (the socket subscribes before the log is
 //!   read, and its floor drops the live copies of what was replayed).
-//! - `send_message` `{content, mobile_ref_id}`: validated, then appended to the chat's log
+//!   Chat ids are at most `max_id_bytes` (`chat_id_too_long`).
+//! - `send_message` `{content, mobile_ref_id}`: validated (`mobile_ref_id` at most
+//!   `max_mobile_ref_id_bytes`), the sender's membership checked again (a member removed
+//!   since the join gets `unauthorized`), then appended to the chat's log
 //!   (which numbers it and recognises a retry of the same (user, chat, mobile_ref_id) in one
 //!   atomic step). A new message goes to every other socket in the chat as
 //!   `receive_message`, to each other member who has no socket in the chat as a

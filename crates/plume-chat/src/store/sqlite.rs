@@ -882,6 +882,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pending_is_bounded_in_count_and_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, _) = open(dir.path(), Retention::default()).unwrap();
+        let note = |i: usize, size: usize| {
+            PendingItem::Inline(crate::store::Notification {
+                chat_id: "c".into(),
+                sender_id: "s".into(),
+                // Multi-byte characters: the budget counts bytes, not characters.
+                content: "é".repeat(size / 2),
+                timestamp: "t".into(),
+                message_id: format!("m{i}"),
+                seq: None,
+            })
+        };
+        let size = super::super::memory::pending_size(&note(0, 1000)).unwrap();
+        let budget = PendingLimits {
+            count: 100,
+            bytes: size * 3,
+        };
+        let mut dropped = 0;
+        for i in 0..8 {
+            dropped += stores
+                .pending
+                .push_many(&["u".into()], &note(i, 1000), budget)
+                .await
+                .unwrap();
+        }
+        let ids = |items: Vec<(u64, PendingItem)>| -> Vec<String> {
+            items
+                .into_iter()
+                .map(|(_, item)| match item {
+                    PendingItem::Inline(n) => n.message_id,
+                    PendingItem::Message { .. } => String::new(),
+                })
+                .collect()
+        };
+        assert_eq!(dropped, 5);
+        assert_eq!(
+            ids(stores.pending.list("u").await.unwrap()),
+            ["m5", "m6", "m7"]
+        );
+        // Count still applies under the byte budget; one item over the budget stays alone.
+        let few = PendingLimits {
+            count: 2,
+            bytes: usize::MAX,
+        };
+        stores
+            .pending
+            .push_many(&["u".into()], &note(8, 10), few)
+            .await
+            .unwrap();
+        assert_eq!(ids(stores.pending.list("u").await.unwrap()), ["m7", "m8"]);
+        stores
+            .pending
+            .push_many(&["u".into()], &note(9, size * 10), budget)
+            .await
+            .unwrap();
+        assert_eq!(ids(stores.pending.list("u").await.unwrap()), ["m9"]);
+    }
+
+    #[tokio::test]
     async fn concurrent_appends_get_gapless_seqs_in_few_commits() {
         let dir = tempfile::tempdir().unwrap();
         let (stores, stats) = open(dir.path(), Retention::default()).unwrap();
