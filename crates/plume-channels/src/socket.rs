@@ -53,9 +53,9 @@ pub struct SocketConfig {
     /// Joins a socket may send at once. Default 100, the channel cap, so that a client
     /// rejoining everything after a reconnect is never refused.
     pub join_burst: u32,
-    /// Rate-limited messages tolerated per 10 seconds (as a bucket of this size refilling
-    /// over 10 s); beyond that the socket is closed with [`close::RATE_LIMITED`]. 0 never
-    /// closes. Default 100.
+    /// Rate-limited messages tolerated per 10 seconds: a bucket of this many refusals that
+    /// refills a tenth of it per second (at least 1); once it is empty the next refusal
+    /// closes the socket with [`close::RATE_LIMITED`]. 0 never closes. Default 100.
     pub max_rate_limited_per_10s: u32,
     /// Longest topic, in bytes; a longer one on a join gets `{"reason":"topic_too_long"}`.
     /// Default 255, the most the V2 binary format can carry.
