@@ -7,7 +7,7 @@ import { describe } from "node:test";
 import { usePlume } from "./lib/harness.mjs";
 import { signJwt } from "./lib/auth.mjs";
 import { api } from "./lib/cluster.mjs";
-import { collectEvents, delay, join, joinOk, pushAndReceive, uniq, waitForEvent, waitUntil } from "./lib/client.mjs";
+import { collectEvents, delay, join, joinOk, pushAndReceive, uniq, waitForEvent, waitUntil, withTimeout } from "./lib/client.mjs";
 
 const API_KEY = "js-chat-api-key";
 
@@ -164,5 +164,52 @@ describe("chat service (single node)", () => {
     await joinOk(dn2);
     await delay(300);
     assert.equal(none.length, 0);
+  });
+  h.test("removing a member closes their chat channel with phx_close, and phoenix.js does not rejoin", async () => {
+    const chat = uniq("c");
+    await addMember(chat, "alice");
+    await addMember(chat, "bob");
+    const alice = await as("alice");
+    const bob = await h.connect({
+      rejoinAfterMs: () => 50,
+      params: { token: signJwt("bob"), device_unique_id: "bob-device", preferred_language: "EN" },
+    });
+    const ach = await joinChat(alice, chat);
+    const bch = await joinChat(bob, chat);
+    const jr = bch.joinRef();
+    const closed = new Promise((resolve) => bch.onClose(resolve));
+    const atBob = collectEvents(bch, "receive_message");
+    const { status } = await api(h.server.port, "DELETE", `/api/chats/${chat}/members/bob`, API_KEY);
+    assert.equal(status, 200);
+    await withTimeout(closed, 3_000, "bob's channel onClose after the removal");
+    assert.equal(bch.state, "closed");
+    assert.ok(!bob.socket.channels.includes(bch), "phoenix.js removed the channel");
+    const topic = `chat:${chat}`;
+    const close = bob.rec.entries.find((e) => e.dir === "in" && e.frame?.[2] === topic && e.frame?.[3] === "phx_close");
+    assert.deepEqual(close.frame, [jr, jr, topic, "phx_close", {}]);
+    assert.equal((await pushAndReceive(ach, "send_message", { content: "after", mobile_ref_id: "a1" })).status, "ok");
+    await delay(300);
+    const rejoins = bob.rec.entries.filter((e) => e.seq > close.seq && e.dir === "out" && e.frame?.[2] === topic);
+    assert.equal(rejoins.length, 0, "no rejoin after phx_close");
+    assert.equal(atBob.length, 0);
+    assert.equal(bob.socket.connectionState(), "open");
+  });
+
+  h.test("a burst of sends over the rate limit: the excess gets rate_limited, reply and message_sent", async () => {
+    const chat = uniq("c");
+    await addMember(chat, "alice");
+    const alice = await as("alice");
+    const ch = await joinChat(alice, chat);
+    const refusedSent = collectEvents(ch, "message_sent");
+    const replies = await Promise.all(
+      Array.from({ length: 260 }, (_, i) => pushAndReceive(ch, "send_message", { content: `m${i}`, mobile_ref_id: `r${i}` })),
+    );
+    const limited = replies.filter((r) => r.status === "error" && r.response.reason === "rate_limited");
+    const ok = replies.filter((r) => r.status === "ok");
+    assert.ok(ok.length >= 200, `the burst of 200 passes, got ${ok.length}`);
+    assert.ok(limited.length > 0 && limited.length + ok.length === 260, `${limited.length} limited, ${ok.length} ok`);
+    const errors = refusedSent.filter((m) => m.payload.status === "error" && m.payload.reason === "rate_limited");
+    assert.equal(errors.length, limited.length, "each refusal also has its message_sent");
+    assert.equal(alice.socket.connectionState(), "open", "a burst alone does not close the socket");
   });
 });

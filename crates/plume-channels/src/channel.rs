@@ -129,6 +129,9 @@ pub enum Terminate {
     Crashed,
     /// The socket closed.
     SocketClosed,
+    /// A leave order on the socket's id topic ([`plume_wire::event::LEAVE_TOPIC`]) removed
+    /// it; the client got `phx_close`.
+    Removed,
 }
 
 /// An application channel for the topics of one route (for example `chat:*`).
@@ -165,6 +168,22 @@ pub trait Channel: Sized + Send + 'static {
     ) -> impl Future<Output = Result<(), ChannelError>> + Send {
         let _ = (info, ctx);
         async { Ok(()) }
+    }
+
+    /// A message for this instance was refused before reaching `handle_in` (the socket's
+    /// rate limit: `reason` is `rate_limited`); returns the reply the client gets. The default
+    /// is `{"reason": reason}`. Runs on the refusal path of a flood, so it must be quick and
+    /// must not wait on anything: it may push (a channel whose clients expect an event with
+    /// the outcome, as chat's `message_sent`, sends it here).
+    fn refused(
+        &mut self,
+        event: &str,
+        payload: &Payload,
+        reason: &str,
+        ctx: &mut Context<'_>,
+    ) -> Reply {
+        let _ = (event, payload, ctx);
+        Reply::error_reason(reason)
     }
 
     /// Runs once when the instance ends, whatever the reason.
@@ -380,6 +399,13 @@ pub(crate) trait DynChannel: Send {
         info: Box<dyn Any + Send>,
         ctx: &'a mut Context<'_>,
     ) -> BoxFuture<'a, Result<(), ChannelError>>;
+    fn refused(
+        &mut self,
+        event: &str,
+        payload: &Payload,
+        reason: &str,
+        ctx: &mut Context<'_>,
+    ) -> Reply;
     fn terminate<'a>(
         &'a mut self,
         reason: Terminate,
@@ -403,6 +429,16 @@ impl<C: Channel> DynChannel for C {
         ctx: &'a mut Context<'_>,
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(Channel::handle_info(self, info, ctx))
+    }
+
+    fn refused(
+        &mut self,
+        event: &str,
+        payload: &Payload,
+        reason: &str,
+        ctx: &mut Context<'_>,
+    ) -> Reply {
+        Channel::refused(self, event, payload, reason, ctx)
     }
 
     fn terminate<'a>(

@@ -13,6 +13,7 @@
 //!   broadcast_from, handle_info messages) and outcomes.
 //! - [`router`]: topic patterns (`chat:*`) to channels.
 //! - [`pubsub`]: the [`PubSub`] trait and [`LocalPubSub`], the sharded in-process registry.
+//! - [`limit`]: the token bucket behind the per-socket rate limits.
 //! - [`outbound`]: the bounded per-socket queue with its overflow policy.
 //! - [`connect`]: what a client presented on connect and the [`ConnectHook`] that judges it.
 //! - [`echo`]: a sample `echo:*` channel that exercises all of the above.
@@ -22,6 +23,7 @@ pub mod channel;
 pub mod connect;
 pub mod duration_secs;
 pub mod echo;
+pub mod limit;
 pub mod outbound;
 pub mod pubsub;
 pub mod router;

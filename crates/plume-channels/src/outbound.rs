@@ -53,6 +53,12 @@ pub enum Out {
     },
     /// The socket's id topic received a `disconnect` broadcast: close the socket (1001).
     Disconnect,
+    /// The socket's id topic received a leave order for this topic: end the channel joined
+    /// to it, if any, and send the client `phx_close` (see [`plume_wire::event::LEAVE_TOPIC`]).
+    Leave {
+        /// The topic to leave.
+        topic: Arc<str>,
+    },
     /// A message for one channel instance's `handle_info`.
     Info {
         /// The channel instance (see [`crate::Context::channel_id`]).
@@ -68,6 +74,7 @@ impl std::fmt::Debug for Out {
             Out::Frame(frame) => f.debug_tuple("Frame").field(frame).finish(),
             Out::Seq { seq, .. } => f.debug_struct("Seq").field("seq", seq).finish(),
             Out::Disconnect => f.write_str("Disconnect"),
+            Out::Leave { topic } => f.debug_struct("Leave").field("topic", topic).finish(),
             Out::Info { channel, .. } => f.debug_struct("Info").field("channel", channel).finish(),
         }
     }
@@ -115,7 +122,7 @@ impl Out {
     fn budget_bytes(&self) -> usize {
         match self {
             Out::Frame(frame) | Out::Seq { frame, .. } => frame.as_bytes().len(),
-            Out::Disconnect | Out::Info { .. } => 0,
+            Out::Disconnect | Out::Info { .. } | Out::Leave { .. } => 0,
         }
     }
 }

@@ -6,6 +6,12 @@
 //! in [`Socket::frames`]. It performs no IO itself, so every protocol rule is testable without
 //! a network. One method per protocol case, in the order Phoenix's `socket.ex` checks them:
 //! heartbeat, join, leave, message to a joined topic, message to an unjoined topic.
+//!
+//! Before the protocol cases come the socket's limits ([`SocketConfig`]): a token bucket for
+//! pushes and one for joins (heartbeats are never limited), a tolerance for refusals beyond
+//! which the socket is closed with [`close::RATE_LIMITED`], and the sizes of topics, event
+//! names and join payloads. Leave orders on the socket id topic ([`Out::Leave`]) end one
+//! channel with `phx_close`.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -15,15 +21,17 @@ use std::sync::atomic::AtomicU64;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use plume_wire::close::{self, CloseReason};
-use plume_wire::{Frame, Json, Message, Ref, Serializer, event};
+use plume_wire::{Frame, Json, Message, Payload, Ref, Serializer, event};
 
 use crate::channel::{Context, DynChannel, JoinError, Outcome, Reply, SocketShared, Terminate};
 use crate::connect::ConnectInfo;
+use crate::limit::TokenBucket;
 use crate::outbound::{Out, OutboundRx, SocketId, admit_seq, outbound_with_budget};
 use crate::pubsub::{PubSub, Subscriber, SubscriberKind};
 use crate::router::Router;
 
-/// Limits of one socket.
+/// Limits of one socket. Every size a client chooses is bounded here or by the frame limit,
+/// and every limit answers with a named reason or close code (protocol-spec/errors.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct SocketConfig {
@@ -37,6 +45,31 @@ pub struct SocketConfig {
     /// AnyCable use); a frame that would go over it closes the socket with
     /// [`close::SLOW_CONSUMER`].
     pub outbound_max_bytes: usize,
+    /// Messages (other than heartbeats and joins) one socket may send per second, on
+    /// average; over it a message gets `{"reason":"rate_limited"}`. 0 turns the limit off.
+    /// Default 100.
+    pub max_pushes_per_second: u32,
+    /// Messages a socket may send at once before the rate applies. Default 200.
+    pub push_burst: u32,
+    /// Joins one socket may send per second, on average; over it a join gets
+    /// `{"reason":"rate_limited"}`. 0 turns the limit off. Default 20.
+    pub max_joins_per_second: u32,
+    /// Joins a socket may send at once. Default 100, the channel cap, so that a client
+    /// rejoining everything after a reconnect is never refused.
+    pub join_burst: u32,
+    /// Rate-limited messages tolerated per 10 seconds: a bucket of this many refusals that
+    /// refills a tenth of it per second (at least 1); once it is empty the next refusal
+    /// closes the socket with [`close::RATE_LIMITED`]. 0 never closes. Default 100.
+    pub max_rate_limited_per_10s: u32,
+    /// Longest topic, in bytes; a longer one on a join gets `{"reason":"topic_too_long"}`.
+    /// Default 255, the most the V2 binary format can carry.
+    pub max_topic_bytes: usize,
+    /// Longest event name, in bytes; a longer one gets `{"reason":"event_too_long"}`.
+    /// Default 64.
+    pub max_event_bytes: usize,
+    /// Largest join payload, in bytes (as received); a larger one gets
+    /// `{"reason":"join_payload_too_large"}`. Default 4 KiB.
+    pub max_join_payload_bytes: usize,
 }
 
 impl Default for SocketConfig {
@@ -45,6 +78,43 @@ impl Default for SocketConfig {
             max_channels: 100,
             outbound_capacity: 1024,
             outbound_max_bytes: 1024 * 1024,
+            max_pushes_per_second: 100,
+            push_burst: 200,
+            max_joins_per_second: 20,
+            join_burst: 100,
+            max_rate_limited_per_10s: 100,
+            max_topic_bytes: 255,
+            max_event_bytes: 64,
+            max_join_payload_bytes: 4096,
+        }
+    }
+}
+
+/// The socket's rate limits: pushes, joins, and how many refusals it tolerates.
+struct Limits {
+    pushes: TokenBucket,
+    joins: TokenBucket,
+    /// One token per refused message; empty means the client floods and is closed.
+    refusals: TokenBucket,
+    refused: u64,
+}
+
+impl Limits {
+    fn new(config: &SocketConfig) -> Limits {
+        let tolerated = config.max_rate_limited_per_10s;
+        Limits {
+            pushes: TokenBucket::new(config.max_pushes_per_second, config.push_burst),
+            joins: TokenBucket::new(config.max_joins_per_second, config.join_burst),
+            // `tolerated` per 10 s is `tolerated / 10` per second; at least 1 so it refills.
+            refusals: TokenBucket::new(
+                if tolerated == 0 {
+                    0
+                } else {
+                    (tolerated / 10).max(1)
+                },
+                tolerated,
+            ),
+            refused: 0,
         }
     }
 }
@@ -66,6 +136,7 @@ pub struct Socket {
     channels: Vec<Joined>,
     out: Vec<Frame>,
     next_channel: u64,
+    limits: Limits,
 }
 
 fn channel_crash_payload() -> Json {
@@ -123,6 +194,7 @@ impl Socket {
             channels: Vec::new(),
             out: Vec::new(),
             next_channel: 1,
+            limits: Limits::new(&config),
         };
         (socket, rx)
     }
@@ -149,10 +221,35 @@ impl Socket {
             .map(|j| (j.topic.as_str(), j.join_ref.as_ref()))
     }
 
-    /// Handles one decoded client message.
-    pub async fn handle_message(&mut self, msg: Message) {
+    /// Handles one decoded client message; returns the close to perform, if any (a socket
+    /// that keeps sending over its rate limit is closed with [`close::RATE_LIMITED`]).
+    ///
+    /// Order of the checks: a heartbeat is answered at once (never limited, so a busy client
+    /// is never timed out), then the rate limits, then the size limits, then the protocol
+    /// cases.
+    pub async fn handle_message(&mut self, msg: Message) -> Option<CloseReason> {
         if msg.topic == event::PHOENIX_TOPIC && msg.event == event::HEARTBEAT {
-            return self.reply(None, msg.ref_.as_ref(), &msg.topic, &Reply::ok_empty());
+            self.reply(None, msg.ref_.as_ref(), &msg.topic, &Reply::ok_empty());
+            return None;
+        }
+        let is_join = msg.event == event::PHX_JOIN;
+        let admitted = if is_join {
+            self.limits.joins.take()
+        } else {
+            self.limits.pushes.take()
+        };
+        if !admitted {
+            return self.rate_limited(&msg);
+        }
+        if msg.event.len() > self.config.max_event_bytes {
+            tracing::debug!(
+                socket = self.shared.id.0,
+                len = msg.event.len(),
+                "event too long"
+            );
+            let reply = Reply::error_reason(event::REASON_EVENT_TOO_LONG);
+            self.reply(None, msg.ref_.as_ref(), &msg.topic, &reply);
+            return None;
         }
         match msg.event.as_str() {
             event::PHX_JOIN => self.join(msg).await,
@@ -161,6 +258,79 @@ impl Socket {
                 Some(idx) => self.deliver(idx, msg).await,
                 None => self.unmatched(&msg),
             },
+        }
+        None
+    }
+
+    /// A message over the rate limit: an error reply (the channel's, for a joined topic, so
+    /// that it can say more, as chat's `message_sent` does), and a close once the socket has
+    /// been refused more than its tolerance.
+    fn rate_limited(&mut self, msg: &Message) -> Option<CloseReason> {
+        self.limits.refused += 1;
+        if self.limits.refused == 1 {
+            tracing::info!(socket = self.shared.id.0, topic = %msg.topic, event = %msg.event,
+                "rate limit reached; refusing messages");
+        }
+        if !self.limits.refusals.take() {
+            tracing::warn!(
+                socket = self.shared.id.0,
+                refused = self.limits.refused,
+                "closing socket: it kept sending over its rate limit"
+            );
+            return Some(CloseReason::new(
+                close::RATE_LIMITED,
+                "rate limited: too many messages",
+            ));
+        }
+        let joined = (msg.event != event::PHX_JOIN)
+            .then(|| self.find(&msg.topic))
+            .flatten()
+            .filter(|&idx| !is_stale(msg, &self.channels[idx]));
+        match joined {
+            Some(idx) => {
+                let Socket {
+                    shared,
+                    channels,
+                    out,
+                    ..
+                } = self;
+                let joined = &mut channels[idx];
+                let mut ctx = Context {
+                    socket: shared,
+                    topic: &joined.topic,
+                    join_ref: joined.join_ref.as_ref(),
+                    channel_id: joined.id,
+                    out,
+                    floor: &joined.floor,
+                    subscribed: None,
+                };
+                let reply = joined.channel.refused(
+                    &msg.event,
+                    &msg.payload,
+                    event::REASON_RATE_LIMITED,
+                    &mut ctx,
+                );
+                let join_ref = joined.join_ref.clone();
+                self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
+            }
+            None => {
+                let join_ref = (msg.event == event::PHX_JOIN)
+                    .then(|| self.join_ref_of(msg))
+                    .flatten();
+                let reply = Reply::error_reason(event::REASON_RATE_LIMITED);
+                self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
+            }
+        }
+        None
+    }
+
+    /// The join_ref a join's reply carries: V2 channels are identified by the join's join_ref
+    /// (its ref when the client sent null); V1 has no join_refs on the way out, so it keeps
+    /// what was sent.
+    fn join_ref_of(&self, msg: &Message) -> Option<Ref> {
+        match self.shared.serializer {
+            Serializer::V2 => msg.join_ref.clone().or_else(|| msg.ref_.clone()),
+            Serializer::V1 => msg.join_ref.clone(),
         }
     }
 
@@ -176,6 +346,7 @@ impl Socket {
             Out::Disconnect => {
                 return Some(CloseReason::new(close::GOING_AWAY, "disconnected"));
             }
+            Out::Leave { topic } => self.remove(&topic).await,
             Out::Info { channel, info } => {
                 let found = self.channels.iter().position(|j| j.id == channel);
                 if let Some(idx) = found {
@@ -220,6 +391,29 @@ impl Socket {
         }
     }
 
+    /// Ends the channel joined to `topic` on a leave order from the socket id topic (its
+    /// user was removed from the chat, say): `terminate`, unsubscribe, then `phx_close`, so
+    /// phoenix.js closes the channel and does not rejoin. Nothing joined: nothing happens.
+    async fn remove(&mut self, topic: &str) {
+        let Some(idx) = self.find(topic) else {
+            return;
+        };
+        let joined = self.channels.swap_remove(idx);
+        let join_ref = joined.join_ref.clone();
+        tracing::info!(
+            socket = self.shared.id.0,
+            topic,
+            "channel removed by a leave order"
+        );
+        self.end(joined, Terminate::Removed).await;
+        self.control(
+            join_ref.as_ref(),
+            topic,
+            event::PHX_CLOSE,
+            &Json::empty_object(),
+        );
+    }
+
     fn find(&self, topic: &str) -> Option<usize> {
         self.channels.iter().position(|j| j.topic == topic)
     }
@@ -251,12 +445,29 @@ impl Socket {
     }
 
     async fn join(&mut self, msg: Message) {
-        // V2 channels are identified by the join's join_ref (its ref when the client sent
-        // null); V1 has no join_refs on the way out, so it keeps what was sent.
-        let join_ref = match self.shared.serializer {
-            Serializer::V2 => msg.join_ref.clone().or_else(|| msg.ref_.clone()),
-            Serializer::V1 => msg.join_ref.clone(),
+        let join_ref = self.join_ref_of(&msg);
+        // Refused before anything is looked up or kept: a topic that long is never stored.
+        if msg.topic.len() > self.config.max_topic_bytes {
+            tracing::info!(
+                socket = self.shared.id.0,
+                len = msg.topic.len(),
+                "join refused: topic too long"
+            );
+            let reply = Reply::error_reason(event::REASON_TOPIC_TOO_LONG);
+            // The reply names the topic as sent: clients match replies by topic and ref. It
+            // is written once and dropped, never kept.
+            return self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
+        }
+        let payload_len = match &msg.payload {
+            Payload::Json(j) => j.as_bytes().len(),
+            Payload::Binary(b) => b.len(),
         };
+        if payload_len > self.config.max_join_payload_bytes {
+            tracing::info!(socket = self.shared.id.0, topic = %msg.topic, len = payload_len,
+                "join refused: payload too large");
+            let reply = Reply::error_reason(event::REASON_JOIN_PAYLOAD_TOO_LARGE);
+            return self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
+        }
         // A duplicate join replaces the live instance; its phx_close follows the new reply.
         let replaced = match self.find(&msg.topic) {
             Some(idx) => {

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use std::time::Duration;
+
 use plume_channels::{
-    Channel, ChannelError, ConnectInfo, ConnectRequest, Context, JoinError, LocalPubSub, Outcome,
-    Reply, Router, Socket, SocketConfig,
+    Broadcast, Channel, ChannelError, ConnectInfo, ConnectRequest, Context, JoinError, LocalPubSub,
+    OutboundRx, Outcome, PubSub, Reply, Router, Socket, SocketConfig,
 };
-use plume_wire::{Frame, Payload, Serializer};
+use plume_wire::close::{self, CloseReason};
+use plume_wire::{Frame, Json, Payload, Serializer, event};
 
 struct Pushy;
 
@@ -39,6 +42,14 @@ impl Channel for Pushy {
 }
 
 fn socket() -> Socket {
+    socket_with(SocketConfig::default(), None, Arc::new(LocalPubSub::new())).0
+}
+
+fn socket_with(
+    config: SocketConfig,
+    socket_id: Option<&str>,
+    pubsub: Arc<LocalPubSub>,
+) -> (Socket, OutboundRx) {
     let request = ConnectRequest {
         params: Default::default(),
         auth_token: None,
@@ -47,24 +58,20 @@ fn socket() -> Socket {
     };
     let info = ConnectInfo {
         request,
-        socket_id: None,
+        socket_id: socket_id.map(str::to_owned),
         assigns: None,
     };
     let router = Arc::new(Router::new().channel::<Pushy>("p:*", Arc::new(())));
-    Socket::new(
-        info,
-        router,
-        Arc::new(LocalPubSub::new()),
-        SocketConfig::default(),
-    )
-    .0
+    Socket::new(info, router, pubsub, config)
 }
 
-async fn feed(s: &mut Socket, text: &'static str) -> Vec<String> {
-    let msg = Serializer::V2
-        .decode_text(Bytes::from_static(text.as_bytes()))
-        .unwrap();
-    s.handle_message(msg).await;
+async fn feed(s: &mut Socket, text: &str) -> Vec<String> {
+    let (frames, close) = feed_close(s, text).await;
+    assert_eq!(close, None, "unexpected close after {text}");
+    frames
+}
+
+fn texts(s: &mut Socket) -> Vec<String> {
     s.frames()
         .drain(..)
         .map(|f| match f {
@@ -72,6 +79,191 @@ async fn feed(s: &mut Socket, text: &'static str) -> Vec<String> {
             Frame::Binary(_) => panic!("binary"),
         })
         .collect()
+}
+
+async fn feed_close(s: &mut Socket, text: &str) -> (Vec<String>, Option<CloseReason>) {
+    let msg = Serializer::V2
+        .decode_text(Bytes::copy_from_slice(text.as_bytes()))
+        .unwrap();
+    let close = s.handle_message(msg).await;
+    (texts(s), close)
+}
+
+/// Moves everything queued for the socket through `handle_out`, as the driver does.
+async fn drain_outbound(s: &mut Socket, rx: &mut OutboundRx) {
+    let mut batch = Vec::new();
+    let waited = tokio::time::timeout(Duration::from_secs(1), rx.recv_batch(&mut batch)).await;
+    assert!(waited.is_ok(), "nothing was queued for the socket");
+    for item in batch {
+        assert_eq!(s.handle_out(item).await, None);
+    }
+}
+
+const RATE_LIMITED: &str = r#"{"response":{"reason":"rate_limited"},"status":"error"}"#;
+
+#[tokio::test(start_paused = true)]
+async fn pushes_over_the_rate_are_refused_and_a_flooder_is_closed() {
+    let config = SocketConfig {
+        max_pushes_per_second: 10,
+        push_burst: 5,
+        max_rate_limited_per_10s: 20,
+        ..SocketConfig::default()
+    };
+    let (mut s, _rx) = socket_with(config, None, Arc::new(LocalPubSub::new()));
+    feed(&mut s, r#"["1","1","p:yes","phx_join",{}]"#).await;
+    for i in 0..5 {
+        let frames = feed(&mut s, &format!(r#"["1","{i}","p:yes","ev",{{}}]"#)).await;
+        assert_eq!(
+            frames,
+            [format!(
+                r#"["1","{i}","p:yes","phx_reply",{{"response":{{}},"status":"ok"}}]"#
+            )]
+        );
+    }
+    // The burst is spent: the next push is refused with the join_ref of the channel.
+    assert_eq!(
+        feed(&mut s, r#"["1","9","p:yes","ev",{}]"#).await,
+        [format!(r#"["1","9","p:yes","phx_reply",{RATE_LIMITED}]"#)]
+    );
+    // Heartbeats are never limited.
+    for _ in 0..50 {
+        assert_eq!(
+            feed(&mut s, r#"[null,"h","phoenix","heartbeat",{}]"#).await,
+            [r#"[null,"h","phoenix","phx_reply",{"response":{},"status":"ok"}]"#]
+        );
+    }
+    // 100 ms at 10/s is one more push.
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(feed(&mut s, r#"["1","10","p:yes","ev",{}]"#).await.len(), 1);
+    assert!(feed(&mut s, r#"["1","11","p:yes","ev",{}]"#).await[0].contains("rate_limited"));
+    // 20 refusals are tolerated (two were above); the 21st closes the socket with 4029.
+    for i in 0..18 {
+        let frames = feed(&mut s, &format!(r#"["1","r{i}","p:yes","ev",{{}}]"#)).await;
+        assert!(frames[0].contains("rate_limited"), "{frames:?}");
+    }
+    let (frames, close) = feed_close(&mut s, r#"["1","x","p:yes","ev",{}]"#).await;
+    assert!(frames.is_empty());
+    assert_eq!(close.map(|c| c.code), Some(close::RATE_LIMITED));
+}
+
+#[tokio::test(start_paused = true)]
+async fn joins_have_their_own_bucket_and_unjoined_topics_get_the_plain_reason() {
+    let config = SocketConfig {
+        max_joins_per_second: 1,
+        join_burst: 2,
+        ..SocketConfig::default()
+    };
+    let (mut s, _rx) = socket_with(config, None, Arc::new(LocalPubSub::new()));
+    feed(&mut s, r#"["1","1","p:a","phx_join",{}]"#).await;
+    feed(&mut s, r#"["2","2","p:b","phx_join",{}]"#).await;
+    assert_eq!(
+        feed(&mut s, r#"["3","3","p:c","phx_join",{}]"#).await,
+        [format!(r#"["3","3","p:c","phx_reply",{RATE_LIMITED}]"#)]
+    );
+    // Pushes are not affected by the join bucket.
+    assert_eq!(feed(&mut s, r#"["1","4","p:a","ev",{}]"#).await.len(), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(feed(&mut s, r#"["3","5","p:c","phx_join",{}]"#).await[0].contains(r#""status":"ok""#));
+}
+
+#[tokio::test]
+async fn sizes_a_client_chooses_are_bounded() {
+    let mut s = socket();
+    let long_topic = format!("p:{}", "t".repeat(254));
+    let frames = feed(
+        &mut s,
+        &format!(r#"["1","1","{long_topic}","phx_join",{{}}]"#),
+    )
+    .await;
+    assert_eq!(frames.len(), 1);
+    assert!(
+        frames[0].contains(r#"{"response":{"reason":"topic_too_long"},"status":"error"}"#),
+        "{frames:?}"
+    );
+    assert_eq!(s.joined().count(), 0, "a topic that long is never kept");
+    // 255 bytes is still fine.
+    let topic = format!("p:{}", "t".repeat(253));
+    let frames = feed(&mut s, &format!(r#"["2","2","{topic}","phx_join",{{}}]"#)).await;
+    assert!(frames[0].contains(r#""status":"ok""#), "{frames:?}");
+
+    let event = "e".repeat(65);
+    assert_eq!(
+        feed(&mut s, &format!(r#"["2","3","{topic}","{event}",{{}}]"#)).await,
+        [format!(
+            r#"[null,"3","{topic}","phx_reply",{{"response":{{"reason":"event_too_long"}},"status":"error"}}]"#
+        )]
+    );
+    let event = "e".repeat(64);
+    assert!(
+        feed(&mut s, &format!(r#"["2","4","{topic}","{event}",{{}}]"#)).await[0]
+            .contains(r#""status":"ok""#)
+    );
+
+    let big = format!(r#"{{"x":"{}"}}"#, "a".repeat(4096));
+    assert_eq!(
+        feed(&mut s, &format!(r#"["5","5","p:big","phx_join",{big}]"#)).await,
+        [
+            r#"["5","5","p:big","phx_reply",{"response":{"reason":"join_payload_too_large"},"status":"error"}]"#
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_leave_order_on_the_socket_id_closes_that_channel_only() {
+    let pubsub = Arc::new(LocalPubSub::new());
+    let (mut s, mut rx) = socket_with(
+        SocketConfig::default(),
+        Some("user_socket:u"),
+        pubsub.clone(),
+    );
+    feed(&mut s, r#"["1","1","p:a","phx_join",{}]"#).await;
+    feed(&mut s, r#"["2","2","p:b","phx_join",{}]"#).await;
+    let order = |topic: &str, payload: &str| Broadcast {
+        topic: topic.into(),
+        event: event::LEAVE_TOPIC.into(),
+        payload: Payload::Json(
+            Json::from_text(Bytes::copy_from_slice(payload.as_bytes())).unwrap(),
+        ),
+        from: None,
+        seq: None,
+    };
+    // The same event on a channel topic (anything a channel could broadcast) is an ordinary
+    // broadcast: delivered as a frame, the channel stays.
+    pubsub
+        .broadcast(order("p:a", r#"{"topic":"p:a"}"#))
+        .unwrap();
+    drain_outbound(&mut s, &mut rx).await;
+    assert_eq!(s.joined().count(), 2);
+    texts(&mut s);
+    // On the socket id topic it removes the named channel, with phx_close on its join_ref.
+    pubsub
+        .broadcast(order("user_socket:u", r#"{"topic":"p:a"}"#))
+        .unwrap();
+    let mut batch = Vec::new();
+    rx.recv_batch(&mut batch).await;
+    for item in batch {
+        assert_eq!(s.handle_out(item).await, None);
+    }
+    assert_eq!(texts(&mut s), [r#"["1","1","p:a","phx_close",{}]"#]);
+    let joined: Vec<_> = s.joined().map(|(t, _)| t.to_owned()).collect();
+    assert_eq!(joined, ["p:b"]);
+    // A push to the removed topic is now unmatched.
+    assert!(feed(&mut s, r#"["1","3","p:a","ev",{}]"#).await[0].contains("unmatched topic"));
+    // A malformed order and one for a topic not joined change nothing.
+    pubsub
+        .broadcast(order("user_socket:u", r#"{"x":1}"#))
+        .unwrap();
+    pubsub
+        .broadcast(order("user_socket:u", r#"{"topic":"p:zzz"}"#))
+        .unwrap();
+    let mut batch = Vec::new();
+    rx.recv_batch(&mut batch).await;
+    assert_eq!(batch.len(), 1, "the malformed order is not queued");
+    for item in batch {
+        assert_eq!(s.handle_out(item).await, None);
+    }
+    assert!(texts(&mut s).is_empty());
+    assert_eq!(s.joined().count(), 1);
 }
 
 #[tokio::test]

@@ -14,10 +14,13 @@
 //! | `POST /api/broadcast`                        | `{"topic","event","payload"}`          | 202 `{"status":"accepted"}` |
 //! | `POST /api/notify`                           | `{"user_id","chat_id","sender_id","content"}` | 200 `{"status":"delivered"\|"pending","message_id"}` |
 //!
-//! Errors are JSON `{"error": "…"}`: 400 for bad JSON or missing fields, 401, 404, 405, 413
-//! (body over 1 MiB), 503 when a store is unavailable; and from the server, while the body
-//! is read: 408 (body not complete within `body_timeout`) and 503 (too many request bodies
-//! in flight).
+//! Errors are JSON `{"error": "…"}`: 400 for bad JSON, missing fields or an id over
+//! `max_id_bytes`, 401, 404, 405, 413 (body over 1 MiB), 503 when a store is unavailable;
+//! and from the server, while the body is read: 408 (body not complete within
+//! `body_timeout`) and 503 (too many request bodies in flight).
+//!
+//! Removing a member also makes every socket of that user, on every node, leave the chat
+//! (a leave order on `user_socket:{user_id}`; the client gets `phx_close`).
 
 use std::sync::Arc;
 
@@ -31,6 +34,7 @@ use plume_wire::{Json, Payload};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::events::{CHAT_PREFIX, user_socket_topic};
 use crate::state::ChatState;
 use crate::store::{Notification, StoreError};
 use crate::time::now_rfc3339;
@@ -199,6 +203,8 @@ async fn set_member(
     if chat.is_empty() || user.is_empty() {
         return Err(bad_request("chat_id and user_id must not be empty"));
     }
+    check_id(state, "chat_id", chat)?;
+    check_id(state, "user_id", user)?;
     let store = &state.stores.membership;
     let result = if member {
         store.add(chat, user).await
@@ -206,13 +212,58 @@ async fn set_member(
         store.remove(chat, user).await.map(|_| ())
     };
     result.map_err(|e| unavailable(&e))?;
+    if !member {
+        // The removal takes effect at once: every socket of the user, on every node, leaves
+        // the chat. Told even when they were not a member (a retried DELETE tells again).
+        tell_sockets_to_leave(state, chat, user)?;
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({"chat_id": chat, "user_id": user, "member": member}),
     ))
 }
 
+/// Refuses an id longer than the configured limit (400), before it reaches a store.
+fn check_id(state: &ChatState, field: &str, id: &str) -> Result<(), ApiError> {
+    let max = state.config.max_id_bytes;
+    if id.len() > max {
+        return Err(bad_request(&format!(
+            "{field} is {} bytes, over the limit of {max}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A leave order for `chat:{chat}` on the user's socket id topic; each socket's state
+/// machine turns it into the end of that channel and a `phx_close`. Sent on the socket id
+/// topic, which no client can join or publish to, so no client can forge it. A failed
+/// publish is 503: the member is removed, and a retried DELETE tells the sockets again
+/// (meanwhile their sends are refused, since every send checks membership).
+fn tell_sockets_to_leave(state: &ChatState, chat: &str, user: &str) -> Result<(), ApiError> {
+    let topic = format!("{CHAT_PREFIX}{chat}");
+    let payload = Payload::json(&json!({ "topic": topic }))
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    state
+        .pubsub
+        .broadcast(Broadcast {
+            topic: user_socket_topic(user).into(),
+            event: plume_wire::event::LEAVE_TOPIC.into(),
+            payload,
+            from: None,
+            seq: None,
+        })
+        .map_err(|e| {
+            tracing::error!(chat, user, %e, "member removed, but their sockets were not told");
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "member removed, but their sockets could not be told; retry".into(),
+            )
+        })
+}
+
 async fn members(state: &ChatState, chat: &str) -> Result<Resp, ApiError> {
+    check_id(state, "chat_id", chat)?;
     let members = state
         .stores
         .membership
@@ -228,6 +279,7 @@ async fn members(state: &ChatState, chat: &str) -> Result<Resp, ApiError> {
 /// `GET /api/chats/{id}/messages?before_seq=N&limit=K`: a page of history, as the
 /// `history` push answers it (K from 1 to 100, default 50).
 async fn messages(state: &ChatState, chat: &str, query: &str) -> Result<Resp, ApiError> {
+    check_id(state, "chat_id", chat)?;
     let mut before = None;
     let mut limit = crate::chat::DEFAULT_HISTORY_PAGE;
     for (name, value) in url_pairs(query) {
@@ -305,6 +357,16 @@ async fn notify(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
     let n: NotifyBody = parse(body)?;
     if n.user_id.is_empty() {
         return Err(bad_request("user_id must not be empty"));
+    }
+    check_id(state, "user_id", &n.user_id)?;
+    check_id(state, "chat_id", &n.chat_id)?;
+    check_id(state, "sender_id", &n.sender_id)?;
+    // Stored as pending until delivered: as long as a chat message may be, no longer.
+    if n.content.chars().count() > state.config.max_message_chars {
+        return Err(bad_request(&format!(
+            "content is longer than {} characters",
+            state.config.max_message_chars
+        )));
     }
     let notification = Notification {
         chat_id: n.chat_id,

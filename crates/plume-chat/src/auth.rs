@@ -50,6 +50,14 @@ pub enum AuthError {
     /// The `sub` claim is empty.
     #[error("token has no subject")]
     NoSubject,
+    /// The `sub` claim is longer than the user id limit.
+    #[error("token subject is {len} bytes, over the limit of {max}")]
+    SubjectTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit ([`crate::ChatConfig::max_id_bytes`]).
+        max: usize,
+    },
     /// The configured public key could not be loaded.
     #[error("public key: {0}")]
     BadKey(String),
@@ -194,15 +202,26 @@ pub struct UserSession {
 /// Default `preferred_language`.
 pub const DEFAULT_LANGUAGE: &str = "en";
 
-/// The connect hook of the chat service: a valid JWT or HTTP 403.
+/// The connect hook of the chat service: a valid JWT whose subject is a usable user id, or
+/// HTTP 403.
 pub struct ChatConnect {
     verifier: JwtVerifier,
+    max_user_id_bytes: usize,
 }
 
 impl ChatConnect {
-    /// A hook that verifies with `verifier`.
+    /// A hook that verifies with `verifier`, with the default user id limit.
     pub fn new(verifier: JwtVerifier) -> ChatConnect {
-        ChatConnect { verifier }
+        ChatConnect {
+            verifier,
+            max_user_id_bytes: crate::ChatConfig::default().max_id_bytes,
+        }
+    }
+
+    /// Sets the longest user id (`sub`) accepted, in bytes ([`crate::ChatConfig::max_id_bytes`]).
+    pub fn max_user_id_bytes(mut self, max: usize) -> ChatConnect {
+        self.max_user_id_bytes = max;
+        self
     }
 }
 
@@ -217,6 +236,14 @@ impl ConnectHook for ChatConnect {
             .verifier
             .verify(token)
             .map_err(|e| Refused(e.to_string()))?;
+        // Checked here, before the id is kept anywhere (socket id topic, presence, stores).
+        if user_id.len() > self.max_user_id_bytes {
+            let err = AuthError::SubjectTooLong {
+                len: user_id.len(),
+                max: self.max_user_id_bytes,
+            };
+            return Err(Refused(err.to_string()));
+        }
         let session = UserSession {
             device_unique_id: req.param("device_unique_id").unwrap_or("").to_owned(),
             preferred_language: req
@@ -227,7 +254,7 @@ impl ConnectHook for ChatConnect {
             user_id,
         };
         Ok(Accepted {
-            socket_id: Some(format!("user_socket:{}", session.user_id)),
+            socket_id: Some(crate::events::user_socket_topic(&session.user_id)),
             assigns: Some(Arc::new(session)),
         })
     }

@@ -7,7 +7,10 @@
 //!   history was. Recovered messages follow the reply as `receive_message`, oldest first,
 //!   then live ones with no gap and no duplicate (the socket subscribes before the log is
 //!   read, and its floor drops the live copies of what was replayed).
-//! - `send_message` `{content, mobile_ref_id}`: validated, then appended to the chat's log
+//!   Chat ids are at most `max_id_bytes` (`chat_id_too_long`).
+//! - `send_message` `{content, mobile_ref_id}`: validated (`mobile_ref_id` at most
+//!   `max_mobile_ref_id_bytes`), the sender's membership checked again (a member removed
+//!   since the join gets `unauthorized`), then appended to the chat's log
 //!   (which numbers it and recognises a retry of the same (user, chat, mobile_ref_id) in one
 //!   atomic step). A new message goes to every other socket in the chat as
 //!   `receive_message`, to each other member who has no socket in the chat as a
@@ -182,7 +185,14 @@ struct Invalid {
     mobile_ref_id: String,
 }
 
-fn validate(payload: &Payload, max_chars: usize) -> Result<ValidSend, Invalid> {
+/// The limits a `send_message` is checked against.
+#[derive(Clone, Copy)]
+struct SendLimits {
+    max_chars: usize,
+    max_ref_bytes: usize,
+}
+
+fn validate(payload: &Payload, limits: SendLimits) -> Result<ValidSend, Invalid> {
     let invalid = |reason, mobile_ref_id: &str| Invalid {
         reason,
         mobile_ref_id: mobile_ref_id.to_owned(),
@@ -191,6 +201,10 @@ fn validate(payload: &Payload, max_chars: usize) -> Result<ValidSend, Invalid> {
         return Err(invalid(REASON_INVALID_PAYLOAD, ""));
     };
     let mobile_ref_id = match obj.get("mobile_ref_id") {
+        // Not echoed back: the client sent it, and a megabyte of it helps nobody.
+        Some(Value::String(s)) if s.len() > limits.max_ref_bytes => {
+            return Err(invalid(REASON_MOBILE_REF_ID_TOO_LONG, ""));
+        }
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err(invalid(REASON_INVALID_MOBILE_REF_ID, "")),
     };
@@ -198,7 +212,7 @@ fn validate(payload: &Payload, max_chars: usize) -> Result<ValidSend, Invalid> {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         _ => return Err(invalid(REASON_INVALID_CONTENT, &mobile_ref_id)),
     };
-    if content.chars().count() > max_chars {
+    if content.chars().count() > limits.max_chars {
         return Err(invalid(REASON_CONTENT_TOO_LONG, &mobile_ref_id));
     }
     Ok(ValidSend {
@@ -277,12 +291,20 @@ struct JoinReply<'a> {
 }
 
 impl ChatChannel {
-    fn refuse_send(
+    fn send_limits(&self) -> SendLimits {
+        SendLimits {
+            max_chars: self.state.config.max_message_chars,
+            max_ref_bytes: self.state.config.max_mobile_ref_id_bytes,
+        }
+    }
+
+    /// The `message_sent` of a refused send, pushed before its error reply.
+    fn push_refusal(
         &self,
         ctx: &mut Context<'_>,
         reason: &str,
         mobile_ref_id: &str,
-    ) -> Result<Outcome, ChannelError> {
+    ) -> Result<(), ChannelError> {
         let sent = MessageSent {
             mobile_ref_id,
             status: STATUS_ERROR,
@@ -293,6 +315,16 @@ impl ChatChannel {
             reason: Some(reason),
         };
         ctx.push(MESSAGE_SENT, &json(&sent)?);
+        Ok(())
+    }
+
+    fn refuse_send(
+        &self,
+        ctx: &mut Context<'_>,
+        reason: &str,
+        mobile_ref_id: &str,
+    ) -> Result<Outcome, ChannelError> {
+        self.push_refusal(ctx, reason, mobile_ref_id)?;
         Ok(Reply::error_reason(reason).into())
     }
 
@@ -301,10 +333,31 @@ impl ChatChannel {
         payload: Payload,
         ctx: &mut Context<'_>,
     ) -> Result<Outcome, ChannelError> {
-        let send = match validate(&payload, self.state.config.max_message_chars) {
+        let send = match validate(&payload, self.send_limits()) {
             Ok(send) => send,
             Err(invalid) => return self.refuse_send(ctx, invalid.reason, &invalid.mobile_ref_id),
         };
+        // Membership is checked on every send, not only at join: a member removed while
+        // joined, whose socket did not get (or not yet handle) the leave order, cannot send.
+        match self
+            .state
+            .stores
+            .membership
+            .is_member(&self.chat_id, &self.user)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(chat = %self.chat_id, user = %self.user,
+                    "send_message refused: no longer a member");
+                return self.refuse_send(ctx, REASON_UNAUTHORIZED, &send.mobile_ref_id);
+            }
+            Err(err) => {
+                tracing::error!(chat = %self.chat_id, user = %self.user, %err,
+                    "send_message: membership unavailable");
+                return self.refuse_send(ctx, REASON_STORAGE_UNAVAILABLE, &send.mobile_ref_id);
+            }
+        }
         let key = SendKey {
             user: self.user.clone(),
             chat: self.chat_id.clone(),
@@ -557,6 +610,9 @@ impl Channel for ChatChannel {
         if chat_id.is_empty() {
             return Err(JoinError::reason(REASON_INVALID_TOPIC));
         }
+        if chat_id.len() > state.config.max_id_bytes {
+            return Err(JoinError::reason(REASON_CHAT_ID_TOO_LONG));
+        }
         let ask = parse_join(&payload).map_err(JoinError::reason)?;
         let user = session_user(ctx)?;
         let membership = &state.stores.membership;
@@ -649,6 +705,36 @@ impl Channel for ChatChannel {
         }
     }
 
+    /// A rate-limited `send_message` is answered like every other refused send: a
+    /// `message_sent` with status `error` (and the `mobile_ref_id`, when it is one the
+    /// client may use), then the error reply. Read with a borrowed struct: no store call, no
+    /// copy of the payload.
+    fn refused(
+        &mut self,
+        event: &str,
+        payload: &Payload,
+        reason: &str,
+        ctx: &mut Context<'_>,
+    ) -> Reply {
+        if event == SEND_MESSAGE {
+            #[derive(serde::Deserialize)]
+            struct Ref<'a> {
+                #[serde(borrow, default)]
+                mobile_ref_id: Option<std::borrow::Cow<'a, str>>,
+            }
+            let mobile_ref_id = payload
+                .as_json()
+                .and_then(|j| serde_json::from_slice::<Ref<'_>>(j.as_bytes()).ok())
+                .and_then(|r| r.mobile_ref_id)
+                .filter(|r| r.len() <= self.state.config.max_mobile_ref_id_bytes)
+                .unwrap_or_default();
+            if let Err(err) = self.push_refusal(ctx, reason, &mobile_ref_id) {
+                tracing::warn!(chat = %self.chat_id, %err, "message_sent of a refusal dropped");
+            }
+        }
+        Reply::error_reason(reason)
+    }
+
     async fn handle_info(
         &mut self,
         info: Box<dyn Any + Send>,
@@ -704,8 +790,15 @@ mod tests {
         )
     }
 
+    fn limits(max: usize) -> SendLimits {
+        SendLimits {
+            max_chars: max,
+            max_ref_bytes: 8,
+        }
+    }
+
     fn reason(p: &str, max: usize) -> &'static str {
-        match validate(&payload(p), max) {
+        match validate(&payload(p), limits(max)) {
             Ok(_) => "ok",
             Err(i) => i.reason,
         }
@@ -788,6 +881,14 @@ mod tests {
             REASON_INVALID_MOBILE_REF_ID
         );
         assert_eq!(
+            reason(r#"{"content":"hi","mobile_ref_id":"12345678"}"#, 10),
+            "ok"
+        );
+        assert_eq!(
+            reason(r#"{"content":"hi","mobile_ref_id":"123456789"}"#, 10),
+            REASON_MOBILE_REF_ID_TOO_LONG
+        );
+        assert_eq!(
             reason(r#"{"content":"","mobile_ref_id":"r"}"#, 10),
             REASON_INVALID_CONTENT
         );
@@ -809,7 +910,7 @@ mod tests {
             REASON_CONTENT_TOO_LONG
         );
         assert_eq!(
-            match validate(&Payload::Binary(Bytes::from_static(b"x")), 10) {
+            match validate(&Payload::Binary(Bytes::from_static(b"x")), limits(10)) {
                 Ok(_) => "ok",
                 Err(i) => i.reason,
             },

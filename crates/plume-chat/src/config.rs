@@ -30,6 +30,20 @@ pub struct ChatConfig {
     pub idempotency_ttl: Duration,
     /// Most pending notifications kept per user (the oldest are dropped). Default 1000.
     pub pending_limit: usize,
+    /// Most bytes of pending notifications kept per user, counted as stored (the oldest are
+    /// dropped, but the newest is always kept). Default 1 MiB.
+    pub pending_bytes_limit: usize,
+    /// Longest chat id and user id (the token's `sub`), in bytes, wherever one arrives: a
+    /// topic, a token, an API path or body. Default 128.
+    pub max_id_bytes: usize,
+    /// Longest `mobile_ref_id`, in bytes. Default 128.
+    pub max_mobile_ref_id_bytes: usize,
+    /// Send keys (idempotency entries) the in-memory log keeps per user; beyond it the
+    /// user's oldest is forgotten (a retry of it would send again). Default 10,000.
+    pub max_send_keys_per_user: usize,
+    /// Send keys the in-memory log keeps in all; beyond it the oldest is forgotten.
+    /// Default 1,000,000.
+    pub max_send_keys: usize,
     /// Newest messages kept per chat log. Default 10,000.
     pub history_limit: usize,
     /// Messages older than this are trimmed from the log. Default 30 days.
@@ -55,6 +69,8 @@ impl ChatConfig {
             limit: self.history_limit,
             ttl: self.history_ttl,
             idempotency_ttl: self.idempotency_ttl,
+            max_send_keys_per_user: self.max_send_keys_per_user,
+            max_send_keys: self.max_send_keys,
         }
     }
 }
@@ -66,6 +82,11 @@ impl Default for ChatConfig {
             max_message_chars: 4096,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             pending_limit: 1000,
+            pending_bytes_limit: 1 << 20,
+            max_id_bytes: 128,
+            max_mobile_ref_id_bytes: 128,
+            max_send_keys_per_user: 10_000,
+            max_send_keys: 1_000_000,
             history_limit: 10_000,
             history_ttl: Duration::from_secs(30 * 24 * 3600),
             recovery_limit: 1000,

@@ -54,6 +54,10 @@ pub const REASON_INVALID_CONTENT: &str = "invalid_content";
 pub const REASON_CONTENT_TOO_LONG: &str = "content_too_long";
 /// `mobile_ref_id` missing, not a string, or empty.
 pub const REASON_INVALID_MOBILE_REF_ID: &str = "invalid_mobile_ref_id";
+/// `mobile_ref_id` longer than the configured maximum.
+pub const REASON_MOBILE_REF_ID_TOO_LONG: &str = "mobile_ref_id_too_long";
+/// Join of `chat:{id}` with an id longer than the configured maximum.
+pub const REASON_CHAT_ID_TOO_LONG: &str = "chat_id_too_long";
 /// A store could not be reached; nothing was delivered.
 pub const REASON_STORAGE_UNAVAILABLE: &str = "storage_unavailable";
 /// Join `last_seq` (or history `before_seq`) that is not a non-negative integer.
@@ -72,6 +76,16 @@ pub const REASON_INVALID_TYPING_STATUS: &str = "invalid_typing_status";
 pub const REASON_INVALID_SEQ: &str = "invalid_seq";
 /// An event the channel does not handle.
 pub const REASON_UNKNOWN_EVENT: &str = "unknown_event";
+
+/// Prefix of a user's socket id topic, `user_socket:{user_id}`: a `disconnect` there closes
+/// the user's sockets, a leave order ([`plume_wire::event::LEAVE_TOPIC`]) makes them leave a
+/// topic.
+pub const USER_SOCKET_PREFIX: &str = "user_socket:";
+
+/// The socket id topic of `user`.
+pub fn user_socket_topic(user: &str) -> String {
+    format!("{USER_SOCKET_PREFIX}{user}")
+}
 
 /// Router pattern of chat topics.
 pub const CHAT_PREFIX_PATTERN: &str = "chat:*";

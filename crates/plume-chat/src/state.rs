@@ -8,7 +8,7 @@ use plume_wire::Payload;
 
 use crate::config::ChatConfig;
 use crate::events::{NEW_NOTIFICATION, NOTIFICATION_ALIAS_PREFIX, NOTIFICATIONS_PREFIX};
-use crate::store::{LoggedMessage, Notification, PendingItem, StoreError, Stores};
+use crate::store::{LoggedMessage, Notification, PendingItem, PendingLimits, StoreError, Stores};
 
 /// What a notification is about: a message in a chat log (stored as a reference to it) or a
 /// notification the backend sent through the API (stored whole). Built into a
@@ -134,12 +134,13 @@ impl ChatState {
         let dropped = self
             .stores
             .pending
-            .push_many(&notified, &subject.item(), self.config.pending_limit)
+            .push_many(&notified, &subject.item(), self.pending_limits())
             .await?;
         if dropped > 0 {
             tracing::warn!(
                 dropped,
                 limit = self.config.pending_limit,
+                bytes_limit = self.config.pending_bytes_limit,
                 "pending notifications over the limit; oldest dropped"
             );
         }
@@ -151,6 +152,14 @@ impl ChatState {
             }
         }
         Ok(outcome)
+    }
+
+    /// How much each user's pending notifications may hold.
+    pub fn pending_limits(&self) -> PendingLimits {
+        PendingLimits {
+            count: self.config.pending_limit,
+            bytes: self.config.pending_bytes_limit,
+        }
     }
 
     /// The notifications that pending `items` stand for, in order: chat messages are read

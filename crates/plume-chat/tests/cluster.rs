@@ -264,3 +264,41 @@ async fn a_disconnect_published_on_one_node_closes_the_users_sockets_on_the_othe
     let (code, _) = on_b.expect_close().await.unwrap();
     assert_eq!(code, Some(plume_wire::close::GOING_AWAY));
 }
+
+/// Removing a member through one node's API closes their chat channel on the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_member_on_one_node_closes_their_channel_on_the_other() {
+    let redis = RedisServer::start();
+    let (a, _ca) = start_node(&redis.url(), "a", |_| {}).await;
+    let (b, _cb) = start_node(&redis.url(), "b", |_| {}).await;
+    a.add_member("k", "alice").await;
+    a.add_member("k", "bob").await;
+    let mut alice = a.connect("alice", "a").await;
+    let jra = join_ok(&mut alice, "chat:k").await;
+    let mut bob_b = b.connect("bob", "b").await;
+    let mut bob_a = a.connect("bob", "a").await;
+    let jr_b = join_ok(&mut bob_b, "chat:k").await;
+    let jr_a = join_ok(&mut bob_a, "chat:k").await;
+    let (code, _) = a.api("DELETE", "/api/chats/k/members/bob", None).await;
+    assert_eq!(code, 200);
+    for (c, jr) in [(&mut bob_b, &jr_b), (&mut bob_a, &jr_a)] {
+        let closed = c
+            .wait_for(|m| m.event == "phx_close" && m.topic == "chat:k")
+            .await
+            .unwrap();
+        assert_eq!(closed.join_ref.as_ref(), Some(jr));
+    }
+    send(
+        &mut alice,
+        &jra,
+        "k",
+        r#"{"content":"after","mobile_ref_id":"1"}"#,
+    )
+    .await;
+    assert_no(&mut bob_b, "receive_message").await;
+    let (_, status, resp) = join(&mut bob_b, "chat:k").await;
+    assert_eq!(
+        (status.as_str(), resp),
+        ("error", json!({"reason":"unauthorized"}))
+    );
+}

@@ -365,7 +365,7 @@ impl Bare {
     async fn join(&mut self, topic: &str) {
         let text = format!(r#"["1","1","{topic}","phx_join",{{}}]"#);
         let msg: Message = Serializer::V2.decode_text(text.into()).unwrap();
-        self.socket.handle_message(msg).await;
+        assert_eq!(self.socket.handle_message(msg).await, None);
     }
 
     /// Runs the queued items once (what one turn of the connection driver does) and returns
@@ -408,7 +408,14 @@ async fn pending_notifications_are_deleted_only_after_they_were_written() {
     };
     stores
         .pending
-        .push_many(&["dan".into()], &PendingItem::Inline(note), 10)
+        .push_many(
+            &["dan".into()],
+            &PendingItem::Inline(note),
+            plume_chat::store::PendingLimits {
+                count: 10,
+                bytes: usize::MAX,
+            },
+        )
         .await
         .unwrap();
 
@@ -488,7 +495,13 @@ async fn a_receiver_that_keeps_reconnecting_misses_nothing() {
     // The receiver closes its socket 15 times while a sender sends without pause; each
     // rejoin asks for what came after the last seq it saw. Every message arrives once, in
     // order (the loss this ends: a message sent while a socket was closing reached no one).
-    let chat = start_with(|c| c.membership = Membership::Open).await;
+    // The sender sends as fast as acks come back, well over the default rate limit, which
+    // is not what this test is about.
+    let chat = start_with_server(
+        |c| c.membership = Membership::Open,
+        |s| s.socket.max_pushes_per_second = 0,
+    )
+    .await;
     let mut alice = chat.connect("alice", "a").await;
     let ajr = join_ok(&mut alice, "chat:churn").await;
     const N: usize = 400;
@@ -567,7 +580,12 @@ async fn a_pending_notification_refers_to_the_log_instead_of_copying_the_message
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_stalls_then_resets_gets_everything_on_its_rejoin() {
-    let chat = start_with(|c| c.membership = Membership::Open).await;
+    // 310 sends back to back: over the default push rate, which is not what this tests.
+    let chat = start_with_server(
+        |c| c.membership = Membership::Open,
+        |s| s.socket.max_pushes_per_second = 0,
+    )
+    .await;
     let mut alice = chat.connect("alice", "a").await;
     let ajr = join_ok(&mut alice, "chat:stall").await;
     let mut bob = chat.connect("bob", "b").await;

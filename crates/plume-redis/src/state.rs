@@ -13,6 +13,7 @@
 //! | `plume:epoch:{chat}` | string | the chat's log epoch (decimal u64) |
 //! | `plume:idem:{len}:{user}:{len}:{chat}:{ref}` | hash `message_id`, `seq`, `ts`, `delivered`, with expiry | the first result of a send |
 //! | `plume:pending:{user}` | sorted set, score = id | pending items (JSON), oldest first |
+//! | `plume:pending-bytes:{user}` | string | bytes of the user's pending items (for the byte limit) |
 //! | `plume:pending-id` | string | the counter pending ids come from |
 //! | `plume:reads:{user}` | hash chat -> seq | the user's read position per chat (never moves back) |
 //! | `plume:presence:{user}` | hash `{node}\|{target}\|{socket}` -> 1 | sockets of the user per node and target |
@@ -74,6 +75,10 @@ fn idem_key(user: &str, chat: &str, mobile_ref_id: &str) -> String {
 
 fn pending_key(user: &str) -> String {
     format!("plume:pending:{user}")
+}
+
+fn pending_bytes_key(user: &str) -> String {
+    format!("plume:pending-bytes:{user}")
 }
 
 fn log_key(chat: &str) -> String {
@@ -179,23 +184,60 @@ local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 return {epoch, last, first[2] or false}
 ";
 
-/// Stores a pending item for several users, once each. KEYS[1]: the id counter, KEYS[2..]:
-/// pending sets. ARGV: item, limit. Returns how many older items were dropped.
+/// Stores a pending item for several users, once each. KEYS[1]: the id counter, then per
+/// user two keys: the pending set and its byte counter. ARGV: item, count limit, byte limit.
+/// Keeps each user's newest `count` items and, beyond the newest, no more than `bytes`
+/// bytes; returns how many older items were dropped.
 const PUSH_PENDING_LUA: &str = r"
 local limit = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local size = #ARGV[1]
 local dropped = 0
-for i = 2, #KEYS do
-  if not redis.call('ZSCORE', KEYS[i], ARGV[1]) then
+for i = 2, #KEYS, 2 do
+  local set, bytes = KEYS[i], KEYS[i + 1]
+  if not redis.call('ZSCORE', set, ARGV[1]) then
     local id = redis.call('INCR', KEYS[1])
-    redis.call('ZADD', KEYS[i], id, ARGV[1])
-    local n = redis.call('ZCARD', KEYS[i])
-    if n > limit then
-      redis.call('ZREMRANGEBYRANK', KEYS[i], 0, n - limit - 1)
-      dropped = dropped + n - limit
+    redis.call('ZADD', set, id, ARGV[1])
+    local held = redis.call('INCRBY', bytes, size)
+    local n = redis.call('ZCARD', set)
+    while n > 1 and (n > limit or held > budget) do
+      local oldest = redis.call('ZPOPMIN', set)
+      held = redis.call('DECRBY', bytes, #oldest[1])
+      n = n - 1
+      dropped = dropped + 1
     end
+    if held < 0 then redis.call('SET', bytes, 0) end
   end
 end
 return dropped
+";
+
+/// Removes one pending item of a user and gives its bytes back. KEYS: set, byte counter.
+/// ARGV: item.
+const REMOVE_PENDING_ITEM_LUA: &str = r"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('DECRBY', KEYS[2], #ARGV[1])
+end
+if redis.call('ZCARD', KEYS[1]) == 0 or tonumber(redis.call('GET', KEYS[2]) or '0') < 0 then
+  redis.call('DEL', KEYS[2])
+end
+return 0
+";
+
+/// Removes a user's pending items with id up to ARGV[1] and gives their bytes back. KEYS:
+/// set, byte counter.
+const REMOVE_PENDING_LUA: &str = r"
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if #gone > 0 then
+  local size = 0
+  for _, item in ipairs(gone) do size = size + #item end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+  redis.call('DECRBY', KEYS[2], size)
+end
+if redis.call('ZCARD', KEYS[1]) == 0 or tonumber(redis.call('GET', KEYS[2]) or '0') < 0 then
+  redis.call('DEL', KEYS[2])
+end
+return #gone
 ";
 
 /// Refreshes this node's expiry and returns the nodes that have expired (removing them from
@@ -246,6 +288,9 @@ static MARK_READ: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 static PUSH_PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(PUSH_PENDING_LUA));
+static REMOVE_PENDING_ITEM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(REMOVE_PENDING_ITEM_LUA));
+static REMOVE_PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE_PENDING_LUA));
 
 /// What kind of answer an append got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -610,24 +655,33 @@ impl RedisState {
     // Pending notifications.
 
     /// Stores `item` in the pending sets of several users (once each: storing it again is a
-    /// no-op), keeping each set's newest `limit`; returns how many were dropped in total.
+    /// no-op), keeping each set's newest `limit` and, beyond its newest, at most `bytes` bytes
+    /// of items; returns how many were dropped in total.
     pub async fn push_pending_many(
         &self,
         users: &[String],
         item: &str,
         limit: usize,
+        bytes: usize,
     ) -> Result<usize> {
         if users.is_empty() {
             return Ok(0);
         }
-        let keys: Vec<String> = users.iter().map(|u| pending_key(u)).collect();
+        let keys: Vec<(String, String)> = users
+            .iter()
+            .map(|u| (pending_key(u), pending_bytes_key(u)))
+            .collect();
         let dropped: i64 = self
             .run(|mut c| {
                 let mut call = PUSH_PENDING.key(PENDING_ID);
-                for key in &keys {
-                    call.key(key);
+                for (set, counter) in &keys {
+                    call.key(set).key(counter);
                 }
-                call.arg(item).arg(limit.max(1) as u64);
+                call.arg(item).arg(limit.max(1) as u64).arg(
+                    u64::try_from(bytes)
+                        .unwrap_or(u64::MAX)
+                        .min(i64::MAX as u64),
+                );
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
@@ -651,11 +705,12 @@ impl RedisState {
 
     /// Removes one pending item of a user.
     pub async fn remove_pending_item(&self, user: &str, item: &str) -> Result<()> {
-        let key = pending_key(user);
+        let keys = [pending_key(user), pending_bytes_key(user)];
         let _: i64 = self
             .run(|mut c| {
-                let key = key.clone();
-                async move { c.zrem(key, item).await }
+                let mut call = REMOVE_PENDING_ITEM.key(&keys[0]);
+                call.key(&keys[1]).arg(item);
+                async move { call.invoke_async(&mut c).await }
             })
             .await?;
         Ok(())
@@ -663,11 +718,12 @@ impl RedisState {
 
     /// Removes a user's pending items with id up to `upto`.
     pub async fn remove_pending(&self, user: &str, upto: u64) -> Result<()> {
-        let key = pending_key(user);
+        let keys = [pending_key(user), pending_bytes_key(user)];
         let _: i64 = self
             .run(|mut c| {
-                let key = key.clone();
-                async move { c.zrembyscore(key, "-inf", upto).await }
+                let mut call = REMOVE_PENDING.key(&keys[0]);
+                call.key(&keys[1]).arg(upto);
+                async move { call.invoke_async(&mut c).await }
             })
             .await?;
         Ok(())

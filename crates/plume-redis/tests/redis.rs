@@ -191,12 +191,14 @@ async fn shared_state_operations() {
     let users = ["u".to_owned()];
     for i in 0..5 {
         dropped += s
-            .push_pending_many(&users, &format!("n{i}"), 3)
+            .push_pending_many(&users, &format!("n{i}"), 3, usize::MAX)
             .await
             .unwrap();
     }
     // Storing an item again is a no-op (a retried command cannot double it).
-    s.push_pending_many(&users, "n4", 3).await.unwrap();
+    s.push_pending_many(&users, "n4", 3, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(dropped, 2);
     let listed = s.list_pending("u").await.unwrap();
     let items: Vec<&str> = listed.iter().map(|(_, i)| i.as_str()).collect();
@@ -204,6 +206,45 @@ async fn shared_state_operations() {
     s.remove_pending("u", listed[1].0).await.unwrap();
     let left = s.list_pending("u").await.unwrap();
     assert_eq!(left, listed[2..]);
+
+    // Bounded in bytes as well: items of 10 bytes under a budget of 25 keep the newest two;
+    // removals give their bytes back, and one item over the whole budget stays, alone.
+    let v = ["v".to_owned()];
+    let mut dropped = 0;
+    for i in 0..6 {
+        dropped += s
+            .push_pending_many(&v, &format!("{i}{}", "x".repeat(9)), 100, 25)
+            .await
+            .unwrap();
+    }
+    let items = |l: Vec<(u64, String)>| l.into_iter().map(|(_, i)| i).collect::<Vec<_>>();
+    assert_eq!(dropped, 4);
+    let kept = items(s.list_pending("v").await.unwrap());
+    assert_eq!(kept, ["4xxxxxxxxx", "5xxxxxxxxx"]);
+    s.remove_pending_item("v", &kept[0]).await.unwrap();
+    s.push_pending_many(&v, "6xxxxxxxxx", 100, 25)
+        .await
+        .unwrap();
+    assert_eq!(
+        items(s.list_pending("v").await.unwrap()),
+        ["5xxxxxxxxx", "6xxxxxxxxx"],
+        "the removal gave its bytes back"
+    );
+    let huge = "h".repeat(100);
+    s.push_pending_many(&v, &huge, 100, 25).await.unwrap();
+    assert_eq!(items(s.list_pending("v").await.unwrap()), [huge]);
+    let all = s.list_pending("v").await.unwrap();
+    s.remove_pending("v", all[0].0).await.unwrap();
+    for i in 0..2 {
+        s.push_pending_many(&v, &format!("{i}{}", "y".repeat(9)), 100, 25)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.list_pending("v").await.unwrap().len(),
+        2,
+        "the counter was reset"
+    );
 }
 
 fn append_args<'a>(user: &'a str, chat: &'a str, r: &'a str, id: &'a str) -> AppendArgs<'a> {
@@ -334,7 +375,7 @@ async fn fan_out_resumes_after_redis_restarts_and_data_survives() {
     let b = node(&redis, "b").await;
     a.state.add_member("kept", "x").await.unwrap();
     a.state
-        .push_pending_many(&["x".to_owned()], "waiting", 10)
+        .push_pending_many(&["x".to_owned()], "waiting", 10, usize::MAX)
         .await
         .unwrap();
     a.state
@@ -459,7 +500,7 @@ async fn many_users_are_located_and_notified_in_one_round_trip_each() {
     let offline = vec!["x".to_owned(), "y".to_owned()];
     for i in 0..3 {
         a.state
-            .push_pending_many(&offline, &format!("n{i}"), 2)
+            .push_pending_many(&offline, &format!("n{i}"), 2, usize::MAX)
             .await
             .unwrap();
     }

@@ -183,10 +183,7 @@ async fn handle_incoming(
         }
     };
     match decoded {
-        Ok(msg) => {
-            socket.handle_message(msg).await;
-            None
-        }
+        Ok(msg) => socket.handle_message(msg).await.map(End::Close),
         Err(err) => Some(End::Close(bad_input(socket, &err))),
     }
 }

@@ -32,6 +32,8 @@ pub const INVALID_MESSAGE: u16 = 4002;
 pub const INVALID_BINARY: u16 = 4003;
 /// 4008: the socket's outbound queue overflowed (the client reads too slowly).
 pub const SLOW_CONSUMER: u16 = 4008;
+/// 4029: the client kept sending over its rate limit after being refused (a flood).
+pub const RATE_LIMITED: u16 = 4029;
 
 /// A close code with its reason text.
 #[derive(Clone, Debug, PartialEq, Eq)]

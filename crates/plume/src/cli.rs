@@ -118,6 +118,18 @@ pub struct ServeArgs {
     /// (before the WebSocket upgrade, and between keep-alive requests) [default: 10].
     #[arg(long, env = "PLUME_HANDSHAKE_TIMEOUT", value_name = "SECS")]
     pub handshake_timeout: Option<f64>,
+    /// Messages per second one socket may send, on average (heartbeats and joins aside);
+    /// over it a message is answered rate_limited, and a socket that keeps on is closed with
+    /// 4029. 0 = no limit [default: 100].
+    #[arg(long, env = "PLUME_MAX_PUSHES_PER_SECOND", value_name = "N")]
+    pub max_pushes_per_second: Option<u32>,
+    /// Messages one socket may send at once before the per-second rate applies
+    /// [default: 200].
+    #[arg(long, env = "PLUME_PUSH_BURST", value_name = "N")]
+    pub push_burst: Option<u32>,
+    /// Joins per second one socket may send, on average; 0 = no limit [default: 20].
+    #[arg(long, env = "PLUME_MAX_JOINS_PER_SECOND", value_name = "N")]
+    pub max_joins_per_second: Option<u32>,
     /// Allowed Origins, comma separated (`https://app.example.com,//*.example.org`); unset or
     /// empty = no check.
     #[arg(long, env = "PLUME_CHECK_ORIGIN", value_delimiter = ',')]
@@ -147,6 +159,12 @@ pub struct ServeArgs {
     /// Most pending notifications kept per user [default: 1000].
     #[arg(long, env = "PLUME_PENDING_LIMIT", value_name = "N")]
     pub pending_limit: Option<usize>,
+    /// Most bytes of pending notifications kept per user [default: 1048576].
+    #[arg(long, env = "PLUME_PENDING_BYTES_LIMIT", value_name = "N")]
+    pub pending_bytes_limit: Option<usize>,
+    /// Longest chat id and user id (token sub) in bytes [default: 128].
+    #[arg(long, env = "PLUME_MAX_ID_BYTES", value_name = "N")]
+    pub max_id_bytes: Option<usize>,
     /// Where chat state lives without Redis: embedded (a database under --data-dir) or
     /// memory (lost on restart) [default: embedded].
     #[arg(long, env = "PLUME_STORE", value_enum)]

@@ -167,6 +167,15 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
         server.handshake_timeout =
             Duration::try_from_secs_f64(secs).context("--handshake-timeout must be >= 0")?;
     }
+    if let Some(n) = args.max_pushes_per_second {
+        server.socket.max_pushes_per_second = n;
+    }
+    if let Some(n) = args.push_burst {
+        server.socket.push_burst = n;
+    }
+    if let Some(n) = args.max_joins_per_second {
+        server.socket.max_joins_per_second = n;
+    }
     if let Some(origins) = &args.check_origin {
         server.check_origin = origins.iter().filter(|o| !o.is_empty()).cloned().collect();
     }
@@ -202,6 +211,12 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.pending_limit {
         chat.pending_limit = n;
     }
+    if let Some(n) = args.pending_bytes_limit {
+        chat.pending_bytes_limit = n;
+    }
+    if let Some(n) = args.max_id_bytes {
+        chat.max_id_bytes = n;
+    }
     if let Some(n) = args.history_limit {
         chat.history_limit = n;
     }
@@ -233,6 +248,42 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     }
     if args.echo_channel {
         config.echo_channel = true;
+    }
+    Ok(())
+}
+
+/// The size limits: each at least 1, none above the frame limit (a client could not reach
+/// it), and ids short enough that `notifications:{user_id}` fits the topic limit.
+fn validate_limits(config: &Config) -> anyhow::Result<()> {
+    let (s, c) = (&config.server, &config.chat);
+    let frame = s.max_frame_bytes;
+    let sizes = [
+        ("server.socket.max_topic_bytes", s.socket.max_topic_bytes),
+        ("server.socket.max_event_bytes", s.socket.max_event_bytes),
+        (
+            "server.socket.max_join_payload_bytes",
+            s.socket.max_join_payload_bytes,
+        ),
+        ("chat.max_id_bytes", c.max_id_bytes),
+        ("chat.max_mobile_ref_id_bytes", c.max_mobile_ref_id_bytes),
+    ];
+    for (name, value) in sizes {
+        if value == 0 || value > frame {
+            bail!("{name} must be from 1 to max frame bytes ({frame}), not {value}");
+        }
+    }
+    let longest_prefix = plume_chat::events::NOTIFICATIONS_PREFIX.len();
+    if c.max_id_bytes + longest_prefix > s.socket.max_topic_bytes {
+        bail!(
+            "chat.max_id_bytes ({}) leaves no room for the topic prefix within \
+             server.socket.max_topic_bytes ({}): at most {}",
+            c.max_id_bytes,
+            s.socket.max_topic_bytes,
+            s.socket.max_topic_bytes.saturating_sub(longest_prefix)
+        );
+    }
+    if c.pending_bytes_limit == 0 || c.max_send_keys == 0 || c.max_send_keys_per_user == 0 {
+        bail!("pending bytes limit and send key caps must be at least 1");
     }
     Ok(())
 }
@@ -279,6 +330,7 @@ fn validate(config: &Config) -> anyhow::Result<()> {
             plume_server::api::MAX_API_BODY
         );
     }
+    validate_limits(config)?;
     if config.chat.max_message_chars == 0 {
         bail!("max message chars must be at least 1");
     }
@@ -388,6 +440,49 @@ mod tests {
             validate(&public).is_err(),
             "secret and public key are exclusive"
         );
+    }
+
+    #[test]
+    fn limits_are_bounded_by_the_frame_and_topic_limits() {
+        assert!(validate(&dev()).is_ok());
+        let mut c = dev();
+        c.server.socket.max_join_payload_bytes = c.server.max_frame_bytes + 1;
+        assert!(validate(&c).is_err(), "over the frame limit");
+        let mut c = dev();
+        c.chat.max_id_bytes = 250;
+        let err = validate(&c).unwrap_err().to_string();
+        assert!(err.contains("at most 241"), "{err}");
+        let mut c = dev();
+        c.server.socket.max_event_bytes = 0;
+        assert!(validate(&c).is_err());
+        let mut c = dev();
+        let args = ServeArgs {
+            max_pushes_per_second: Some(7),
+            push_burst: Some(9),
+            max_joins_per_second: Some(3),
+            max_id_bytes: Some(64),
+            pending_bytes_limit: Some(4096),
+            ..ServeArgs::default()
+        };
+        apply(&mut c, &args).unwrap();
+        let socket = &c.server.socket;
+        assert_eq!(
+            (
+                socket.max_pushes_per_second,
+                socket.push_burst,
+                socket.max_joins_per_second
+            ),
+            (7, 9, 3)
+        );
+        assert_eq!(
+            (c.chat.max_id_bytes, c.chat.pending_bytes_limit),
+            (64, 4096)
+        );
+    }
+
+    /// The defaults on a loopback bind (development mode), which validate.
+    fn dev() -> Config {
+        Config::default()
     }
 
     #[test]

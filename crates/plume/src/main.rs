@@ -199,7 +199,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.server.clone(),
         router,
         pubsub,
-        Arc::new(ChatConnect::new(verifier)),
+        Arc::new(ChatConnect::new(verifier).max_user_id_bytes(config.chat.max_id_bytes)),
     )
     .with_http_api(Arc::new(chat.api(config.api_key.clone())));
     let server = match &cluster {

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use indexmap::IndexMap;
 use parking_lot::{Mutex, RwLock};
-use plume_wire::{Frame, Serializer, event};
+use plume_wire::{Frame, Payload, Serializer, event};
 
 use super::{
     Broadcast, PubSub, PubSubError, Seq, Subscribed, Subscriber, SubscriberKind, subscribed_now,
@@ -322,18 +322,26 @@ impl LocalPubSub {
 
     fn fan_out(&self, subs: &IndexMap<SocketId, Subscriber>, msg: &Broadcast) -> usize {
         let mut encoded: [Option<Option<Frame>>; 2] = [None, None];
+        // A leave order's topic, read from its payload once for all of the topic's sockets.
+        let mut leave: Option<Option<Arc<str>>> = None;
         let mut delivered = 0;
         for sub in subs.values() {
             if Some(sub.socket) == msg.from {
                 continue;
             }
             let item = match sub.kind {
-                SubscriberKind::Control => {
-                    if &*msg.event != event::DISCONNECT {
-                        continue;
+                SubscriberKind::Control => match &*msg.event {
+                    event::DISCONNECT => Out::Disconnect,
+                    event::LEAVE_TOPIC => {
+                        match leave.get_or_insert_with(|| leave_topic(&msg.payload)) {
+                            Some(topic) => Out::Leave {
+                                topic: topic.clone(),
+                            },
+                            None => continue,
+                        }
                     }
-                    Out::Disconnect
-                }
+                    _ => continue,
+                },
                 SubscriberKind::Intercept { channel } => Out::Info {
                     channel,
                     info: Box::new(msg.clone()),
@@ -394,6 +402,23 @@ fn ask_once(state: &mut SeqState, last: u64) -> RepairAsk {
     }
     state.repair_asked = Some(last);
     Some((state.epoch, last))
+}
+
+/// The topic a leave order names: its payload is `{"topic": T}`; anything else is ignored
+/// (with a log line).
+fn leave_topic(payload: &Payload) -> Option<Arc<str>> {
+    #[derive(serde::Deserialize)]
+    struct Leave<'a> {
+        #[serde(borrow)]
+        topic: std::borrow::Cow<'a, str>,
+    }
+    let parsed = payload
+        .as_json()
+        .and_then(|j| serde_json::from_slice::<Leave<'_>>(j.as_bytes()).ok());
+    if parsed.is_none() {
+        tracing::warn!("leave order without a {{\"topic\": …}} payload; ignored");
+    }
+    parsed.map(|l| Arc::from(&*l.topic))
 }
 
 fn encode(serializer: Serializer, msg: &Broadcast) -> Option<Frame> {

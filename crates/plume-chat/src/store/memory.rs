@@ -2,8 +2,9 @@
 //! single-node setup). Each is a map behind one short `parking_lot` mutex; none holds its
 //! lock across an `.await`. Expiry runs on tokio's clock, so tests can pause time.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -11,8 +12,8 @@ use tokio::time::Instant;
 
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
-    PendingStore, PresenceStore, ReadStore, Retention, SendKey, SentRecord, StoreError,
-    Whereabouts, new_epoch,
+    PendingLimits, PendingStore, PresenceStore, ReadStore, Retention, SendKey, SentRecord,
+    StoreError, Whereabouts, new_epoch,
 };
 use crate::time::now_millis;
 
@@ -86,18 +87,28 @@ impl MembershipStore for MemoryMembership {
 
 /// The message log in memory: per chat, the kept messages in a deque; per send key, the
 /// first result, swept as it expires. One mutex, held for a few map operations.
+///
+/// Send keys are capped per user and in total ([`Retention::max_send_keys_per_user`],
+/// [`Retention::max_send_keys`]): past either cap the oldest key is forgotten first (a
+/// retry of it would be sent again), counted in [`MemoryLog::send_keys_forgotten`] and
+/// logged, so a client inventing `mobile_ref_id`s cannot grow the process without bound.
 pub struct MemoryLog {
     retention: Retention,
     epoch: u64,
     inner: Mutex<LogInner>,
+    forgotten: AtomicU64,
 }
 
 #[derive(Default)]
 struct LogInner {
     chats: HashMap<String, ChatLog>,
-    sends: HashMap<SendKey, Send>,
-    /// Send keys in insertion order with their deadlines, for sweeping (one TTL for all).
-    order: VecDeque<(Instant, SendKey)>,
+    sends: HashMap<Arc<SendKey>, Send>,
+    /// Send keys by insertion number, oldest first: for sweeping (one TTL for all, so
+    /// insertion order is expiry order) and for the total cap.
+    order: BTreeMap<u64, Arc<SendKey>>,
+    /// Each user's send keys by insertion number, oldest first: for the per-user cap.
+    by_user: HashMap<String, VecDeque<u64>>,
+    next_send: u64,
 }
 
 #[derive(Default)]
@@ -119,22 +130,87 @@ impl MemoryLog {
             retention,
             epoch: new_epoch(),
             inner: Mutex::new(LogInner::default()),
+            forgotten: AtomicU64::new(0),
         }
+    }
+
+    /// Send keys currently remembered.
+    pub fn send_keys(&self) -> usize {
+        self.inner.lock().sends.len()
+    }
+
+    /// Send keys forgotten before their TTL because a cap was reached, since start.
+    pub fn send_keys_forgotten(&self) -> u64 {
+        self.forgotten.load(Ordering::Relaxed)
     }
 }
 
 impl LogInner {
     fn sweep(&mut self, now: Instant) {
-        while let Some((deadline, _)) = self.order.front() {
-            if *deadline > now {
+        while let Some((_, key)) = self.order.first_key_value() {
+            if self.sends.get(&**key).is_some_and(|s| s.deadline > now) {
                 break;
             }
-            if let Some((_, k)) = self.order.pop_front()
-                && self.sends.get(&k).is_some_and(|s| s.deadline <= now)
-            {
-                self.sends.remove(&k);
+            self.forget_oldest();
+        }
+    }
+
+    /// Forgets the oldest send key of all.
+    fn forget_oldest(&mut self) {
+        let Some((id, key)) = self.order.pop_first() else {
+            return;
+        };
+        self.sends.remove(&*key);
+        if let Some(queue) = self.by_user.get_mut(&key.user) {
+            // The oldest of all is its user's oldest too.
+            if queue.front() == Some(&id) {
+                queue.pop_front();
+            } else if let Some(pos) = queue.iter().position(|i| *i == id) {
+                queue.remove(pos);
+            }
+            if queue.is_empty() {
+                self.by_user.remove(&key.user);
             }
         }
+    }
+
+    /// Forgets `user`'s oldest send key.
+    fn forget_oldest_of(&mut self, user: &str) {
+        let Some(queue) = self.by_user.get_mut(user) else {
+            return;
+        };
+        if let Some(id) = queue.pop_front()
+            && let Some(key) = self.order.remove(&id)
+        {
+            self.sends.remove(&*key);
+        }
+        if queue.is_empty() {
+            self.by_user.remove(user);
+        }
+    }
+
+    /// Remembers a new send key, then applies the caps; returns how many keys it forgot.
+    fn remember(&mut self, key: &SendKey, send: Send, retention: &Retention) -> u64 {
+        let id = self.next_send;
+        self.next_send += 1;
+        let key = Arc::new(key.clone());
+        self.sends.insert(key.clone(), send);
+        self.order.insert(id, key.clone());
+        let queue = self.by_user.entry(key.user.clone()).or_default();
+        queue.push_back(id);
+        let mut forgotten = 0;
+        let over_user = queue
+            .len()
+            .saturating_sub(retention.max_send_keys_per_user.max(1));
+        for _ in 0..over_user {
+            self.forget_oldest_of(&key.user);
+            forgotten += 1;
+        }
+        while self.sends.len() > retention.max_send_keys.max(1) {
+            self.forget_oldest();
+            forgotten += 1;
+        }
+        forgotten
     }
 }
 
@@ -186,15 +262,25 @@ impl MessageLog for MemoryLog {
             seq: message.seq,
             ts_ms: message.ts_ms,
         };
-        inner.sends.insert(
-            key.clone(),
-            Send {
-                sent,
-                delivered: false,
-                deadline,
-            },
-        );
-        inner.order.push_back((deadline, key.clone()));
+        let send = Send {
+            sent,
+            delivered: false,
+            deadline,
+        };
+        let forgotten = inner.remember(key, send, &self.retention);
+        drop(inner);
+        if forgotten > 0 {
+            let before = self.forgotten.fetch_add(forgotten, Ordering::Relaxed);
+            // The first time, then every 1,000th: a steady stream should not flood the log.
+            if before == 0 || before / 1000 != (before + forgotten) / 1000 {
+                tracing::warn!(
+                    total = before + forgotten,
+                    per_user = self.retention.max_send_keys_per_user,
+                    in_all = self.retention.max_send_keys,
+                    "send keys over a cap; the oldest were forgotten before their TTL"
+                );
+            }
+        }
         Ok(Appended::New(message))
     }
 
@@ -307,7 +393,7 @@ impl ReadStore for MemoryReads {
     }
 }
 
-/// Pending notifications in memory, per user in id order.
+/// Pending notifications in memory, per user in id order, with their stored sizes.
 #[derive(Default)]
 pub struct MemoryPending {
     inner: Mutex<PendingInner>,
@@ -316,12 +402,35 @@ pub struct MemoryPending {
 #[derive(Default)]
 struct PendingInner {
     next_id: u64,
-    users: HashMap<String, VecDeque<(u64, PendingItem)>>,
+    users: HashMap<String, UserPending>,
+}
+
+#[derive(Default)]
+struct UserPending {
+    /// (id, item, its size in bytes), oldest first.
+    items: VecDeque<(u64, PendingItem, usize)>,
+    /// The sum of the sizes.
+    bytes: usize,
+}
+
+impl UserPending {
+    fn pop_front(&mut self) {
+        if let Some((_, _, size)) = self.items.pop_front() {
+            self.bytes -= size;
+        }
+    }
 }
 
 /// How far back a push looks for the same chat message already stored (a redelivery of a
 /// send comes right after the first).
 const PENDING_DEDUPE_WINDOW: usize = 64;
+
+/// The size a pending item counts for: its JSON, as the other stores keep it.
+pub(crate) fn pending_size(item: &PendingItem) -> Result<usize, StoreError> {
+    serde_json::to_vec(item)
+        .map(|v| v.len())
+        .map_err(|e| StoreError(e.to_string()))
+}
 
 #[async_trait]
 impl PendingStore for MemoryPending {
@@ -329,8 +438,9 @@ impl PendingStore for MemoryPending {
         &self,
         users: &[String],
         item: &PendingItem,
-        limit: usize,
+        limits: PendingLimits,
     ) -> Result<usize, StoreError> {
+        let size = pending_size(item)?;
         let mut inner = self.inner.lock();
         let mut dropped = 0;
         for user in users {
@@ -339,15 +449,19 @@ impl PendingStore for MemoryPending {
             let queue = inner.users.entry(user.clone()).or_default();
             let repeat = matches!(item, PendingItem::Message { .. })
                 && queue
+                    .items
                     .iter()
                     .rev()
                     .take(PENDING_DEDUPE_WINDOW)
-                    .any(|(_, held)| held == item);
+                    .any(|(_, held, _)| held == item);
             if repeat {
                 continue;
             }
-            queue.push_back((id, item.clone()));
-            while queue.len() > limit.max(1) {
+            queue.items.push_back((id, item.clone(), size));
+            queue.bytes += size;
+            while queue.items.len() > limits.count.max(1)
+                || (queue.bytes > limits.bytes && queue.items.len() > 1)
+            {
                 queue.pop_front();
                 dropped += 1;
             }
@@ -361,17 +475,22 @@ impl PendingStore for MemoryPending {
             .lock()
             .users
             .get(user)
-            .map(|q| q.iter().cloned().collect())
+            .map(|q| {
+                q.items
+                    .iter()
+                    .map(|(id, item, _)| (*id, item.clone()))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
     async fn remove(&self, user: &str, upto: u64) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         if let Some(queue) = inner.users.get_mut(user) {
-            while queue.front().is_some_and(|(id, _)| *id <= upto) {
+            while queue.items.front().is_some_and(|(id, _, _)| *id <= upto) {
                 queue.pop_front();
             }
-            if queue.is_empty() {
+            if queue.items.is_empty() {
                 inner.users.remove(user);
             }
         }
@@ -382,10 +501,12 @@ impl PendingStore for MemoryPending {
         let mut inner = self.inner.lock();
         if let Some(queue) = inner.users.get_mut(user) {
             // Live deliveries remove what was stored last, so search from the back.
-            if let Some(pos) = queue.iter().rposition(|(_, held)| held == item) {
-                queue.remove(pos);
+            if let Some(pos) = queue.items.iter().rposition(|(_, held, _)| held == item)
+                && let Some((_, _, size)) = queue.items.remove(pos)
+            {
+                queue.bytes -= size;
             }
-            if queue.is_empty() {
+            if queue.items.is_empty() {
                 inner.users.remove(user);
             }
         }
@@ -501,10 +622,10 @@ mod tests {
         let users = ["u".to_owned()];
         let mut dropped = 0;
         for i in 0..5 {
-            dropped += p.push_many(&users, &item(i), 3).await.unwrap();
+            dropped += p.push_many(&users, &item(i), count(3)).await.unwrap();
         }
         // The same chat message again is not stored twice.
-        p.push_many(&users, &item(4), 3).await.unwrap();
+        p.push_many(&users, &item(4), count(3)).await.unwrap();
         assert_eq!(dropped, 2);
         let listed = p.list("u").await.unwrap();
         let seqs: Vec<_> = listed
@@ -522,6 +643,114 @@ mod tests {
     }
 
     use crate::store::test_support::{draft, key};
+
+    fn count(n: usize) -> PendingLimits {
+        PendingLimits {
+            count: n,
+            bytes: usize::MAX,
+        }
+    }
+
+    fn inline(content: &str) -> PendingItem {
+        PendingItem::Inline(crate::store::Notification {
+            chat_id: "c".into(),
+            sender_id: "s".into(),
+            content: content.into(),
+            timestamp: "t".into(),
+            message_id: content.into(),
+            seq: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn pending_is_bounded_in_bytes_too_and_keeps_the_newest() {
+        let p = MemoryPending::default();
+        let users = ["u".to_owned()];
+        let size = pending_size(&inline(&"a".repeat(1000))).unwrap();
+        let limits = PendingLimits {
+            count: 100,
+            bytes: size * 3,
+        };
+        let mut dropped = 0;
+        for i in 0..10 {
+            let content = format!("{i}{}", "a".repeat(999));
+            dropped += p
+                .push_many(&users, &inline(&content), limits)
+                .await
+                .unwrap();
+        }
+        let kept = p.list("u").await.unwrap();
+        assert_eq!(
+            (kept.len(), dropped),
+            (3, 7),
+            "three fit in the byte budget"
+        );
+        let first = |items: &[(u64, PendingItem)]| match &items[0].1 {
+            PendingItem::Inline(n) => n.content.chars().next().unwrap(),
+            PendingItem::Message { .. } => '?',
+        };
+        assert_eq!(first(&kept), '7', "the newest are kept");
+        // One item over the whole budget is still kept (alone): a notification is never
+        // refused for its size here; the API bounds sizes before it gets this far.
+        let huge = inline(&"h".repeat(size * 4));
+        p.push_many(&users, &huge, limits).await.unwrap();
+        assert_eq!(p.list("u").await.unwrap(), vec![(11, huge.clone())]);
+        // Removal gives the bytes back.
+        p.remove_item("u", &huge).await.unwrap();
+        for i in 0..3 {
+            p.push_many(&users, &inline(&format!("{i}{}", "b".repeat(999))), limits)
+                .await
+                .unwrap();
+        }
+        assert_eq!(p.list("u").await.unwrap().len(), 3);
+    }
+
+    fn user_key(user: &str, r: usize) -> SendKey {
+        SendKey {
+            user: user.into(),
+            chat: "c".into(),
+            mobile_ref_id: format!("r{r}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn send_keys_are_capped_per_user_and_in_all_oldest_first() {
+        let log = MemoryLog::new(Retention {
+            max_send_keys_per_user: 3,
+            max_send_keys: 5,
+            ..Retention::default()
+        });
+        for r in 0..5 {
+            log.append(&user_key("a", r), &draft("x")).await.unwrap();
+        }
+        assert_eq!((log.send_keys(), log.send_keys_forgotten()), (3, 2));
+        // a's oldest two were forgotten: a retry of r0 sends again, r2 is still a retry.
+        assert!(matches!(
+            log.append(&user_key("a", 2), &draft("x")).await.unwrap(),
+            Appended::Retry { .. }
+        ));
+        assert!(matches!(
+            log.append(&user_key("a", 0), &draft("x")).await.unwrap(),
+            Appended::New(_)
+        ));
+        // Now a holds r3, r4, r0 (r2 went for r0). Three of b make 6 in all, over the total
+        // of 5: the oldest of all, a's r3, goes.
+        for r in 0..3 {
+            log.append(&user_key("b", r), &draft("x")).await.unwrap();
+        }
+        assert_eq!(log.send_keys(), 5);
+        for (user, r, retry) in [("a", 3, false), ("a", 0, true), ("b", 0, true)] {
+            let got = log.append(&user_key(user, r), &draft("x")).await.unwrap();
+            assert_eq!(matches!(got, Appended::Retry { .. }), retry, "{user} r{r}");
+        }
+        let inner = log.inner.lock();
+        assert_eq!(inner.sends.len(), inner.order.len());
+        assert_eq!(
+            inner.by_user.values().map(VecDeque::len).sum::<usize>(),
+            inner.sends.len(),
+            "the indexes agree"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn log_numbers_messages_and_answers_retries_until_the_key_expires() {

@@ -123,15 +123,16 @@ pub struct Retention {
     pub ttl: Duration,
     /// How long a send is remembered for retries.
     pub idempotency_ttl: Duration,
+    /// Send keys kept per user by the in-memory log (the oldest are forgotten first).
+    pub max_send_keys_per_user: usize,
+    /// Send keys kept in all by the in-memory log (the oldest are forgotten first).
+    pub max_send_keys: usize,
 }
 
 impl Default for Retention {
+    /// The settings of [`crate::ChatConfig::default`], their one source.
     fn default() -> Self {
-        Retention {
-            limit: 10_000,
-            ttl: Duration::from_secs(30 * 24 * 3600),
-            idempotency_ttl: Duration::from_secs(24 * 3600),
-        }
+        crate::ChatConfig::default().retention()
     }
 }
 
@@ -184,6 +185,16 @@ pub trait ReadStore: Send + Sync + 'static {
     async fn read_position(&self, user: &str, chat: &str) -> Result<u64, StoreError>;
 }
 
+/// How many pending notifications a user keeps, in count and in bytes (as stored: the item's
+/// JSON). The oldest go first; the newest item is always kept, whatever its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingLimits {
+    /// Most items per user.
+    pub count: usize,
+    /// Most bytes per user.
+    pub bytes: usize,
+}
+
 /// A notification about a chat message, as pushed to `notifications:{user}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
@@ -231,13 +242,13 @@ pub enum PendingItem {
 /// message twice for a user keeps one copy.
 #[async_trait]
 pub trait PendingStore: Send + Sync + 'static {
-    /// Stores `item` for each of `users`, keeping at most `limit` per user (the oldest are
+    /// Stores `item` for each of `users`, keeping each user within `limits` (the oldest are
     /// dropped); returns how many were dropped in total.
     async fn push_many(
         &self,
         users: &[String],
         item: &PendingItem,
-        limit: usize,
+        limits: PendingLimits,
     ) -> Result<usize, StoreError>;
     /// Every stored item of `user`, oldest first, each with its id (ids increase).
     async fn list(&self, user: &str) -> Result<Vec<(u64, PendingItem)>, StoreError>;

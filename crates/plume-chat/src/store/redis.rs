@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
-    PendingStore, PresenceStore, ReadStore, Retention, SendKey, SentRecord, StoreError, Stores,
-    Whereabouts, new_epoch,
+    PendingLimits, PendingStore, PresenceStore, ReadStore, Retention, SendKey, SentRecord,
+    StoreError, Stores, Whereabouts, new_epoch,
 };
 
 /// The presence target of a user's notifications topic.
@@ -254,11 +254,11 @@ impl PendingStore for RedisStores {
         &self,
         users: &[String],
         item: &PendingItem,
-        limit: usize,
+        limits: PendingLimits,
     ) -> Result<usize, StoreError> {
         let item = serde_json::to_string(item).map_err(|e| StoreError(e.to_string()))?;
         self.state
-            .push_pending_many(users, &item, limit)
+            .push_pending_many(users, &item, limits.count, limits.bytes)
             .await
             .map_err(err)
     }

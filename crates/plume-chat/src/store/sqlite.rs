@@ -33,7 +33,8 @@ use tokio::sync::oneshot;
 use super::memory::{MemoryMembership, MemoryPresence};
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
-    PendingStore, ReadStore, Retention, SendKey, SentRecord, StoreError, Stores, new_epoch,
+    PendingLimits, PendingStore, ReadStore, Retention, SendKey, SentRecord, StoreError, Stores,
+    new_epoch,
 };
 use crate::time::now_millis;
 
@@ -836,14 +837,15 @@ impl PendingStore for Sqlite {
         &self,
         users: &[String],
         item: &PendingItem,
-        limit: usize,
+        limits: PendingLimits,
     ) -> Result<usize, StoreError> {
         if users.is_empty() {
             return Ok(0);
         }
         let text = serde_json::to_string(item).map_err(|e| StoreError(e.to_string()))?;
         let (users, item_key) = (users.to_vec(), pending_key(item));
-        let limit = limit.max(1) as i64;
+        let limit = limits.count.max(1) as i64;
+        let bytes = i64::try_from(limits.bytes).unwrap_or(i64::MAX);
         self.write(move |conn, _| {
             let mut insert = conn.prepare_cached(
                 "INSERT OR IGNORE INTO pending (user_id, item_key, item) VALUES (?1, ?2, ?3)",
@@ -852,10 +854,21 @@ impl PendingStore for Sqlite {
                 "DELETE FROM pending WHERE user_id = ?1 AND id < \
                  (SELECT id FROM pending WHERE user_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
             )?;
+            // The oldest items beyond the byte budget, counting from the newest (which always
+            // stays). Bytes of the stored JSON text.
+            let mut trim_bytes = conn.prepare_cached(
+                "DELETE FROM pending WHERE user_id = ?1 AND id IN (SELECT id FROM \
+                 (SELECT id, ROW_NUMBER() OVER w AS n, \
+                         SUM(length(CAST(item AS BLOB))) OVER w AS running \
+                  FROM pending WHERE user_id = ?1 \
+                  WINDOW w AS (ORDER BY id DESC ROWS UNBOUNDED PRECEDING)) \
+                 WHERE n > 1 AND running > ?2)",
+            )?;
             let mut dropped = 0;
             for user in &users {
                 insert.execute(params![user, item_key, text])?;
                 dropped += trim.execute(params![user, limit - 1])?;
+                dropped += trim_bytes.execute(params![user, bytes])?;
             }
             Ok(dropped)
         })
@@ -911,6 +924,13 @@ mod tests {
 
     use crate::store::test_support::{draft, key};
 
+    fn limits(count: usize) -> PendingLimits {
+        PendingLimits {
+            count,
+            bytes: usize::MAX,
+        }
+    }
+
     #[tokio::test]
     async fn everything_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -932,13 +952,13 @@ mod tests {
             };
             stores
                 .pending
-                .push_many(&["v".into()], &item, 10)
+                .push_many(&["v".into()], &item, limits(10))
                 .await
                 .unwrap();
             // The same item again is stored once.
             stores
                 .pending
-                .push_many(&["v".into()], &item, 10)
+                .push_many(&["v".into()], &item, limits(10))
                 .await
                 .unwrap();
             epoch = stores.log.head("c").await.unwrap().epoch;
@@ -967,6 +987,67 @@ mod tests {
             panic!("a new key appends")
         };
         assert_eq!(next.seq, 4);
+    }
+
+    #[tokio::test]
+    async fn pending_is_bounded_in_count_and_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, _) = open(dir.path(), Retention::default()).unwrap();
+        let note = |i: usize, size: usize| {
+            PendingItem::Inline(crate::store::Notification {
+                chat_id: "c".into(),
+                sender_id: "s".into(),
+                // Multi-byte characters: the budget counts bytes, not characters.
+                content: "é".repeat(size / 2),
+                timestamp: "t".into(),
+                message_id: format!("m{i}"),
+                seq: None,
+            })
+        };
+        let size = super::super::memory::pending_size(&note(0, 1000)).unwrap();
+        let budget = PendingLimits {
+            count: 100,
+            bytes: size * 3,
+        };
+        let mut dropped = 0;
+        for i in 0..8 {
+            dropped += stores
+                .pending
+                .push_many(&["u".into()], &note(i, 1000), budget)
+                .await
+                .unwrap();
+        }
+        let ids = |items: Vec<(u64, PendingItem)>| -> Vec<String> {
+            items
+                .into_iter()
+                .map(|(_, item)| match item {
+                    PendingItem::Inline(n) => n.message_id,
+                    PendingItem::Message { .. } => String::new(),
+                })
+                .collect()
+        };
+        assert_eq!(dropped, 5);
+        assert_eq!(
+            ids(stores.pending.list("u").await.unwrap()),
+            ["m5", "m6", "m7"]
+        );
+        // Count still applies under the byte budget; one item over the budget stays alone.
+        let few = PendingLimits {
+            count: 2,
+            bytes: usize::MAX,
+        };
+        stores
+            .pending
+            .push_many(&["u".into()], &note(8, 10), few)
+            .await
+            .unwrap();
+        assert_eq!(ids(stores.pending.list("u").await.unwrap()), ["m7", "m8"]);
+        stores
+            .pending
+            .push_many(&["u".into()], &note(9, size * 10), budget)
+            .await
+            .unwrap();
+        assert_eq!(ids(stores.pending.list("u").await.unwrap()), ["m9"]);
     }
 
     #[tokio::test]

@@ -64,12 +64,49 @@ pub async fn start_on(
     verifier: JwtVerifier,
     api_key: Option<String>,
 ) -> Chat {
+    start_server(
+        chat_config,
+        stores,
+        verifier,
+        api_key,
+        ServerConfig::default(),
+    )
+    .await
+}
+
+/// A chat server on in-memory stores with transport settings changed by `server`.
+pub async fn start_with_server(
+    configure: impl FnOnce(&mut ChatConfig),
+    server: impl FnOnce(&mut ServerConfig),
+) -> Chat {
+    let mut chat_config = ChatConfig::default();
+    configure(&mut chat_config);
+    let mut config = ServerConfig::default();
+    server(&mut config);
+    let stores = Stores::memory(chat_config.retention());
+    start_server(
+        chat_config,
+        stores,
+        JwtVerifier::hs256(SECRET),
+        Some(API_KEY.into()),
+        config,
+    )
+    .await
+}
+
+pub async fn start_server(
+    chat_config: ChatConfig,
+    stores: Stores,
+    verifier: JwtVerifier,
+    api_key: Option<String>,
+    server: ServerConfig,
+) -> Chat {
     let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
     let service = ChatService::new(chat_config, stores, pubsub.clone());
     let router = service.routes(Router::new());
     let config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
-        ..ServerConfig::default()
+        ..server
     };
     let running = Server::new(config, router, pubsub, Arc::new(ChatConnect::new(verifier)))
         .with_http_api(Arc::new(service.api(api_key)))
