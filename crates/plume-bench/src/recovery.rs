@@ -129,9 +129,10 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
         Ok(format!("{base}{}", signer.sign(user).context("sign")?))
     };
 
-    // 1. The backlog, one writer per chat, eight chats at a time per task.
+    // 1. The backlog: writer sockets sending into their chats one after another; each
+    //    joins at most 90 chats (a socket may join 100).
     let started = Instant::now();
-    let writers = 8.min(args.chats);
+    let writers = args.chats.div_ceil(90).max(8).min(args.chats);
     let mut tasks = Vec::new();
     for w in 0..writers {
         let (url, chats, behind) = (url(&format!("writer{w}"))?, args.chats, args.behind);

@@ -153,9 +153,11 @@ pub async fn spawn_plume(
     let data_dir = std::env::temp_dir().join(format!("plume-bench-{}-{port}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     cmd.env("PLUME_DATA_DIR", &data_dir);
-    // A load generator's socket sends far more than any client may (that is its job), so
-    // the per-socket push limit is off; an extra `--max-pushes-per-second` wins over this.
+    // A load generator's socket sends (and joins) far more than any client may: that is its
+    // job, so the per-socket limits are off; an extra `--max-pushes-per-second` or
+    // `--max-joins-per-second` wins over this.
     cmd.env("PLUME_MAX_PUSHES_PER_SECOND", "0");
+    cmd.env("PLUME_MAX_JOINS_PER_SECOND", "0");
     cmd.args(&launch.extra_args);
     // One log line per connection would cost the server more than the benchmark measures.
     if std::env::var_os("RUST_LOG").is_none() {
