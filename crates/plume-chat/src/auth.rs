@@ -61,6 +61,24 @@ pub enum AuthError {
     /// The configured public key could not be loaded.
     #[error("public key: {0}")]
     BadKey(String),
+    /// The configured public key is of another kind than the configured algorithm.
+    #[error(
+        "the public key is an {key} key, which signs {key_alg}, but the algorithm is set to {configured}"
+    )]
+    KeyAlgorithmMismatch {
+        /// `RSA` or `EC P-256`.
+        key: &'static str,
+        /// What that key signs.
+        key_alg: PublicKeyAlgorithm,
+        /// What was configured.
+        configured: PublicKeyAlgorithm,
+    },
+    /// `aud` is absent or not the configured audience.
+    #[error("token audience is not the expected one")]
+    WrongAudience,
+    /// `iss` is absent or not the configured issuer.
+    #[error("token issuer is not the expected one")]
+    WrongIssuer,
     /// Any other failure of the JWT library (signing, or a kind it adds later).
     #[error("invalid token: {0}")]
     Invalid(String),
@@ -79,6 +97,10 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::WrongAudience,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::WrongIssuer,
             ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
             ErrorKind::InvalidClaimFormat(claim) => AuthError::BadClaim(claim.clone()),
             _ => AuthError::Invalid(err.to_string()),
@@ -116,6 +138,15 @@ pub enum PublicKeyAlgorithm {
     ES256,
 }
 
+impl std::fmt::Display for PublicKeyAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PublicKeyAlgorithm::RS256 => "RS256",
+            PublicKeyAlgorithm::ES256 => "ES256",
+        })
+    }
+}
+
 impl JwtVerifier {
     fn with(key: DecodingKey, alg: Algorithm) -> JwtVerifier {
         let mut validation = Validation::new(alg);
@@ -130,6 +161,54 @@ impl JwtVerifier {
     /// HS256 with a shared secret.
     pub fn hs256(secret: &[u8]) -> JwtVerifier {
         JwtVerifier::with(DecodingKey::from_secret(secret), Algorithm::HS256)
+    }
+
+    /// RS256 or ES256 with a PEM public key, the algorithm following the key: an RSA key
+    /// verifies RS256, an EC P-256 key ES256. With `configured`, a key of the other kind is a
+    /// [`AuthError::KeyAlgorithmMismatch`] naming both.
+    pub fn public_key_for(
+        configured: Option<PublicKeyAlgorithm>,
+        pem: &[u8],
+    ) -> Result<JwtVerifier, AuthError> {
+        let kind = if DecodingKey::from_rsa_pem(pem).is_ok() {
+            ("RSA", PublicKeyAlgorithm::RS256)
+        } else if DecodingKey::from_ec_pem(pem).is_ok() {
+            ("EC P-256", PublicKeyAlgorithm::ES256)
+        } else {
+            return Err(AuthError::BadKey(
+                "not an RSA or EC public key in PEM format".into(),
+            ));
+        };
+        match configured {
+            Some(alg) if alg != kind.1 => Err(AuthError::KeyAlgorithmMismatch {
+                key: kind.0,
+                key_alg: kind.1,
+                configured: alg,
+            }),
+            _ => JwtVerifier::public_key(kind.1, pem),
+        }
+    }
+
+    /// Also requires `aud` to contain `audience`.
+    pub fn with_audience(mut self, audience: &str) -> JwtVerifier {
+        self.validation.set_audience(&[audience]);
+        let mut required: Vec<&str> = vec!["exp", "aud"];
+        if self.validation.iss.is_some() {
+            required.push("iss");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self
+    }
+
+    /// Also requires `iss` to be `issuer`.
+    pub fn with_issuer(mut self, issuer: &str) -> JwtVerifier {
+        self.validation.set_issuer(&[issuer]);
+        let mut required: Vec<&str> = vec!["exp", "iss"];
+        if self.validation.aud.is_some() {
+            required.push("aud");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self
     }
 
     /// RS256 or ES256 with a PEM public key.

@@ -156,3 +156,89 @@ fn a_key_of_the_wrong_type_is_rejected_at_start_up() {
     assert!(JwtVerifier::public_key(PublicKeyAlgorithm::ES256, &key("rsa_public.pem")).is_err());
     assert!(JwtVerifier::public_key(PublicKeyAlgorithm::RS256, b"not a pem").is_err());
 }
+
+#[test]
+fn the_algorithm_follows_the_key_and_a_mismatch_names_both() {
+    use plume_chat::auth::AuthError;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"sub": "ec-user", "exp": now + 600});
+    let signed = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(&key("ec_private.pem")).unwrap(),
+    )
+    .unwrap();
+    // No algorithm configured: an EC key means ES256 (it used to default to RS256 and fail).
+    let v = JwtVerifier::public_key_for(None, &key("ec_public.pem")).unwrap();
+    assert_eq!(v.verify(&signed).unwrap(), "ec-user");
+    assert!(JwtVerifier::public_key_for(None, &key("rsa_public.pem")).is_ok());
+    let err = JwtVerifier::public_key_for(Some(PublicKeyAlgorithm::RS256), &key("ec_public.pem"))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, AuthError::KeyAlgorithmMismatch { .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("EC P-256") && text.contains("ES256") && text.contains("RS256"),
+        "{text}"
+    );
+    assert!(JwtVerifier::public_key_for(None, b"not a pem").is_err());
+}
+
+#[test]
+fn audience_and_issuer_are_checked_when_configured() {
+    use plume_chat::auth::AuthError;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    };
+    let v = JwtVerifier::hs256(SECRET)
+        .with_audience("chat-app")
+        .with_issuer("https://auth.example.com");
+    let good = sign(
+        serde_json::json!({"sub":"a","exp":now+60,"aud":"chat-app","iss":"https://auth.example.com"}),
+    );
+    assert_eq!(v.verify(&good).unwrap(), "a");
+    let cases = [
+        (
+            serde_json::json!({"sub":"a","exp":now+60,"aud":"other","iss":"https://auth.example.com"}),
+            "audience",
+        ),
+        (
+            serde_json::json!({"sub":"a","exp":now+60,"iss":"https://auth.example.com"}),
+            "audience",
+        ),
+        (
+            serde_json::json!({"sub":"a","exp":now+60,"aud":"chat-app","iss":"https://evil.example"}),
+            "issuer",
+        ),
+        (
+            serde_json::json!({"sub":"a","exp":now+60,"aud":"chat-app"}),
+            "issuer",
+        ),
+    ];
+    for (claims, what) in cases {
+        let err = v.verify(&sign(claims.clone())).err().unwrap();
+        let expected = match what {
+            "audience" => matches!(err, AuthError::WrongAudience),
+            _ => matches!(err, AuthError::WrongIssuer),
+        };
+        assert!(expected, "{claims}: {err}");
+    }
+    // Without the checks configured, neither claim is needed.
+    let plain = sign(serde_json::json!({"sub":"a","exp":now+60}));
+    assert_eq!(JwtVerifier::hs256(SECRET).verify(&plain).unwrap(), "a");
+}

@@ -142,9 +142,16 @@ pub struct ServeArgs {
     /// PEM public key for RS256/ES256 connect tokens (instead of a secret).
     #[arg(long, env = "PLUME_JWT_PUBLIC_KEY", value_name = "PATH")]
     pub jwt_public_key: Option<PathBuf>,
-    /// Algorithm of --jwt-public-key: RS256 or ES256 [default: RS256].
+    /// Algorithm of --jwt-public-key: RS256 or ES256 [default: the key's: RS256 for an RSA
+    /// key, ES256 for an EC P-256 key]; one that does not fit the key refuses to start.
     #[arg(long, env = "PLUME_JWT_ALGORITHM", value_enum)]
     pub jwt_algorithm: Option<JwtAlgorithm>,
+    /// When set, a connect token's `aud` claim must contain this.
+    #[arg(long, env = "PLUME_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// When set, a connect token's `iss` claim must be this.
+    #[arg(long, env = "PLUME_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// Who may join chat:{id}: strict (members added through the API) or open (anyone
     /// authenticated, recorded as a participant) [default: strict; open in development mode,
     /// a loopback bind without a JWT secret or public key].

@@ -23,8 +23,12 @@ pub struct AuthConfig {
     pub jwt_secret: Option<String>,
     /// PEM public key file for RS256/ES256.
     pub jwt_public_key: Option<PathBuf>,
-    /// Algorithm of the public key. Default RS256.
+    /// Algorithm of the public key. Default: the key's (RS256 for RSA, ES256 for EC P-256).
     pub jwt_algorithm: Option<PublicKeyAlgorithm>,
+    /// When set, a token's `aud` must contain this.
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must be this.
+    pub jwt_issuer: Option<String>,
 }
 
 /// Where chat state lives on a node without Redis.
@@ -187,6 +191,12 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.jwt_public_key {
         config.auth.jwt_public_key = Some(path.clone());
+    }
+    if let Some(aud) = &args.jwt_audience {
+        config.auth.jwt_audience = Some(aud.clone());
+    }
+    if let Some(iss) = &args.jwt_issuer {
+        config.auth.jwt_issuer = Some(iss.clone());
     }
     if let Some(alg) = args.jwt_algorithm {
         config.auth.jwt_algorithm = Some(match alg {

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use plume_channels::echo::EchoChannel;
 use plume_channels::{LocalPubSub, PubSub, Router};
-use plume_chat::{ChatConnect, ChatService, JwtVerifier, PublicKeyAlgorithm, Stores};
+use plume_chat::{ChatConnect, ChatService, JwtVerifier, Stores};
 use plume_redis::{Cluster, RedisPubSub};
 use plume_server::Server;
 use plume_server::api::{Readiness, ReadyFuture};
@@ -73,15 +73,25 @@ fn init_logging(format: LogFormat) {
 
 fn verifier(config: &Config) -> anyhow::Result<JwtVerifier> {
     let auth = &config.auth;
+    let checks = |mut v: JwtVerifier| {
+        if let Some(aud) = &auth.jwt_audience {
+            v = v.with_audience(aud);
+        }
+        if let Some(iss) = &auth.jwt_issuer {
+            v = v.with_issuer(iss);
+        }
+        v
+    };
     if let Some(path) = &auth.jwt_public_key {
         let pem = std::fs::read(path)
             .with_context(|| format!("reading JWT public key {}", path.display()))?;
-        let alg = auth.jwt_algorithm.unwrap_or(PublicKeyAlgorithm::RS256);
-        return JwtVerifier::public_key(alg, &pem)
+        // The algorithm follows the key unless configured; a mismatch names both.
+        return JwtVerifier::public_key_for(auth.jwt_algorithm, &pem)
+            .map(checks)
             .with_context(|| format!("loading JWT public key {}", path.display()));
     }
     match &auth.jwt_secret {
-        Some(secret) => Ok(JwtVerifier::hs256(secret.as_bytes())),
+        Some(secret) => Ok(checks(JwtVerifier::hs256(secret.as_bytes()))),
         None => {
             tracing::warn!(
                 "development mode (loopback address, no JWT secret or public key): accepting \
