@@ -609,3 +609,73 @@ async fn a_receiver_that_stalls_then_resets_gets_everything_on_its_rejoin() {
     let rest = receive_seqs(&mut bob, 310 - last as usize).await;
     assert_eq!(rest, ((last + 1)..=310).collect::<Vec<u64>>());
 }
+
+/// The in-process registry, but every broadcast also reports that the cross-node publish
+/// failed (as the Redis backend does when its publish queue is full), after delivering
+/// locally.
+struct RemoteFails(LocalPubSub);
+
+impl PubSub for RemoteFails {
+    fn subscribe(
+        &self,
+        topic: &str,
+        sub: plume_channels::Subscriber,
+    ) -> plume_channels::Subscribed {
+        self.0.subscribe(topic, sub)
+    }
+    fn unsubscribe(&self, topic: &str, socket: plume_channels::SocketId) {
+        self.0.unsubscribe(topic, socket)
+    }
+    fn broadcast(&self, msg: plume_channels::Broadcast) -> Result<(), plume_channels::PubSubError> {
+        self.0.dispatch(&msg);
+        Err(plume_channels::PubSubError("publish queue full".into()))
+    }
+    fn registry(&self) -> &LocalPubSub {
+        &self.0
+    }
+}
+
+#[tokio::test]
+async fn delivered_locally_with_the_remote_fan_out_failing_is_still_sent() {
+    let config = ChatConfig {
+        membership: Membership::Open,
+        ..ChatConfig::default()
+    };
+    let pubsub: Arc<dyn PubSub> = Arc::new(RemoteFails(LocalPubSub::new()));
+    let service = ChatService::new(
+        config.clone(),
+        Stores::memory(config.retention()),
+        pubsub.clone(),
+    );
+    let running = plume_server::Server::new(
+        plume_server::ServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..plume_server::ServerConfig::default()
+        },
+        service.routes(Router::new()),
+        pubsub,
+        Arc::new(plume_chat::ChatConnect::new(
+            plume_chat::JwtVerifier::hs256(SECRET),
+        )),
+    )
+    .start()
+    .await
+    .unwrap();
+    let chat = Chat { running };
+    let mut alice = chat.connect("alice", "a").await;
+    let mut bob = chat.connect("bob", "b").await;
+    let jr = join_ok(&mut alice, "chat:pf").await;
+    join_ok(&mut bob, "chat:pf").await;
+    let body = r#"{"content":"x","mobile_ref_id":"once"}"#;
+    let (status, reply, sent) = send(&mut alice, &jr, "pf", body).await;
+    assert_eq!(
+        (status.as_str(), &sent["status"]),
+        ("ok", &json!("sent")),
+        "{reply}"
+    );
+    assert_eq!(receive_seqs(&mut bob, 1).await, [1]);
+    // Its send key was kept, so the client's retry is a retry, not a second message.
+    let (_, again, _) = send(&mut alice, &jr, "pf", body).await;
+    assert_eq!(again, reply);
+    assert_no(&mut bob, "receive_message").await;
+}
