@@ -217,7 +217,8 @@ struct BroadcastBody {
     payload: Value,
 }
 
-fn broadcast(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
+/// Decodes and checks a `POST /api/broadcast` body: `(topic, event, payload)`.
+fn broadcast_body(body: &[u8]) -> Result<(String, String, Json), ApiError> {
     let b: BroadcastBody = parse(body)?;
     if b.topic.is_empty() || b.event.is_empty() {
         return Err(bad_request("topic and event must not be empty"));
@@ -226,11 +227,16 @@ fn broadcast(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
         return Err(bad_request("payload must be a JSON object"));
     }
     let payload = Json::from_value(&b.payload).map_err(|e| bad_request(&e.to_string()))?;
+    Ok((b.topic, b.event, payload))
+}
+
+fn broadcast(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
+    let (topic, event, payload) = broadcast_body(body)?;
     state
         .pubsub
         .broadcast(Broadcast {
-            topic: b.topic.into(),
-            event: b.event.into(),
+            topic: topic.into(),
+            event: event.into(),
             payload: Payload::Json(payload),
             from: None,
             seq: None,
@@ -250,11 +256,17 @@ struct NotifyBody {
     content: String,
 }
 
-async fn notify(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
+/// Decodes and checks a `POST /api/notify` body.
+fn notify_body(body: &[u8]) -> Result<NotifyBody, ApiError> {
     let n: NotifyBody = parse(body)?;
     if n.user_id.is_empty() {
         return Err(bad_request("user_id must not be empty"));
     }
+    Ok(n)
+}
+
+async fn notify(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
+    let n = notify_body(body)?;
     let notification = Notification {
         chat_id: n.chat_id,
         sender_id: n.sender_id,
@@ -271,4 +283,23 @@ async fn notify(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
         StatusCode::OK,
         &json!({"status": delivery.as_str(), "message_id": notification.message_id}),
     ))
+}
+
+/// The body decoders of the API without a server around them, for the fuzz targets in
+/// `fuzz/`. Not part of Plume's API. An error is the 400 message the API would answer.
+#[doc(hidden)]
+pub mod decode {
+    use plume_wire::Json;
+
+    /// A `POST /api/broadcast` body: `(topic, event, payload)`.
+    pub fn broadcast_body(body: &[u8]) -> Result<(String, String, Json), String> {
+        super::broadcast_body(body).map_err(|super::ApiError(_, msg)| msg)
+    }
+
+    /// A `POST /api/notify` body: `[user_id, chat_id, sender_id, content]`.
+    pub fn notify_body(body: &[u8]) -> Result<[String; 4], String> {
+        super::notify_body(body)
+            .map(|n| [n.user_id, n.chat_id, n.sender_id, n.content])
+            .map_err(|super::ApiError(_, msg)| msg)
+    }
 }

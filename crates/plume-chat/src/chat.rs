@@ -558,6 +558,32 @@ impl Channel for ChatChannel {
     }
 }
 
+/// The payload checks of `phx_join` and `send_message` without a channel around them, for
+/// the fuzz targets in `fuzz/`. Not part of Plume's API. An error is the reply reason.
+#[doc(hidden)]
+pub mod decode {
+    use plume_wire::Payload;
+
+    /// What a join asks to recover from: `(last_seq, epoch)`.
+    pub type Recover = (u64, Option<String>);
+
+    /// A `phx_join` payload: `(recover, history)`.
+    pub fn join(payload: &Payload) -> Result<(Option<Recover>, u64), &'static str> {
+        super::parse_join(payload).map(|ask| (ask.recover, ask.history))
+    }
+
+    /// A `send_message` payload: `(content, mobile_ref_id)`, or the reason and the
+    /// mobile_ref_id the error reply carries.
+    pub fn send(
+        payload: &Payload,
+        max_chars: usize,
+    ) -> Result<(String, String), (&'static str, String)> {
+        super::validate(payload, max_chars)
+            .map(|v| (v.content, v.mobile_ref_id))
+            .map_err(|e| (e.reason, e.mobile_ref_id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
