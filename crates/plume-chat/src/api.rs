@@ -207,7 +207,11 @@ fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
+    // JSON text is UTF-8 (RFC 8259), and serde_json does not check the UTF-8 of a value it
+    // skips (an unknown field), so the whole body is checked first.
+    let text = std::str::from_utf8(body)
+        .map_err(|e| bad_request(&format!("invalid JSON body: not UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -301,5 +305,30 @@ pub mod decode {
         super::notify_body(body)
             .map(|n| [n.user_id, n.chat_id, n.sender_id, n.content])
             .map_err(|super::ApiError(_, msg)| msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `api_broadcast` fuzz target: serde_json skips the value of an unknown
+    /// field without checking its UTF-8, so a body that is not JSON text was accepted.
+    #[test]
+    fn a_body_that_is_not_utf8_is_refused() {
+        let body = b"{\"topic\":\"t\",\"event\":\"e\",\"x\":\"\xe5\",\"payload\":{}}";
+        let Err(ApiError(status, msg)) = broadcast_body(body) else {
+            panic!("a body with invalid UTF-8 was accepted");
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(msg.starts_with("invalid JSON body"), "{msg}");
+        let body = b"{\"user_id\":\"u\",\"chat_id\":\"c\",\"sender_id\":\"s\",\"content\":\"x\",\"y\":\"\xff\"}";
+        assert!(notify_body(body).is_err());
+        // The same bodies in valid UTF-8 are accepted.
+        assert!(broadcast_body(br#"{"topic":"t","event":"e","x":"\u00e5","payload":{}}"#).is_ok());
+        assert!(
+            notify_body(br#"{"user_id":"u","chat_id":"c","sender_id":"s","content":"x","y":"y"}"#)
+                .is_ok()
+        );
     }
 }
