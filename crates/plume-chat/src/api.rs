@@ -25,7 +25,8 @@ use plume_channels::Broadcast;
 use plume_server::api::{ApiFuture, ApiRequest, HttpApi, json_error, json_response};
 use plume_wire::{Json, Payload};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::state::ChatState;
 use crate::store::{Notification, StoreError};
@@ -206,7 +207,7 @@ fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     })
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     // JSON text is UTF-8 (RFC 8259), and serde_json does not check the UTF-8 of a value it
     // skips (an unknown field), so the whole body is checked first.
     let text = std::str::from_utf8(body)
@@ -215,22 +216,25 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 #[derive(Deserialize)]
-struct BroadcastBody {
+struct BroadcastBody<'a> {
     topic: String,
     event: String,
-    payload: Value,
+    /// Kept as the backend's exact text: a `Value` would round big integers and some floats.
+    #[serde(borrow)]
+    payload: &'a RawValue,
 }
 
 /// Decodes and checks a `POST /api/broadcast` body: `(topic, event, payload)`.
 fn broadcast_body(body: &[u8]) -> Result<(String, String, Json), ApiError> {
-    let b: BroadcastBody = parse(body)?;
+    let b: BroadcastBody<'_> = parse(body)?;
     if b.topic.is_empty() || b.event.is_empty() {
         return Err(bad_request("topic and event must not be empty"));
     }
-    if !b.payload.is_object() {
+    let payload = Json::from_text(Bytes::copy_from_slice(b.payload.get().as_bytes()))
+        .map_err(|e| bad_request(&e.to_string()))?;
+    if !payload.is_object() {
         return Err(bad_request("payload must be a JSON object"));
     }
-    let payload = Json::from_value(&b.payload).map_err(|e| bad_request(&e.to_string()))?;
     Ok((b.topic, b.event, payload))
 }
 
@@ -309,8 +313,27 @@ pub mod decode {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
 mod tests {
     use super::*;
+
+    /// Found by the `api_broadcast` fuzz target: the payload went through a `Value`, which
+    /// turned an integer beyond 64 bits into a float and could move a float by one ULP.
+    #[test]
+    fn a_broadcast_payload_is_sent_as_the_backend_wrote_it() {
+        let body = br#"{"topic":"t","event":"e","payload":{ "a" : 55555555555555555555555555530, "f": 2.2250738585072011e-308 }}"#;
+        let (_, _, payload) = broadcast_body(body).ok().unwrap();
+        assert_eq!(
+            payload.as_bytes().as_ref(),
+            br#"{ "a" : 55555555555555555555555555530, "f": 2.2250738585072011e-308 }"#
+        );
+        for not_object in [
+            &br#"{"topic":"t","event":"e","payload":[1]}"#[..],
+            br#"{"topic":"t","event":"e","payload":"{}"}"#,
+        ] {
+            assert!(broadcast_body(not_object).is_err());
+        }
+    }
 
     /// Found by the `api_broadcast` fuzz target: serde_json skips the value of an unknown
     /// field without checking its UTF-8, so a body that is not JSON text was accepted.
