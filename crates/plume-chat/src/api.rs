@@ -212,6 +212,13 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     // skips (an unknown field), so the whole body is checked first.
     let text = std::str::from_utf8(body)
         .map_err(|e| bad_request(&format!("invalid JSON body: not UTF-8: {e}")))?;
+    // Every body is an object; serde would also fill a struct from an array, by position.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(bad_request("invalid JSON body: expected an object"));
+    }
     serde_json::from_str(text).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))
 }
 
@@ -333,6 +340,20 @@ mod tests {
         ] {
             assert!(broadcast_body(not_object).is_err());
         }
+    }
+
+    /// Found by the `api_notify` fuzz target: serde fills a struct from an array too, so
+    /// `["u","c","s","x"]` was taken for a notify body.
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused() {
+        assert!(notify_body(br#"["u","c","s","x"]"#).is_err());
+        assert!(broadcast_body(br#" ["t","e",{}]"#).is_err());
+        assert!(
+            notify_body(
+                b" \r\n{\"user_id\":\"u\",\"chat_id\":\"c\",\"sender_id\":\"s\",\"content\":\"x\"}"
+            )
+            .is_ok()
+        );
     }
 
     /// Found by the `api_broadcast` fuzz target: serde_json skips the value of an unknown
