@@ -8,7 +8,11 @@ use serde_json::Value;
 fuzz_target!(|data: &[u8]| {
     if let Ok([user_id, chat_id, sender_id, content]) = notify_body(data) {
         assert!(!user_id.is_empty());
-        let body: Value = serde_json::from_slice(data).expect("accepted body is JSON");
+        // A `Value` refuses numbers beyond f64 (`1e9999`), which JSON allows and the API
+        // skips in unknown fields, so only a body a `Value` can hold is compared.
+        let Ok(body) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
         for (key, value) in [
             ("user_id", user_id),
             ("chat_id", chat_id),
