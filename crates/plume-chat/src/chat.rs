@@ -777,6 +777,38 @@ impl Channel for ChatChannel {
     }
 }
 
+/// The payload checks of `phx_join` and `send_message` without a channel around them, for
+/// the fuzz targets in `fuzz/`. Not part of Plume's API. An error is the reply reason.
+#[doc(hidden)]
+pub mod decode {
+    use plume_wire::Payload;
+
+    /// What a join asks to recover from: `(last_seq, epoch)`.
+    pub type Recover = (u64, Option<String>);
+
+    /// A `phx_join` payload: `(recover, history)`.
+    pub fn join(payload: &Payload) -> Result<(Option<Recover>, u64), &'static str> {
+        super::parse_join(payload).map(|ask| (ask.recover, ask.history))
+    }
+
+    /// A `send_message` payload: `(content, mobile_ref_id)`, or the reason and the
+    /// mobile_ref_id the error reply carries. `max_chars` bounds the content and
+    /// `max_ref_bytes` the mobile_ref_id.
+    pub fn send(
+        payload: &Payload,
+        max_chars: usize,
+        max_ref_bytes: usize,
+    ) -> Result<(String, String), (&'static str, String)> {
+        let limits = super::SendLimits {
+            max_chars,
+            max_ref_bytes,
+        };
+        super::validate(payload, limits)
+            .map(|v| (v.content, v.mobile_ref_id))
+            .map_err(|e| (e.reason, e.mobile_ref_id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
