@@ -137,10 +137,13 @@ pub async fn start_node(
     let pubsub: Arc<dyn PubSub> = cluster.pubsub.clone();
     let stores = plume_chat::store::redis::stores(cluster.state.clone(), chat_config.retention());
     let service = ChatService::new(chat_config, stores, pubsub.clone());
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         ..ServerConfig::default()
     };
+    // The cluster tests send thousands of messages from one socket as fast as acks return,
+    // far over a client's push rate; the rate limit has its own tests (limits.rs).
+    config.socket.max_pushes_per_second = 0;
     let running = Server::new(
         config,
         service.routes(Router::new()),
