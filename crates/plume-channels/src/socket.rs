@@ -128,6 +128,26 @@ struct Joined {
     channel: Box<dyn DynChannel>,
 }
 
+impl Joined {
+    /// The channel and the context its callbacks get, borrowed side by side.
+    fn split<'a>(
+        &'a mut self,
+        socket: &'a SocketShared,
+        out: &'a mut Vec<Frame>,
+    ) -> (&'a mut dyn DynChannel, Context<'a>) {
+        let ctx = Context {
+            socket,
+            topic: &self.topic,
+            join_ref: self.join_ref.as_ref(),
+            channel_id: self.id,
+            out,
+            floor: &self.floor,
+            subscribed: None,
+        };
+        (&mut *self.channel, ctx)
+    }
+}
+
 /// One client connection's protocol state: its joined channels and pending output.
 pub struct Socket {
     shared: SocketShared,
@@ -295,16 +315,8 @@ impl Socket {
                     ..
                 } = self;
                 let joined = &mut channels[idx];
-                let mut ctx = Context {
-                    socket: shared,
-                    topic: &joined.topic,
-                    join_ref: joined.join_ref.as_ref(),
-                    channel_id: joined.id,
-                    out,
-                    floor: &joined.floor,
-                    subscribed: None,
-                };
-                let reply = joined.channel.refused(
+                let (channel, mut ctx) = joined.split(shared, out);
+                let reply = channel.refused(
                     &msg.event,
                     &msg.payload,
                     event::REASON_RATE_LIMITED,
@@ -357,16 +369,8 @@ impl Socket {
                         ..
                     } = self;
                     let joined = &mut channels[idx];
-                    let mut ctx = Context {
-                        socket: shared,
-                        topic: &joined.topic,
-                        join_ref: joined.join_ref.as_ref(),
-                        channel_id: joined.id,
-                        out,
-                        floor: &joined.floor,
-                        subscribed: None,
-                    };
-                    let result = AssertUnwindSafe(joined.channel.handle_info(info, &mut ctx))
+                    let (channel, mut ctx) = joined.split(shared, out);
+                    let result = AssertUnwindSafe(channel.handle_info(info, &mut ctx))
                         .catch_unwind()
                         .await;
                     match result {
@@ -613,16 +617,8 @@ impl Socket {
                 ..
             } = self;
             let joined = &mut channels[idx];
-            let mut ctx = Context {
-                socket: shared,
-                topic: &joined.topic,
-                join_ref: joined.join_ref.as_ref(),
-                channel_id: joined.id,
-                out,
-                floor: &joined.floor,
-                subscribed: None,
-            };
-            AssertUnwindSafe(joined.channel.handle_in(&msg.event, msg.payload, &mut ctx))
+            let (channel, mut ctx) = joined.split(shared, out);
+            AssertUnwindSafe(channel.handle_in(&msg.event, msg.payload, &mut ctx))
                 .catch_unwind()
                 .await
         };
@@ -670,16 +666,8 @@ impl Socket {
     /// store, say), its socket still receives the topic: nothing sent in between falls in a
     /// gap where the user is neither subscribed nor known to be away.
     async fn end(&mut self, mut joined: Joined, reason: Terminate) {
-        let mut ctx = Context {
-            socket: &self.shared,
-            topic: &joined.topic,
-            join_ref: joined.join_ref.as_ref(),
-            channel_id: joined.id,
-            out: &mut self.out,
-            floor: &joined.floor,
-            subscribed: None,
-        };
-        let result = AssertUnwindSafe(joined.channel.terminate(reason, &mut ctx))
+        let (channel, mut ctx) = joined.split(&self.shared, &mut self.out);
+        let result = AssertUnwindSafe(channel.terminate(reason, &mut ctx))
             .catch_unwind()
             .await;
         if let Err(panic) = result {
