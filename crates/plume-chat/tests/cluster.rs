@@ -282,11 +282,7 @@ async fn removing_a_member_on_one_node_closes_their_channel_on_the_other() {
     let (code, _) = a.api("DELETE", "/api/chats/k/members/bob", None).await;
     assert_eq!(code, 200);
     for (c, jr) in [(&mut bob_b, &jr_b), (&mut bob_a, &jr_a)] {
-        let closed = c
-            .wait_for(|m| m.event == "phx_close" && m.topic == "chat:k")
-            .await
-            .unwrap();
-        assert_eq!(closed.join_ref.as_ref(), Some(jr));
+        expect_phx_close(c, "chat:k", jr).await;
     }
     send(
         &mut alice,

@@ -29,11 +29,7 @@ async fn removing_a_member_closes_their_chat_channels_on_every_socket() {
         (200, json!({"chat_id":"r","user_id":"bob","member":false}))
     );
     for (c, jr) in [(&mut phone, &jr_phone), (&mut laptop, &jr_laptop)] {
-        let closed = c
-            .wait_for(|m| m.event == "phx_close" && m.topic == "chat:r")
-            .await
-            .unwrap();
-        assert_eq!(closed.join_ref.as_ref(), Some(jr));
+        expect_phx_close(c, "chat:r", jr).await;
     }
     // bob hears nothing more from the chat, and his other chat is untouched.
     send(

@@ -705,24 +705,26 @@ impl RedisState {
 
     /// Removes one pending item of a user.
     pub async fn remove_pending_item(&self, user: &str, item: &str) -> Result<()> {
-        let keys = [pending_key(user), pending_bytes_key(user)];
-        let _: i64 = self
-            .run(|mut c| {
-                let mut call = REMOVE_PENDING_ITEM.key(&keys[0]);
-                call.key(&keys[1]).arg(item);
-                async move { call.invoke_async(&mut c).await }
-            })
-            .await?;
-        Ok(())
+        self.pending_script(&REMOVE_PENDING_ITEM, user, item).await
     }
 
     /// Removes a user's pending items with id up to `upto`.
     pub async fn remove_pending(&self, user: &str, upto: u64) -> Result<()> {
+        self.pending_script(&REMOVE_PENDING, user, upto).await
+    }
+
+    /// Runs a script over a user's pending set and its byte counter, with one argument.
+    async fn pending_script<A: redis::ToRedisArgs + Sync>(
+        &self,
+        script: &Script,
+        user: &str,
+        arg: A,
+    ) -> Result<()> {
         let keys = [pending_key(user), pending_bytes_key(user)];
         let _: i64 = self
             .run(|mut c| {
-                let mut call = REMOVE_PENDING.key(&keys[0]);
-                call.key(&keys[1]).arg(upto);
+                let mut call = script.key(&keys[0]);
+                call.key(&keys[1]).arg(&arg);
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;

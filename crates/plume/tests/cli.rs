@@ -257,6 +257,20 @@ async fn join_as(
     (client, join_ref, status)
 }
 
+/// Alice, with a `plume token` token, joins `chat:1` and sends a message; both answered ok.
+async fn alice_says_hi(addr: &str) {
+    let (mut alice, join_ref, status) = join_as(addr, "alice", "chat:1").await;
+    assert_eq!(status, "ok");
+    let payload =
+        plume_wire::Payload::json(&serde_json::json!({"content": "hi", "mobile_ref_id": "m1"}))
+            .unwrap();
+    let reply = alice
+        .call(&join_ref, "chat:1", "send_message", &payload)
+        .await
+        .unwrap();
+    assert_eq!(reply.reply_status().as_deref(), Some("ok"));
+}
+
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -273,18 +287,7 @@ fn development_mode_opens_membership_so_the_quick_start_chats() {
         "the start-up log says why anyone may join: {seen:?}"
     );
     let addr = listening_addr(&seen);
-    block_on(async {
-        let (mut alice, join_ref, status) = join_as(&addr, "alice", "chat:1").await;
-        assert_eq!(status, "ok");
-        let payload =
-            plume_wire::Payload::json(&serde_json::json!({"content": "hi", "mobile_ref_id": "m1"}))
-                .unwrap();
-        let reply = alice
-            .call(&join_ref, "chat:1", "send_message", &payload)
-            .await
-            .unwrap();
-        assert_eq!(reply.reply_status().as_deref(), Some("ok"));
-    });
+    block_on(alice_says_hi(&addr));
     signal(&child, "-TERM");
     let _ = child.wait();
 }
@@ -548,17 +551,7 @@ fn readyz_on_the_embedded_store_checks_the_database_and_counts_commits() {
     use std::io::{Read, Write};
     let (mut child, _, seen) = serve(&[]);
     let addr = listening_addr(&seen);
-    block_on(async {
-        let (mut alice, join_ref, status) = join_as(&addr, "alice", "chat:1").await;
-        assert_eq!(status, "ok");
-        let payload =
-            plume_wire::Payload::json(&serde_json::json!({"content": "hi", "mobile_ref_id": "m1"}))
-                .unwrap();
-        alice
-            .call(&join_ref, "chat:1", "send_message", &payload)
-            .await
-            .unwrap();
-    });
+    block_on(alice_says_hi(&addr));
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .unwrap();

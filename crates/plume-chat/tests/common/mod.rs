@@ -424,3 +424,14 @@ pub async fn start_faulty(configure: impl FnOnce(&mut ChatConfig)) -> (Chat, Arc
     .await;
     (chat, faults)
 }
+
+/// Waits for the server to close `topic` on `c` (a `phx_close`) and checks it names the
+/// channel joined with `jr`.
+pub async fn expect_phx_close(c: &mut Client, topic: &str, jr: &Ref) {
+    let t = topic.to_owned();
+    let closed = c
+        .wait_for(move |m| m.event == "phx_close" && m.topic == t)
+        .await
+        .unwrap();
+    assert_eq!(closed.join_ref.as_ref(), Some(jr), "{topic}");
+}
