@@ -20,7 +20,8 @@
 //! - `history` `{before_seq?, limit?}`: a page of older messages.
 //! - `typing` `{status}`: `user_typing` to the chat's other sockets (throttled, with an
 //!   automatic `stop`).
-//! - `mark_read` `{seq}`: the user's read position (never back); reply `{unread}`, and
+//! - `mark_read` `{seq}`: the user's read position (never back); reply `{unread}`,
+//!   `room_updated` to the user's notifications topic, and
 //!   `message_read` to the chat's other sockets.
 
 use std::any::Any;
@@ -222,7 +223,7 @@ fn validate(payload: &Payload, limits: SendLimits) -> Result<ValidSend, Invalid>
 }
 
 /// The payload as an object (`{}` for an empty or absent payload), or `None`.
-fn object(payload: &Payload) -> Option<Map<String, Value>> {
+pub(crate) fn object(payload: &Payload) -> Option<Map<String, Value>> {
     match payload.as_json()?.parse::<Value>().ok()? {
         Value::Object(obj) => Some(obj),
         Value::Null => Some(Map::new()),
@@ -542,6 +543,8 @@ impl ChatChannel {
         if let Err(err) = ctx.broadcast_from(MESSAGE_READ, json(&read)?) {
             tracing::debug!(chat = %self.chat_id, %err, "message_read not fanned out to other nodes");
         }
+        // The user's rooms list, on every device, shows the new unread count.
+        self.state.spawn_room_updated(&self.user, &self.chat_id);
         Ok(Reply::ok(json(&Unread { unread })?).into())
     }
 

@@ -60,6 +60,9 @@ pub struct ChatConfig {
     /// Default 1 s.
     #[serde(with = "plume_channels::duration_secs")]
     pub typing_throttle: Duration,
+    /// Online status is counted only for chats of at most this many members: the rooms
+    /// list's `online_count` is `null` for bigger ones. Default 100.
+    pub online_fanout_max_members: usize,
 }
 
 impl ChatConfig {
@@ -92,6 +95,7 @@ impl Default for ChatConfig {
             recovery_limit: 1000,
             typing_timeout: Duration::from_secs(6),
             typing_throttle: Duration::from_secs(1),
+            online_fanout_max_members: 100,
         }
     }
 }

@@ -37,6 +37,12 @@ pub const MARK_READ: &str = "mark_read";
 /// Server to the chat's other sockets: a member's read position moved.
 pub const MESSAGE_READ: &str = "message_read";
 
+/// Client to server on `notifications:{user_id}`: the next page of the rooms list.
+pub const LIST_ROOMS: &str = "list_rooms";
+/// Server to a user's notifications topic: their view of one room changed (read on another
+/// device, added to or removed from the chat).
+pub const ROOM_UPDATED: &str = "room_updated";
+
 /// `message_sent` status of a delivered send.
 pub const STATUS_SENT: &str = "sent";
 /// `message_sent` status of a failed send.
@@ -74,6 +80,8 @@ pub const REASON_INVALID_LIMIT: &str = "invalid_limit";
 pub const REASON_INVALID_TYPING_STATUS: &str = "invalid_typing_status";
 /// `mark_read` with a seq that is not a positive integer or is above the chat's last seq.
 pub const REASON_INVALID_SEQ: &str = "invalid_seq";
+/// `list_rooms` or the rooms API with a `before` cursor the server did not issue.
+pub const REASON_INVALID_CURSOR: &str = "invalid_cursor";
 /// An event the channel does not handle.
 pub const REASON_UNKNOWN_EVENT: &str = "unknown_event";
 

@@ -10,6 +10,8 @@
 //! - [`chat`]: the `chat:*` channel (join rules, `send_message`).
 //! - [`notifications`]: the `notifications:*` / `notification:*` channel (pending delivery).
 //! - [`state`]: what the channels share, and notification delivery.
+//! - [`rooms`]: a user's rooms list (last message, unread, members and online counts), its
+//!   cursor, and `room_updated`.
 //! - [`repair`]: reading missed chat messages back from the log into this node's registry.
 //! - [`store`]: the store traits (message log, membership, pending, presence) and their
 //!   embedded (SQLite), in-memory and Redis implementations.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod events;
 pub mod notifications;
 pub mod repair;
+pub mod rooms;
 pub mod state;
 pub mod store;
 pub mod time;

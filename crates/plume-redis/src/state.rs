@@ -65,6 +65,11 @@ fn members_key(chat: &str) -> String {
     format!("plume:members:{chat}")
 }
 
+/// A user's chats, each scored by when the user was added (ms since the Unix epoch).
+fn user_chats_key(user: &str) -> String {
+    format!("plume:user-chats:{user}")
+}
+
 fn idem_key(user: &str, chat: &str, mobile_ref_id: &str) -> String {
     format!(
         "plume:idem:{}:{user}:{}:{chat}:{mobile_ref_id}",
@@ -410,28 +415,66 @@ impl RedisState {
 
     // Membership.
 
-    /// Adds a member.
-    pub async fn add_member(&self, chat: &str, user: &str) -> Result<()> {
-        let key = members_key(chat);
-        let _: i64 = self
-            .run(|mut c| {
-                let key = key.clone();
-                async move { c.sadd(key, user).await }
-            })
-            .await?;
-        Ok(())
+    /// Adds a member (and the chat to the user's chats, added at `added_ms` unless it was
+    /// there already), in one transaction.
+    pub async fn add_member(&self, chat: &str, user: &str, added_ms: i64) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .sadd(members_key(chat), user)
+            .ignore()
+            .cmd("ZADD")
+            .arg(user_chats_key(user))
+            .arg("NX")
+            .arg(added_ms)
+            .arg(chat)
+            .ignore();
+        self.run(|mut c| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async::<()>(&mut c).await }
+        })
+        .await
     }
 
     /// Removes a member; true if they were one.
     pub async fn remove_member(&self, chat: &str, user: &str) -> Result<bool> {
-        let key = members_key(chat);
-        let n: i64 = self
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .srem(members_key(chat), user)
+            .zrem(user_chats_key(user), chat)
+            .ignore();
+        let (n,): (i64,) = self
             .run(|mut c| {
-                let key = key.clone();
-                async move { c.srem(key, user).await }
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
             })
             .await?;
         Ok(n > 0)
+    }
+
+    /// The chats `user` is a member of, with when they were added.
+    pub async fn chats_of(&self, user: &str) -> Result<Vec<(String, i64)>> {
+        let key = user_chats_key(user);
+        self.run(|mut c| {
+            let key = key.clone();
+            async move { c.zrange_withscores(key, 0, -1).await }
+        })
+        .await
+    }
+
+    /// How many members each chat has, in one pipeline.
+    pub async fn count_members(&self, chats: &[String]) -> Result<Vec<usize>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for chat in chats {
+            pipe.scard(members_key(chat));
+        }
+        self.run(|mut c| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async(&mut c).await }
+        })
+        .await
     }
 
     /// Whether `user` is a member.
@@ -627,6 +670,52 @@ impl RedisState {
         Ok(found.into_iter().map(|mut v| v.pop()).collect())
     }
 
+    /// The newest log entry of each chat (`None` where the log has none), in one pipeline.
+    pub async fn log_latest(&self, chats: &[String]) -> Result<Vec<Option<String>>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for chat in chats {
+            pipe.cmd("ZRANGE").arg(log_key(chat)).arg(-1).arg(-1);
+        }
+        let found: Vec<Vec<String>> = self
+            .run(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(found.into_iter().map(|mut v| v.pop()).collect())
+    }
+
+    /// For each `(chat, after)`, up to `limit` log entries with seq above `after`, oldest
+    /// first, in one pipeline.
+    pub async fn log_after_many(
+        &self,
+        positions: &[(String, u64)],
+        limit: usize,
+    ) -> Result<Vec<Vec<String>>> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (chat, after) in positions {
+            pipe.cmd("ZRANGE")
+                .arg(log_key(chat))
+                .arg(format!("({after}"))
+                .arg("+inf")
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit);
+        }
+        self.run(|mut c| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async(&mut c).await }
+        })
+        .await
+    }
+
     // Read positions.
 
     /// Moves a user's read position in a chat up to `seq` (never back); returns where it is.
@@ -650,6 +739,27 @@ impl RedisState {
             })
             .await?;
         Ok(v.unwrap_or(0))
+    }
+
+    /// A user's read positions in several chats (0: none), in one command.
+    pub async fn read_positions(&self, user: &str, chats: &[String]) -> Result<Vec<u64>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = format!("plume:reads:{user}");
+        let v: Vec<Option<u64>> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg(chats)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(v.into_iter().map(|p| p.unwrap_or(0)).collect())
     }
 
     // Pending notifications.

@@ -180,12 +180,27 @@ async fn shared_state_operations() {
     let redis = RedisServer::start();
     let a = node(&redis, "a").await;
     let s = &a.state;
-    s.add_member("c:1", "bob").await.unwrap();
-    s.add_member("c:1", "al").await.unwrap();
+    s.add_member("c:1", "bob", 10).await.unwrap();
+    s.add_member("c:1", "al", 20).await.unwrap();
+    s.add_member("c:2", "al", 30).await.unwrap();
+    // Adding again keeps the first time.
+    s.add_member("c:1", "al", 40).await.unwrap();
     assert_eq!(s.members("c:1").await.unwrap(), ["al", "bob"]);
+    assert_eq!(
+        s.chats_of("al").await.unwrap(),
+        [("c:1".to_owned(), 20), ("c:2".to_owned(), 30)]
+    );
+    assert_eq!(
+        s.count_members(&["c:1".into(), "c:2".into(), "none".into()])
+            .await
+            .unwrap(),
+        [2, 1, 0]
+    );
     assert!(s.is_member("c:1", "al").await.unwrap());
     assert!(s.remove_member("c:1", "al").await.unwrap());
+    assert!(!s.remove_member("c:1", "al").await.unwrap());
     assert!(!s.is_member("c:1", "al").await.unwrap());
+    assert_eq!(s.chats_of("al").await.unwrap(), [("c:2".to_owned(), 30)]);
 
     let mut dropped = 0;
     let users = ["u".to_owned()];
@@ -373,7 +388,7 @@ async fn fan_out_resumes_after_redis_restarts_and_data_survives() {
     let mut redis = RedisServer::start();
     let a = node(&redis, "a").await;
     let b = node(&redis, "b").await;
-    a.state.add_member("kept", "x").await.unwrap();
+    a.state.add_member("kept", "x", 1).await.unwrap();
     a.state
         .push_pending_many(&["x".to_owned()], "waiting", 10, usize::MAX)
         .await

@@ -399,6 +399,12 @@ impl plume_chat::store::MembershipStore for FaultyMembership {
         }
         self.inner.members(chat).await
     }
+    async fn chats_of(
+        &self,
+        user: &str,
+    ) -> Result<Vec<plume_chat::store::UserChat>, plume_chat::store::StoreError> {
+        self.inner.chats_of(user).await
+    }
 }
 
 /// A chat server on in-memory stores wrapped with [`Faults`].
