@@ -167,6 +167,11 @@ pub struct Sqlite {
     retention: Retention,
     members: MemoryMembership,
     stats: Arc<SqliteStats>,
+    /// Pending removals not yet committed, per user: the highest id removed. `list` hides
+    /// ids up to it, so a device that joins right after another was given its pending
+    /// notifications does not get them again while the delete waits for its commit. An
+    /// entry lives only as long as its write.
+    removing: parking_lot::Mutex<HashMap<String, u64>>,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -351,6 +356,7 @@ impl Sqlite {
             retention,
             members,
             stats,
+            removing: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -959,18 +965,23 @@ impl PendingStore for Sqlite {
     }
 
     async fn list(&self, user: &str) -> Result<Vec<(u64, PendingItem)>, StoreError> {
-        let user = user.to_owned();
+        let owned = user.to_owned();
         let rows: Vec<(i64, String)> = self
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT id, item FROM pending WHERE user_id = ?1 ORDER BY id",
                 )?;
-                let rows = stmt.query_map([&user], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let rows = stmt.query_map([&owned], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect()
             })
             .await?;
+        // Read after the rows: a removal begun before they were read is applied.
+        let hidden = self.removing.lock().get(user).copied().unwrap_or(0);
         let mut out = Vec::with_capacity(rows.len());
         for (id, text) in rows {
+            if id as u64 <= hidden {
+                continue;
+            }
             match serde_json::from_str(&text) {
                 Ok(item) => out.push((id as u64, item)),
                 Err(err) => tracing::error!(id, %err, "skipping an unreadable pending item"),
@@ -980,13 +991,26 @@ impl PendingStore for Sqlite {
     }
 
     async fn remove(&self, user: &str, upto: u64) -> Result<(), StoreError> {
-        let user = user.to_owned();
-        self.write(move |conn, _| {
-            conn.prepare_cached("DELETE FROM pending WHERE user_id = ?1 AND id <= ?2")?
-                .execute(params![user, seq_param(upto)])?;
-            Ok(())
-        })
-        .await
+        {
+            let mut removing = self.removing.lock();
+            let at = removing.entry(user.to_owned()).or_default();
+            *at = (*at).max(upto);
+        }
+        let owned = user.to_owned();
+        let done = self
+            .write(move |conn, _| {
+                conn.prepare_cached("DELETE FROM pending WHERE user_id = ?1 AND id <= ?2")?
+                    .execute(params![owned, seq_param(upto)])?;
+                Ok(())
+            })
+            .await;
+        // Committed (or failed, and the rows are back in view): the database answers again,
+        // unless a later removal for the user is still in flight.
+        let mut removing = self.removing.lock();
+        if removing.get(user) == Some(&upto) {
+            removing.remove(user);
+        }
+        done
     }
 
     async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError> {
