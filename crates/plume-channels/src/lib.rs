@@ -9,6 +9,7 @@
 //!
 //! - [`socket`]: the per-connection state machine (heartbeat, join, leave, routing, stale
 //!   join_refs, duplicate joins, crashes, the channel cap).
+//! - [`work`]: channel callbacks in flight, so one that waits never stalls its socket.
 //! - [`channel`]: the [`Channel`] trait, its [`Context`] (reply, push, broadcast,
 //!   broadcast_from, handle_info messages) and outcomes.
 //! - [`router`]: topic patterns (`chat:*`) to channels.
@@ -28,6 +29,7 @@ pub mod outbound;
 pub mod pubsub;
 pub mod router;
 pub mod socket;
+pub mod work;
 
 pub use channel::{
     Channel, ChannelError, ChannelHandle, Context, JoinError, Outcome, Reply, Terminate,

@@ -3,7 +3,9 @@
 //!
 //! One task does both directions (no split halves, no second task), because an idle
 //! connection must cost as little as possible. The loop waits on, in priority order: server
-//! shutdown, the outbound queue, the next client frame and the idle timer. After every step it
+//! shutdown, the outbound queue, channel callbacks in flight (one that waits on a store
+//! never stalls the loop: see `plume_channels::work`), the next client frame and the idle
+//! timer. After every step it
 //! writes all frames the socket produced with one flush, so a burst of broadcasts becomes one
 //! `write` system call.
 
@@ -109,7 +111,15 @@ pub async fn drive(
                     end
                 }
             },
-            incoming = ws.next() => {
+            // A channel callback that waited (a store round trip) finished: its reply and
+            // what waited behind it. Meanwhile the other branches kept running.
+            done = socket.next_done(), if socket.busy() => {
+                Box::pin(socket.finish(done)).await;
+                None
+            }
+            // Not read while too many messages wait for busy channels: the client then
+            // waits on TCP, not on this process's memory.
+            incoming = ws.next(), if socket.accepting() => {
                 idle.as_mut().reset(Instant::now() + cfg.idle_timeout);
                 Box::pin(handle_incoming(&mut socket, incoming, &cfg)).await
             }
