@@ -17,6 +17,7 @@ use plume_channels::outbound::{Batch, admit_seq};
 use plume_channels::{Out, OutboundRx, Socket};
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{DecodeError, Frame};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -25,8 +26,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-/// The upgraded connection type.
+/// The upgraded connection type the server drives.
 pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// What a driver runs over: any byte stream (an upgraded HTTP connection in the server,
+/// `tokio::io::duplex` in tests).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 /// Timing settings of a driver.
 #[derive(Clone, Copy, Debug)]
@@ -68,8 +75,8 @@ fn to_message(frame: Frame) -> Message {
 /// connection's life, so it must stay small. The socket's message handling (joins, channel
 /// callbacks) is awaited through a `Box` that exists only while a message is processed;
 /// inlined, its largest state would be carried by every idle connection.
-pub async fn drive(
-    mut ws: Ws,
+pub async fn drive<S: Stream>(
+    mut ws: WebSocketStream<S>,
     mut socket: Socket,
     mut rx: OutboundRx,
     cfg: DriverConfig,
@@ -85,10 +92,7 @@ pub async fn drive(
                 Some(End::Close(CloseReason::new(close::GOING_AWAY, "server shutting down")))
             }
             status = rx.recv_batch(&mut batch) => match status {
-                Batch::Overflowed => Some(End::Close(CloseReason::new(
-                    close::SLOW_CONSUMER,
-                    "outbound queue overflow: the client reads too slowly",
-                ))),
+                Batch::Overflowed => Some(End::Close(overflow())),
                 Batch::Items => {
                     let mut end = None;
                     for item in batch.drain(..) {
@@ -128,9 +132,30 @@ pub async fn drive(
                 "idle timeout: nothing received",
             ))),
         };
-        if let Err(err) = write_frames(&mut ws, &mut socket, cfg.write_timeout).await {
-            tracing::debug!(socket = socket.id().0, %err, "write failed; dropping connection");
-            break End::Gone;
+        // While the client is slow to take a write, the queue may overflow: that is noticed
+        // here, not after the write, so the socket is told at once (the close frame goes
+        // after what the stream has already taken) instead of after `write_timeout`.
+        let written = tokio::select! {
+            biased;
+            result = write_frames(&mut ws, &mut socket, cfg.write_timeout) => result,
+            () = rx.overflowed() => break End::Close(overflow()),
+        };
+        match written {
+            Ok(()) => {}
+            Err(WsError::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut => {
+                tracing::info!(socket = socket.id().0, "closing socket: write timed out");
+                break End::Close(CloseReason::new(
+                    close::SLOW_CONSUMER,
+                    format!(
+                        "write timeout: the client took nothing for {} s",
+                        cfg.write_timeout.as_secs()
+                    ),
+                ));
+            }
+            Err(err) => {
+                tracing::debug!(socket = socket.id().0, %err, "write failed; dropping connection");
+                break End::Gone;
+            }
         }
         // A burst can grow these buffers to the queue's capacity; give that back once the
         // burst is written, so a socket that was busy once does not stay large.
@@ -142,14 +167,23 @@ pub async fn drive(
     };
     Box::pin(socket.close()).await;
     if let End::Close(reason) = end {
-        Box::pin(close_with(
-            &mut ws,
-            socket.id().0,
-            reason,
-            cfg.write_timeout,
-        ))
-        .await;
+        // A slow consumer's close frame waits behind what the stream already holds: it gets
+        // as long as a write would to reach a client that is slow rather than gone. Any
+        // other close is sent to a client that reads, and gets at most 2 s.
+        let limit = if reason.code == close::SLOW_CONSUMER {
+            cfg.write_timeout
+        } else {
+            cfg.write_timeout.min(Duration::from_secs(2))
+        };
+        Box::pin(close_with(&mut ws, socket.id().0, reason, limit)).await;
     }
+}
+
+fn overflow() -> CloseReason {
+    CloseReason::new(
+        close::SLOW_CONSUMER,
+        "outbound queue overflow: the client reads too slowly",
+    )
 }
 
 async fn handle_incoming(
@@ -214,7 +248,11 @@ fn release_burst_capacity<T>(buf: &mut Vec<T>) {
     }
 }
 
-async fn write_frames(ws: &mut Ws, socket: &mut Socket, limit: Duration) -> Result<(), WsError> {
+async fn write_frames<S: Stream>(
+    ws: &mut WebSocketStream<S>,
+    socket: &mut Socket,
+    limit: Duration,
+) -> Result<(), WsError> {
     let frames = socket.frames();
     if frames.is_empty() {
         // A ping's pong may be waiting in tungstenite's buffer.
@@ -235,7 +273,12 @@ async fn write_frames(ws: &mut Ws, socket: &mut Socket, limit: Duration) -> Resu
     }
 }
 
-async fn close_with(ws: &mut Ws, socket: u64, reason: CloseReason, limit: Duration) {
+async fn close_with<S: Stream>(
+    ws: &mut WebSocketStream<S>,
+    socket: u64,
+    reason: CloseReason,
+    limit: Duration,
+) {
     tracing::debug!(socket, code = reason.code, reason = %reason.reason,
         "closing socket");
     let frame = CloseFrame {
@@ -249,5 +292,5 @@ async fn close_with(ws: &mut Ws, socket: u64, reason: CloseReason, limit: Durati
         // Wait for the client's close frame so the close handshake completes cleanly.
         while let Some(Ok(_)) = ws.next().await {}
     };
-    let _ = timeout(limit.min(Duration::from_secs(2)), closing).await;
+    let _ = timeout(limit, closing).await;
 }
