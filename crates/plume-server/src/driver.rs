@@ -22,7 +22,8 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
@@ -54,17 +55,17 @@ enum End {
     Gone,
 }
 
+/// The WebSocket message for an encoded frame. A text frame goes out as a raw frame with the
+/// text opcode: its bytes are UTF-8 by construction (plume-wire's encoders write them from
+/// `str`s and already validated JSON), so they are not checked again here, once per
+/// subscriber, as `Message::Text` would need.
 fn to_message(frame: Frame) -> Message {
     match frame {
-        Frame::Text(bytes) => match Utf8Bytes::try_from(bytes) {
-            Ok(text) => Message::Text(text),
-            // plume-wire only builds text frames from JSON, which is UTF-8; if that invariant
-            // were ever broken the bytes still reach the client, as a binary frame.
-            Err(err) => {
-                tracing::error!(%err, "text frame is not UTF-8; sent as binary");
-                Message::Binary(bytes::Bytes::new())
-            }
-        },
+        Frame::Text(bytes) => Message::Frame(WsFrame::message(
+            bytes,
+            OpCode::Data(Data::Text),
+            true,
+        )),
         Frame::Binary(bytes) => Message::Binary(bytes),
     }
 }
