@@ -61,11 +61,9 @@ enum End {
 /// subscriber, as `Message::Text` would need.
 fn to_message(frame: Frame) -> Message {
     match frame {
-        Frame::Text(bytes) => Message::Frame(WsFrame::message(
-            bytes,
-            OpCode::Data(Data::Text),
-            true,
-        )),
+        Frame::Text(bytes) => {
+            Message::Frame(WsFrame::message(bytes, OpCode::Data(Data::Text), true))
+        }
         Frame::Binary(bytes) => Message::Binary(bytes),
     }
 }
