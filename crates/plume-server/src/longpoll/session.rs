@@ -228,9 +228,15 @@ async fn run(
         if !frames.is_empty()
             && let Some(reply) = held.take()
         {
-            let _ = reply.send(Polled::Messages(text_frames(socket_id, frames)));
+            let texts = text_frames(socket_id, frames);
             buffered_bytes = 0;
             counted = 0;
+            if texts.is_empty() {
+                // Only binary frames: nothing to answer with yet.
+                held = Some(reply);
+            } else {
+                let _ = reply.send(Polled::Messages(texts));
+            }
         }
         if let Some(end) = step {
             break end;
