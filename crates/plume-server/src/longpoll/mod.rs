@@ -51,7 +51,7 @@ pub const AUTH_TOKEN_HEADER: &str = "x-phoenix-authtoken";
 pub const SESSION_TOKEN_HEADER: &str = "x-phoenix-longpoll-token";
 
 /// Extra time a relayed poll may take beyond the window before it counts as lost.
-const RELAY_GRACE: Duration = Duration::from_secs(5);
+const RELAY_GRACE: Duration = Duration::from_secs(2);
 
 /// An answer: HTTP status and JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
