@@ -154,6 +154,7 @@ async fn run(
     let mut buffered_bytes = 0usize;
     let mut counted = 0usize;
     let end = loop {
+        let polling = held.is_some();
         let room = socket.frames().len() < cfg.max_buffered_frames
             && buffered_bytes < cfg.max_buffered_bytes;
         let step: Option<CloseReason> = tokio::select! {
@@ -215,8 +216,8 @@ async fn run(
                 "idle timeout: no poll",
             )),
         };
-        // While a poll is held (and when it is answered) the session is in use.
-        if held.is_some() {
+        // While a poll is held, and when it is answered, the session is in use.
+        if polling || held.is_some() {
             expiry.as_mut().reset(Instant::now() + expire_after);
         }
         let socket_id = socket.id().0;
@@ -352,5 +353,196 @@ async fn handle_frame(
                 "ending long-poll session: bad input");
             Some(reason)
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
+mod tests {
+    use super::*;
+    use plume_channels::echo::EchoChannel;
+    use plume_channels::{ConnectInfo, ConnectRequest, LocalPubSub, Router, SocketConfig};
+    use plume_wire::Serializer;
+
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// A session on the echo channel, registered as id [1; 16].
+    fn session(socket_config: SocketConfig) -> (Arc<Registry>, CancellationToken) {
+        let info = ConnectInfo {
+            request: ConnectRequest {
+                params: serde_json::Map::new(),
+                auth_token: None,
+                serializer: Serializer::V2,
+                peer: None,
+            },
+            socket_id: None,
+            assigns: None,
+        };
+        let router = Router::new().channel::<EchoChannel>("echo:*", Arc::new(()));
+        let (socket, rx) = Socket::new(
+            info,
+            Arc::new(router),
+            Arc::new(LocalPubSub::new()),
+            socket_config,
+        );
+        let registry = Arc::new(Registry::default());
+        let shutdown = CancellationToken::new();
+        let cfg = SessionConfig {
+            window: WINDOW,
+            max_frame_bytes: 1 << 20,
+            max_buffered_frames: socket_config.outbound_capacity,
+            max_buffered_bytes: socket_config.outbound_max_bytes,
+        };
+        let run = start(&registry, [1; 16], socket, rx, cfg, 10, shutdown.clone())
+            .ok()
+            .unwrap();
+        tokio::spawn(run);
+        (registry, shutdown)
+    }
+
+    async fn poll(registry: &Registry) -> oneshot::Receiver<Polled> {
+        let (tx, rx) = oneshot::channel();
+        match registry.get(&[1; 16]) {
+            Some(session) => session.send(Command::Poll(tx)).await.unwrap(),
+            None => drop(tx.send(Polled::Gone)),
+        }
+        rx
+    }
+
+    async fn post(registry: &Registry, body: &'static str) -> Posted {
+        let (tx, rx) = oneshot::channel();
+        let Some(session) = registry.get(&[1; 16]) else {
+            return Posted::Gone;
+        };
+        let post = Post {
+            body: Bytes::from_static(body.as_bytes()),
+            ndjson: true,
+        };
+        session.send(Command::Post(post, tx)).await.unwrap();
+        rx.await.unwrap()
+    }
+
+    /// Lets an ending session finish (its channels' terminate, then the deregistration).
+    async fn settle(registry: &Registry) {
+        for _ in 0..100 {
+            if registry.len() == 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn texts(polled: Polled) -> Vec<String> {
+        match polled {
+            Polled::Messages(frames) => frames
+                .iter()
+                .map(|f| String::from_utf8(f.to_vec()).unwrap())
+                .collect(),
+            other => panic!("expected messages, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_is_held_for_the_window_then_answered_with_what_arrives() {
+        let (registry, _shutdown) = session(SocketConfig::default());
+        let started = Instant::now();
+        let idle = poll(&registry).await.await.unwrap();
+        assert!(matches!(idle, Polled::Empty), "{idle:?}");
+        assert_eq!(started.elapsed(), WINDOW);
+        // A held poll is answered as soon as a post produces replies, all of them at once.
+        let held = poll(&registry).await;
+        let body = "[\"1\",\"1\",\"echo:a\",\"phx_join\",{}]\r\n\n[\"1\",\"2\",\"echo:a\",\"echo\",{\"n\":1}]\n";
+        assert!(matches!(post(&registry, body).await, Posted::Done));
+        assert_eq!(
+            texts(held.await.unwrap()),
+            [
+                r#"["1","1","echo:a","phx_reply",{"response":{"auth_token":null,"params":{},"vsn":"2.0.0"},"status":"ok"}]"#,
+                r#"["1","2","echo:a","phx_reply",{"response":{"n":1},"status":"ok"}]"#,
+            ]
+        );
+        // Replies that arrive between polls wait for the next one, which gets them at once.
+        assert!(matches!(
+            post(&registry, "[\"1\",\"3\",\"echo:a\",\"echo\",{}]").await,
+            Posted::Done
+        ));
+        let at = Instant::now();
+        assert_eq!(texts(poll(&registry).await.await.unwrap()).len(), 1);
+        assert_eq!(at.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_poll_answers_the_older_one_empty() {
+        let (registry, _shutdown) = session(SocketConfig::default());
+        let first = poll(&registry).await;
+        let second = poll(&registry).await;
+        assert!(matches!(first.await.unwrap(), Polled::Empty));
+        assert!(matches!(
+            post(&registry, "[null,\"9\",\"phoenix\",\"heartbeat\",{}]").await,
+            Posted::Done
+        ));
+        assert_eq!(texts(second.await.unwrap()).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_session_ends_after_one_and_a_half_windows_without_a_poll() {
+        let (registry, _shutdown) = session(SocketConfig::default());
+        // A held poll keeps it alive however long it is held.
+        assert!(matches!(
+            poll(&registry).await.await.unwrap(),
+            Polled::Empty
+        ));
+        tokio::time::sleep(WINDOW + WINDOW / 2 - Duration::from_millis(1)).await;
+        assert_eq!(registry.len(), 1);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        settle(&registry).await;
+        assert_eq!(registry.len(), 0);
+        assert!(matches!(poll(&registry).await.await.unwrap(), Polled::Gone));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_input_ends_the_session_with_the_websocket_close_code() {
+        let (registry, _shutdown) = session(SocketConfig::default());
+        let held = poll(&registry).await;
+        match post(
+            &registry,
+            "[null,\"1\",\"phoenix\",\"heartbeat\",{}]\n[\"only\",\"three\",\"items\"]",
+        )
+        .await
+        {
+            Posted::Closed(reason) => assert_eq!(reason.code, close::INVALID_MESSAGE),
+            other => panic!("expected a close, got {other:?}"),
+        }
+        // The heartbeat before it was handled; its reply went to the held poll.
+        assert_eq!(texts(held.await.unwrap()).len(), 1);
+        tokio::task::yield_now().await;
+        assert!(matches!(post(&registry, "[]").await, Posted::Gone));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_polls_is_closed_as_a_slow_consumer_not_buffered_without_end() {
+        let config = SocketConfig {
+            outbound_capacity: 4,
+            max_pushes_per_second: 0,
+            ..SocketConfig::default()
+        };
+        let (registry, _shutdown) = session(config);
+        // Each echo reply is a frame; with nobody polling they pile up to the cap, after which
+        // the session stops reading its queue. (Replies to posts are bounded by the posts.)
+        for _ in 0..8 {
+            let _ = post(&registry, "[null,\"1\",\"phoenix\",\"heartbeat\",{}]").await;
+        }
+        assert_eq!(registry.len(), 1);
+        // The expiry still applies: no poll, no session.
+        tokio::time::sleep(WINDOW * 2).await;
+        settle(&registry).await;
+        assert_eq!(registry.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_answers_the_held_poll_gone() {
+        let (registry, shutdown) = session(SocketConfig::default());
+        let held = poll(&registry).await;
+        shutdown.cancel();
+        assert!(matches!(held.await.unwrap(), Polled::Gone));
     }
 }
