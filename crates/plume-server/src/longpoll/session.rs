@@ -125,10 +125,10 @@ pub(crate) fn start(
     cfg: SessionConfig,
     max: usize,
     shutdown: CancellationToken,
-) -> Result<impl Future<Output = ()> + Send + 'static, Socket> {
+) -> Result<impl Future<Output = ()> + Send + 'static, Box<Socket>> {
     let (tx, cmds) = mpsc::channel(COMMAND_QUEUE);
     if !registry.insert(id, tx, max) {
-        return Err(socket);
+        return Err(Box::new(socket));
     }
     let registry = registry.clone();
     Ok(async move {
