@@ -1,7 +1,9 @@
 //! The Phoenix side over LongPoll, as phoenix.js's `LongPoll` transport speaks it: one
 //! keep-alive HTTP/1.1 connection that polls (`GET /socket/longpoll?...&token=<session>`) in a
 //! background task, and one that posts (`POST` with an `application/x-ndjson` body, one
-//! frame per line), each post waiting for its `{"status":200}` as phoenix.js waits for it.
+//! frame per line) in another. Like phoenix.js, the poster sends one POST at a time and waits
+//! for its `{"status":200}`; frames sent meanwhile wait and go out together in the next POST,
+//! at most 100 per POST.
 //!
 //! HTTP is spoken by hand (request line, `content-length`, keep-alive) because Plume answers
 //! every LongPoll request with a complete body of known length; that keeps the load
@@ -27,6 +29,10 @@ use crate::target::Endpoint;
 const EVENT_QUEUE: usize = 4096;
 /// Largest response accepted.
 const MAX_BODY: usize = 16 << 20;
+/// Frames waiting for the poster.
+const SEND_QUEUE: usize = 1024;
+/// Most frames per POST (phoenix.js's `MAX_LONGPOLL_BATCH_SIZE`).
+const MAX_BATCH: usize = 100;
 
 /// One keep-alive HTTP/1.1 connection.
 struct Http {
@@ -133,12 +139,11 @@ struct SendMessage<'a> {
 
 /// A LongPoll session and the join_refs of the topics it joined.
 pub struct LongPollConn {
-    post: Http,
-    /// `path?vsn=2.0.0&token=<jwt>&token=<session>`.
-    url: String,
+    sends: mpsc::Sender<Vec<u8>>,
     events: mpsc::Receiver<ConnEvent>,
     replies: mpsc::Receiver<(String, Option<String>)>,
     poller: JoinHandle<()>,
+    poster: JoinHandle<()>,
     next_ref: u64,
     joined: Vec<(String, String)>,
 }
@@ -146,6 +151,7 @@ pub struct LongPollConn {
 impl Drop for LongPollConn {
     fn drop(&mut self) {
         self.poller.abort();
+        self.poster.abort();
     }
 }
 
@@ -172,13 +178,15 @@ impl LongPollConn {
         let post = Http::connect(endpoint.addr, local_ip).await?;
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (replies_tx, replies) = mpsc::channel(64);
-        let poller = tokio::spawn(poll_loop(poll, url.clone(), events_tx, replies_tx));
+        let (sends, sends_rx) = mpsc::channel(SEND_QUEUE);
+        let poller = tokio::spawn(poll_loop(poll, url.clone(), events_tx.clone(), replies_tx));
+        let poster = tokio::spawn(post_loop(post, url, sends_rx, events_tx));
         Ok(LongPollConn {
-            post,
-            url,
+            sends,
             events,
             replies,
             poller,
+            poster,
             next_ref: 1,
             joined: Vec::new(),
         })
@@ -190,15 +198,12 @@ impl LongPollConn {
         r
     }
 
-    async fn post(&mut self, frame: &[u8]) -> Result<(), ConnError> {
-        let answer: PollAnswer = parse(&self.post.request("POST", &self.url, Some(frame)).await?)?;
-        if answer.status != 200 {
-            return Err(ConnError::Protocol(format!(
-                "post answered status {}",
-                answer.status
-            )));
-        }
-        Ok(())
+    /// Queues a frame for the poster (waits only while its queue is full).
+    async fn post(&mut self, frame: Vec<u8>) -> Result<(), ConnError> {
+        self.sends
+            .send(frame)
+            .await
+            .map_err(|_| ConnError::Protocol("the poster stopped".into()))
     }
 
     /// Joins `topic` and waits for the reply; an error reply is an error.
@@ -206,7 +211,7 @@ impl LongPollConn {
         let r = self.next_ref();
         let frame = serde_json::to_vec(&(&r, &r, topic, "phx_join", serde_json::json!({})))
             .map_err(|e| ConnError::Protocol(e.to_string()))?;
-        self.post(&frame).await?;
+        self.post(frame).await?;
         loop {
             let Some((reply_ref, status)) = self.replies.recv().await else {
                 return Err(ConnError::Protocol("session ended during a join".into()));
@@ -221,8 +226,7 @@ impl LongPollConn {
         }
     }
 
-    /// Posts `send_message` on a joined topic (waits for the post's acknowledgement, not for
-    /// the reply).
+    /// Queues `send_message` on a joined topic for the next POST.
     pub async fn send_chat(
         &mut self,
         topic: &str,
@@ -242,7 +246,7 @@ impl LongPollConn {
         };
         let frame = serde_json::to_vec(&(&join_ref, &r, topic, "send_message", payload))
             .map_err(|e| ConnError::Protocol(e.to_string()))?;
-        self.post(&frame).await
+        self.post(frame).await
     }
 
     /// The next event (cancel-safe: a channel receive).
@@ -257,6 +261,42 @@ impl LongPollConn {
 fn parse(body: &[u8]) -> Result<PollAnswer, ConnError> {
     serde_json::from_slice(body)
         .map_err(|e| ConnError::Protocol(format!("bad long-poll answer: {e}")))
+}
+
+/// Sends the queued frames, one POST at a time, up to [`MAX_BATCH`] per POST.
+async fn post_loop(
+    mut http: Http,
+    url: String,
+    mut frames: mpsc::Receiver<Vec<u8>>,
+    events: mpsc::Sender<ConnEvent>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut body = Vec::new();
+    while frames.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        body.clear();
+        for (i, frame) in batch.drain(..).enumerate() {
+            if i > 0 {
+                body.push(b'\n');
+            }
+            body.extend_from_slice(&frame);
+        }
+        let answer = http
+            .request("POST", &url, Some(&body))
+            .await
+            .and_then(|b| parse(&b));
+        let failure = match answer {
+            Ok(answer) if answer.status == 200 => continue,
+            Ok(answer) => format!("post answered status {}", answer.status),
+            Err(err) => err.to_string(),
+        };
+        let _ = events
+            .send(ConnEvent::Closed {
+                code: None,
+                reason: failure,
+            })
+            .await;
+        return;
+    }
 }
 
 async fn poll_loop(
