@@ -232,20 +232,48 @@ describe("LongPoll transport (single node)", () => {
     assert.deepEqual((await lp("GET", q(`&token=${token}`))).json, { status: 410 });
   });
 
-  h.test("a base64 line is a V2 binary push", async () => {
-    const open = await lp("GET", q("&"));
+  h.test("phoenix.js authToken over LongPoll: the JWT travels in the x-phoenix-authtoken header", async () => {
+    const user = uniq("tok");
+    const c = await h.connect({ longpoll: true, auth: false, params: {}, authToken: signJwt(user) });
+    assert.equal(c.socket.conn.constructor.name, "LongPoll");
+    await joinOk(c.socket.channel(`notifications:${user}`, {}));
+    // The raw form: no token param, the header only.
+    const open = await lp("GET", "vsn=2.0.0&", { headers: { "x-phoenix-authtoken": signJwt(user) } });
+    assert.equal(open.json.status, 410);
+  });
+
+  h.test("a V1 client posts one JSON object per request and polls V1 objects", async () => {
+    const open = await lp("GET", `token=${h.token}&vsn=1.0.0&`);
     const token = open.json.token;
     const topic = `echo:${uniq("e")}`;
+    const join = JSON.stringify({ topic, event: "phx_join", payload: {}, ref: "1" });
+    assert.deepEqual((await lp("POST", `token=${h.token}&vsn=1.0.0&token=${token}`, { body: join, headers: { "content-type": "application/json" } })).json, { status: 200 });
+    const got = await lp("GET", `token=${h.token}&vsn=1.0.0&token=${token}`);
+    const reply = JSON.parse(got.json.messages[0]);
+    assert.deepEqual([reply.topic, reply.event, reply.ref, reply.payload.status], [topic, "phx_reply", "1", "ok"]);
+  });
+
+  h.test("a base64 line is a V2 binary push", async () => {
+    const token = (await lp("GET", q("&"))).json.token;
+    const push = (topic, ref) => {
+      const parts = ["1", ref, topic, "echo"].map((s) => Buffer.from(s));
+      return Buffer.concat([Buffer.from([0, ...parts.map((p) => p.length)]), ...parts, Buffer.from('{"x":1}')]).toString("base64");
+    };
+    // A binary push to a topic this session has not joined is decoded and answered like
+    // any message there: a text "unmatched topic" reply with its ref.
+    const topic = `echo:${uniq("e")}`;
+    assert.deepEqual((await lp("POST", q(`&token=${token}`), { body: push(topic, "7"), headers: ndjson })).json, { status: 200 });
+    const got = await lp("GET", q(`&token=${token}`));
+    assert.deepEqual(got.json.messages.map((m) => JSON.parse(m)), [[null, "7", topic, "phx_reply", { status: "error", response: { reason: "unmatched topic" } }]]);
+    // Once joined, the echo of a binary push is a binary reply, which LongPoll cannot carry
+    // (text only): it is dropped, and the poll is answered empty when the window ends.
     await lp("POST", q(`&token=${token}`), { body: JSON.stringify(["1", "1", topic, "phx_join", {}]), headers: ndjson });
     await lp("GET", q(`&token=${token}`));
-    // kind 0 push: join_ref "1", ref "2", topic, event "push_text", payload bytes.
-    const parts = ["1", "2", topic, "echo"].map((s) => Buffer.from(s));
-    const frame = Buffer.concat([Buffer.from([0, ...parts.map((p) => p.length)]), ...parts, Buffer.from('{"x":1}')]);
-    assert.deepEqual((await lp("POST", q(`&token=${token}`), { body: frame.toString("base64"), headers: ndjson })).json, { status: 200 });
-    const got = await lp("GET", q(`&token=${token}`));
-    // The echo of a binary push is a binary reply, which LongPoll cannot carry (text only):
-    // it is dropped, and the poll is answered when the window ends.
-    assert.equal(got.json.status, 204);
+    assert.deepEqual((await lp("POST", q(`&token=${token}`), { body: push(topic, "8"), headers: ndjson })).json, { status: 200 });
+    assert.equal((await lp("GET", q(`&token=${token}`))).json.status, 204);
+    // Valid base64 of an invalid binary frame (kind 9) ends the session with 4003.
+    const bad = await lp("POST", q(`&token=${token}`), { body: Buffer.from([9, 0, 0]).toString("base64"), headers: ndjson });
+    assert.deepEqual([bad.json.status, bad.json.code], [400, 4003]);
   });
 });
 
@@ -267,3 +295,19 @@ describe("LongPoll fallback (a node that refuses WebSocket upgrades)", () => {
     assert.ok(again.logs.some((l) => l.includes("memorized")), again.logs.join("\n"));
   });
 });
+
+describe("LongPoll origin check", () => {
+  const h = usePlume({ args: ["--check-origin", "http://good.example"] });
+
+  h.test("every LongPoll request from a refused Origin gets {status:403}; an allowed one connects", async () => {
+    const url = (q) => `http://${h.server.addr}/socket/longpoll?token=${h.token}&vsn=2.0.0${q}`;
+    const get = async (origin, q = "&") => (await (await fetch(url(q), { headers: { origin } })).json());
+    assert.deepEqual(await get("http://evil.example"), { status: 403 });
+    const ok = await get("http://good.example");
+    assert.equal(ok.status, 410);
+    // A refused origin cannot use a session an allowed one opened either.
+    const post = await fetch(url(`&token=${ok.token}`), { method: "POST", headers: { origin: "http://evil.example", "content-type": "application/x-ndjson" }, body: "[]" });
+    assert.deepEqual(await post.json(), { status: 403 });
+  });
+});
+
