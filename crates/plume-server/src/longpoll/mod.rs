@@ -1,8 +1,8 @@
 //! The LongPoll transport on `/socket/longpoll`, as phoenix.js 1.8's `LongPoll` uses it.
 //!
-//! A session ([`session`]) owns one socket state machine, as a WebSocket connection does, and
-//! lives on the node that created it; its signed token ([`token`]) names that node, and a
-//! request that reaches another node is relayed to it ([`relay`]). Every answer is JSON with
+//! A session (`session.rs`) owns one socket state machine, as a WebSocket connection does, and
+//! lives on the node that created it; its signed token (`token.rs`) names that node, and a
+//! request that reaches another node is relayed to it (`relay.rs`). Every answer is JSON with
 //! the logical status inside, as Phoenix does, because phoenix.js reads only the body:
 //!
 //! | request                                   | answer (HTTP 200 unless noted) |
@@ -20,9 +20,9 @@
 //!
 //! Every answer carries `cache-control: no-store` and `access-control-allow-origin: *`.
 
-pub mod relay;
-pub mod session;
-pub mod token;
+mod relay;
+mod session;
+mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
