@@ -81,6 +81,13 @@ async fn a_post_over_the_size_limit_is_413_and_leaves_the_session_alone() {
     );
     let (status, body) = request(addr, "POST", &path(&token), &big).await;
     assert_eq!((status, &body["status"]), (413, &json!(413)), "{body}");
+    // Without a live session the body is never read: 410, whatever its size.
+    let last = if token.ends_with('A') { 'B' } else { 'A' };
+    let stale = format!("{}{last}", &token[..token.len() - 1]);
+    assert_eq!(
+        request(addr, "POST", &path(&stale), &big).await,
+        (200, json!({"status": 410}))
+    );
     let hb = r#"[null,"1","phoenix","heartbeat",{}]"#;
     assert_eq!(
         request(addr, "POST", &path(&token), hb).await.1,

@@ -183,12 +183,16 @@ pub(crate) async fn serve(
             Some(token) => poll(shared, &token).await,
         }
     } else if parts.method == Method::POST {
-        match read_post(&parts, body, shared).await {
-            Ok(post) => match session_token(&parts) {
-                None => gone(),
-                Some(token) => post_to(shared, &token, post).await,
-            },
-            Err(answer) => answer,
+        // A post for no session, or for a session this node should hold and does not, is
+        // answered before its body is read.
+        match session_token(&parts) {
+            Some(token) if !known_not_held(shared, &token) => {
+                match read_post(&parts, body, shared).await {
+                    Ok(post) => post_to(shared, &token, post).await,
+                    Err(answer) => answer,
+                }
+            }
+            _ => gone(),
         }
     } else {
         let mut resp = respond(Answer::json(
@@ -422,6 +426,17 @@ async fn post_to(shared: &Arc<Shared>, token: &str, post: Post) -> Answer {
         Ok(answer) => answer,
         Err(Failure::Unreachable) => gone(),
         Err(Failure::TimedOut) => Answer::ok(&br#"{"status":408}"#[..]),
+    }
+}
+
+/// True when the token is malformed, or names this node but no session it holds.
+fn known_not_held(shared: &Shared, token: &str) -> bool {
+    match Parsed::parse(token) {
+        None => true,
+        Some(parsed) if parsed.node == shared.longpoll.signer.node() => {
+            held_session(shared, token).is_none()
+        }
+        Some(_) => false,
     }
 }
 
