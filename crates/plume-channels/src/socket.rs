@@ -40,6 +40,9 @@ use crate::pubsub::{PubSub, Subscriber, SubscriberKind};
 use crate::router::Router;
 use crate::work::{self, Done, DoneWhat, Owned, Queued, Work};
 
+/// Output buffer capacity kept after a burst is written.
+const RETAINED_FRAMES: usize = 64;
+
 /// Client messages that may wait for busy channels at once; beyond it the driver stops
 /// reading from the client until they drain ([`Socket::accepting`]).
 pub const MAX_QUEUED_MESSAGES: usize = 256;
@@ -273,9 +276,39 @@ impl Socket {
         self.shared.serializer
     }
 
-    /// Frames waiting to be written, in order. The driver drains this after every step.
-    pub fn frames(&mut self) -> &mut Vec<Frame> {
-        &mut self.out
+    /// Frames waiting to be written, in order.
+    pub fn frames(&self) -> &[Frame] {
+        &self.out
+    }
+
+    /// Takes the frames waiting to be written, in order (the driver writes them after every
+    /// step).
+    pub fn drain_frames(&mut self) -> std::vec::Drain<'_, Frame> {
+        self.out.drain(..)
+    }
+
+    /// Gives back the output buffer's memory after a burst, once it is empty: a socket that
+    /// was busy once does not stay large.
+    pub fn release_frame_capacity(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > RETAINED_FRAMES {
+            self.out.shrink_to(RETAINED_FRAMES);
+        }
+    }
+
+    /// The fan-out fast path of an outbound item: an encoded frame (a sequenced one if this
+    /// socket does not have its seq yet) goes straight into the output. Any other item is
+    /// given back, for [`Socket::handle_out`].
+    pub fn push_out(&mut self, item: Out) -> Option<Out> {
+        match item {
+            Out::Frame(frame) => self.out.push(frame),
+            Out::Seq { frame, seq, floor } => {
+                if let Some(frame) = admit_seq(frame, seq, &floor) {
+                    self.out.push(frame);
+                }
+            }
+            other => return Some(other),
+        }
+        None
     }
 
     /// Whether a channel callback is in flight (the driver then polls [`Socket::next_done`]).
@@ -633,13 +666,10 @@ impl Socket {
 
     /// Handles one item from the outbound queue; returns the close to perform, if any.
     pub async fn handle_out(&mut self, item: Out) -> Option<CloseReason> {
+        // A fast-path frame: nothing more to do.
+        let item = self.push_out(item)?;
         match item {
-            Out::Frame(frame) => self.out.push(frame),
-            Out::Seq { frame, seq, floor } => {
-                if let Some(frame) = admit_seq(frame, seq, &floor) {
-                    self.out.push(frame);
-                }
-            }
+            Out::Frame(_) | Out::Seq { .. } => {}
             Out::Disconnect => {
                 return Some(CloseReason::new(close::GOING_AWAY, "disconnected"));
             }

@@ -127,8 +127,7 @@ async fn feed(s: &mut Socket, text: &str) -> Vec<String> {
 }
 
 fn texts(s: &mut Socket) -> Vec<String> {
-    s.frames()
-        .drain(..)
+    s.drain_frames()
         .map(|f| match f {
             Frame::Text(b) => String::from_utf8(b.to_vec()).unwrap(),
             Frame::Binary(_) => panic!("binary"),

@@ -383,8 +383,7 @@ impl Bare {
             }
         }
         self.socket
-            .frames()
-            .drain(..)
+            .drain_frames()
             .map(|f| match f {
                 Frame::Text(b) => String::from_utf8(b.to_vec()).unwrap(),
                 Frame::Binary(_) => String::new(),
@@ -423,7 +422,7 @@ async fn pending_notifications_are_deleted_only_after_they_were_written() {
     // them (its next turn never runs): nothing is deleted.
     let mut first = Bare::new(&service, &pubsub, "dan");
     first.join("notifications:dan").await;
-    let reply = first.socket.frames().drain(..).count();
+    let reply = first.socket.drain_frames().count();
     assert_eq!(reply, 1, "the join reply");
     let pushed = first.turn().await;
     assert!(
@@ -438,7 +437,7 @@ async fn pending_notifications_are_deleted_only_after_they_were_written() {
     // are gone.
     let mut second = Bare::new(&service, &pubsub, "dan");
     second.join("notifications:dan").await;
-    second.socket.frames().clear();
+    second.socket.drain_frames();
     let pushed = second.turn().await;
     assert!(
         pushed.iter().any(|f| f.contains("\"waiting\"")),

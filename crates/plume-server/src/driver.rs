@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use plume_channels::outbound::{Batch, admit_seq};
+use plume_channels::outbound::Batch;
 use plume_channels::{Out, OutboundRx, Socket};
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{DecodeError, Frame};
@@ -95,20 +95,13 @@ pub async fn drive<S: Stream>(
                 Batch::Items => {
                     let mut end = None;
                     for item in batch.drain(..) {
-                        match item {
-                            // The fan-out path: an encoded frame goes straight to the writer.
-                            Out::Frame(frame) => socket.frames().push(frame),
-                            Out::Seq { frame, seq, floor } => {
-                                if let Some(frame) = admit_seq(frame, seq, &floor) {
-                                    socket.frames().push(frame);
-                                }
-                            }
-                            // Rare items run boxed, so their state does not sit in every
-                            // connection's task (see the note on `drive`).
-                            other if end.is_none() => {
-                                end = Box::pin(socket.handle_out(other)).await.map(End::Close);
-                            }
-                            _ => {}
+                        // The fan-out path: an encoded frame goes straight to the writer.
+                        // Rare items run boxed, so their state does not sit in every
+                        // connection's task (see the note on `drive`).
+                        if let Some(other) = socket.push_out(item)
+                            && end.is_none()
+                        {
+                            end = Box::pin(socket.handle_out(other)).await.map(End::Close);
                         }
                     }
                     end
@@ -159,7 +152,7 @@ pub async fn drive<S: Stream>(
         // A burst can grow these buffers to the queue's capacity; give that back once the
         // burst is written, so a socket that was busy once does not stay large.
         release_burst_capacity(&mut batch);
-        release_burst_capacity(socket.frames());
+        socket.release_frame_capacity();
         if let Some(end) = step {
             break end;
         }
@@ -252,8 +245,7 @@ async fn write_frames<S: Stream>(
     socket: &mut Socket,
     limit: Duration,
 ) -> Result<(), WsError> {
-    let frames = socket.frames();
-    if frames.is_empty() {
+    if socket.frames().is_empty() {
         // A ping's pong may be waiting in tungstenite's buffer.
         return match timeout(limit, ws.flush()).await {
             Ok(result) => result,
@@ -261,7 +253,7 @@ async fn write_frames<S: Stream>(
         };
     }
     let work = async {
-        for frame in frames.drain(..) {
+        for frame in socket.drain_frames() {
             ws.feed(to_message(frame)).await?;
         }
         ws.flush().await

@@ -23,7 +23,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use plume_channels::outbound::{Batch, admit_seq};
+use plume_channels::outbound::Batch;
 use plume_channels::{Out, OutboundRx, Socket};
 use plume_wire::Frame;
 use plume_wire::close::{self, CloseReason};
@@ -189,17 +189,10 @@ async fn run(
                 Batch::Items => {
                     let mut end = None;
                     for item in batch.drain(..) {
-                        match item {
-                            Out::Frame(frame) => socket.frames().push(frame),
-                            Out::Seq { frame, seq, floor } => {
-                                if let Some(frame) = admit_seq(frame, seq, &floor) {
-                                    socket.frames().push(frame);
-                                }
-                            }
-                            other if end.is_none() => {
-                                end = Box::pin(socket.handle_out(other)).await;
-                            }
-                            _ => {}
+                        if let Some(other) = socket.push_out(item)
+                            && end.is_none()
+                        {
+                            end = Box::pin(socket.handle_out(other)).await;
                         }
                     }
                     end
@@ -235,7 +228,7 @@ async fn run(
         if !frames.is_empty()
             && let Some(reply) = held.take()
         {
-            let texts = text_frames(socket_id, frames);
+            let texts = text_frames(socket_id, socket.drain_frames());
             buffered_bytes = 0;
             counted = 0;
             if texts.is_empty() {
@@ -266,9 +259,9 @@ async fn run(
 
 /// The text frames, in order. LongPoll carries text only (each message is a JSON string);
 /// a binary frame (a V2 binary push or broadcast) cannot be delivered and is dropped.
-fn text_frames(socket: u64, frames: &mut Vec<Frame>) -> Vec<Bytes> {
+fn text_frames(socket: u64, frames: std::vec::Drain<'_, Frame>) -> Vec<Bytes> {
     let mut texts = Vec::with_capacity(frames.len());
-    for frame in frames.drain(..) {
+    for frame in frames {
         match frame {
             Frame::Text(text) => texts.push(text),
             Frame::Binary(data) => {
