@@ -11,6 +11,7 @@
 //! | `DELETE /api/chats/{chat_id}/members/{user_id}` |                                     | 200 `{"chat_id","user_id","member":false}` |
 //! | `GET /api/chats/{chat_id}/members`           |                                        | 200 `{"members":[…]}` (sorted) |
 //! | `GET /api/chats/{chat_id}/messages?before_seq=&limit=` |                              | 200 `{"messages":[…oldest first],"has_more"}` |
+//! | `GET /api/chats/{chat_id}/presence`          |                                        | 200 `{user_id: {"metas":[…]}}` (as `presence_state`) |
 //! | `POST /api/broadcast`                        | `{"topic","event","payload"}`          | 202 `{"status":"accepted"}` |
 //! | `POST /api/notify`                           | `{"user_id","chat_id","sender_id","content"}` | 200 `{"status":"delivered"\|"pending","message_id"}` |
 //!
@@ -134,6 +135,9 @@ enum Route {
     Messages {
         chat: String,
     },
+    Presence {
+        chat: String,
+    },
     Broadcast,
     Notify,
 }
@@ -155,6 +159,9 @@ fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
         (&Method::GET, ["chats", chat, "messages"]) => Ok(Route::Messages {
             chat: segment(chat),
         }),
+        (&Method::GET, ["chats", chat, "presence"]) => Ok(Route::Presence {
+            chat: segment(chat),
+        }),
         (&Method::POST, ["broadcast"]) => Ok(Route::Broadcast),
         (&Method::POST, ["notify"]) => Ok(Route::Notify),
         (
@@ -162,6 +169,7 @@ fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
             ["chats", _, "members", _]
             | ["chats", _, "members"]
             | ["chats", _, "messages"]
+            | ["chats", _, "presence"]
             | ["broadcast"]
             | ["notify"],
         ) => Err(ApiError(
@@ -179,6 +187,7 @@ async fn route(state: &ChatState, req: ApiRequest) -> Resp {
         }
         Ok(Route::Members { chat }) => members(state, &chat).await,
         Ok(Route::Messages { chat }) => messages(state, &chat, &req.query).await,
+        Ok(Route::Presence { chat }) => presence(state, &chat).await,
         Ok(Route::Broadcast) => broadcast(state, &req.body),
         Ok(Route::Notify) => notify(state, &req.body).await,
         Err(err) => Err(err),
@@ -300,6 +309,21 @@ async fn messages(state: &ChatState, chat: &str, query: &str) -> Result<Resp, Ap
         .await
         .map_err(|e| unavailable(&e))?;
     Ok(json_response(StatusCode::OK, &page))
+}
+
+/// `GET /api/chats/{id}/presence`: the map a joiner's `presence_state` carries.
+async fn presence(state: &ChatState, chat: &str) -> Result<Resp, ApiError> {
+    check_id(state, "chat_id", chat)?;
+    let payload = state
+        .presence
+        .state(chat)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let value: serde_json::Value = payload
+        .as_json()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or_else(|| json!({}));
+    Ok(json_response(StatusCode::OK, &value))
 }
 
 /// `name=value` pairs of a query string, percent-decoded.

@@ -8,6 +8,7 @@
 //! | key | type | what |
 //! |-----|------|------|
 //! | `plume:members:{chat}` | set | members of a chat |
+//! | `plume:user-chats:{user}` | set | the chats a user is a member of (kept with the above) |
 //! | `plume:log:{chat}` | sorted set, score = seq | the chat's message log; members are `{seq}:{entry}` |
 //! | `plume:seq:{chat}` | string | the chat's newest seq |
 //! | `plume:epoch:{chat}` | string | the chat's log epoch (decimal u64) |
@@ -57,12 +58,16 @@ impl From<redis::ParsingError> for StateError {
     }
 }
 
-type Result<T> = std::result::Result<T, StateError>;
+pub(crate) type Result<T> = std::result::Result<T, StateError>;
 
-const NODES: &str = "plume:nodes";
+pub(crate) const NODES: &str = "plume:nodes";
 
 fn members_key(chat: &str) -> String {
     format!("plume:members:{chat}")
+}
+
+fn user_chats_key(user: &str) -> String {
+    format!("plume:user-chats:{user}")
 }
 
 fn idem_key(user: &str, chat: &str, mobile_ref_id: &str) -> String {
@@ -372,9 +377,9 @@ fn parse_num<T: std::str::FromStr>(v: &redis::Value, what: &str) -> Result<T> {
 /// Shared cluster state in Redis.
 #[derive(Clone)]
 pub struct RedisState {
-    conn: ConnectionManager,
-    node: String,
-    node_ttl: Duration,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) node: String,
+    pub(crate) node_ttl: Duration,
 }
 
 impl RedisState {
@@ -391,10 +396,15 @@ impl RedisState {
         &self.node
     }
 
+    /// How long this node counts as alive after a heartbeat.
+    pub fn node_ttl(&self) -> Duration {
+        self.node_ttl
+    }
+
     /// Runs a command, retrying once if the connection turned out to be dead (after a Redis
     /// restart the first command on the old connection fails before reaching Redis; the
     /// connection manager reconnects for the retry).
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -410,28 +420,46 @@ impl RedisState {
 
     // Membership.
 
-    /// Adds a member.
+    /// Adds a member (and the chat to the user's chats).
     pub async fn add_member(&self, chat: &str, user: &str) -> Result<()> {
-        let key = members_key(chat);
-        let _: i64 = self
-            .run(|mut c| {
-                let key = key.clone();
-                async move { c.sadd(key, user).await }
-            })
-            .await?;
-        Ok(())
+        let mut pipe = redis::pipe();
+        pipe.sadd(members_key(chat), user)
+            .ignore()
+            .sadd(user_chats_key(user), chat)
+            .ignore();
+        self.run(|mut c| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async::<()>(&mut c).await }
+        })
+        .await
     }
 
     /// Removes a member; true if they were one.
     pub async fn remove_member(&self, chat: &str, user: &str) -> Result<bool> {
-        let key = members_key(chat);
-        let n: i64 = self
+        let mut pipe = redis::pipe();
+        pipe.srem(members_key(chat), user)
+            .srem(user_chats_key(user), chat)
+            .ignore();
+        let (n,): (i64,) = self
             .run(|mut c| {
-                let key = key.clone();
-                async move { c.srem(key, user).await }
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
             })
             .await?;
         Ok(n > 0)
+    }
+
+    /// The chats `user` is a member of, sorted (from the reverse index `add_member` keeps).
+    pub async fn chats_of(&self, user: &str) -> Result<Vec<String>> {
+        let key = user_chats_key(user);
+        let mut chats: Vec<String> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.smembers(key).await }
+            })
+            .await?;
+        chats.sort();
+        Ok(chats)
     }
 
     /// Whether `user` is a member.

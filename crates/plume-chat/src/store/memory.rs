@@ -21,6 +21,8 @@ use crate::time::now_millis;
 #[derive(Default)]
 pub struct MemoryMembership {
     chats: Mutex<HashMap<String, Members>>,
+    /// The reverse index: each user's chats.
+    users: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 #[derive(Default)]
@@ -37,7 +39,22 @@ impl MemoryMembership {
         let members = chats.entry(chat.to_owned()).or_default();
         if members.set.insert(user.to_owned()) {
             members.list = None;
+            drop(chats);
+            self.users
+                .lock()
+                .entry(user.to_owned())
+                .or_default()
+                .insert(chat.to_owned());
         }
+    }
+
+    /// The chats `user` is a member of, sorted.
+    pub fn chats_of_user(&self, user: &str) -> Vec<String> {
+        self.users
+            .lock()
+            .get(user)
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Whether `user` is a member of `chat`.
@@ -66,6 +83,14 @@ impl MembershipStore for MemoryMembership {
         if members.set.is_empty() {
             chats.remove(chat);
         }
+        drop(chats);
+        let mut users = self.users.lock();
+        if let Some(of_user) = users.get_mut(user) {
+            of_user.remove(chat);
+            if of_user.is_empty() {
+                users.remove(user);
+            }
+        }
         Ok(removed)
     }
 
@@ -82,6 +107,10 @@ impl MembershipStore for MemoryMembership {
             .list
             .get_or_insert_with(|| members.set.iter().cloned().collect());
         Ok(list.clone())
+    }
+
+    async fn chats_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.chats_of_user(user))
     }
 }
 

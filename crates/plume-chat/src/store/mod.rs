@@ -7,6 +7,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod roster;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub trait MembershipStore: Send + Sync + 'static {
     /// Every member of `chat`, sorted. Shared, because every chat message reads it: a store
     /// may hand out the same list until the membership changes.
     async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError>;
+    /// The chats `user` is a member of, sorted (online status is told to their members).
+    async fn chats_of(&self, user: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// The identity of a send for retries: the same user, chat and client reference.
@@ -333,6 +336,9 @@ pub struct Stores {
     pub presence: Arc<dyn PresenceStore>,
     /// Read positions.
     pub reads: Arc<dyn ReadStore>,
+    /// The cluster-wide presence roster and online status; `None` on a single node, whose
+    /// presence tracker holds it all.
+    pub roster: Option<Arc<dyn roster::RosterStore>>,
 }
 
 impl Stores {
@@ -345,6 +351,7 @@ impl Stores {
             pending: Arc::new(memory::MemoryPending::default()),
             presence: Arc::new(memory::MemoryPresence::default()),
             reads: Arc::new(memory::MemoryReads::default()),
+            roster: None,
         }
     }
 }

@@ -27,6 +27,7 @@ fn err(e: StateError) -> StoreError {
 
 /// All four stores in Redis, the log keeping `retention`.
 pub fn stores(state: RedisState, retention: Retention) -> Stores {
+    let roster = Arc::new(super::roster::RedisRoster::new(state.clone()));
     let shared = Arc::new(RedisStores { state, retention });
     Stores {
         membership: shared.clone(),
@@ -34,6 +35,7 @@ pub fn stores(state: RedisState, retention: Retention) -> Stores {
         pending: shared.clone(),
         presence: shared.clone(),
         reads: shared,
+        roster: Some(roster),
     }
 }
 
@@ -111,6 +113,10 @@ impl MembershipStore for RedisStores {
 
     async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError> {
         self.state.members(chat).await.map(Arc::from).map_err(err)
+    }
+
+    async fn chats_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.state.chats_of(user).await.map_err(err)
     }
 }
 

@@ -180,6 +180,7 @@ pub fn open(dir: &Path, retention: Retention) -> Result<(Stores, Arc<SqliteStats
         pending: store.clone(),
         presence: Arc::new(MemoryPresence::default()),
         reads: store,
+        roster: None,
     };
     Ok((stores, stats))
 }
@@ -791,6 +792,10 @@ impl MembershipStore for Sqlite {
 
     async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError> {
         self.members.members(chat).await
+    }
+
+    async fn chats_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.members.chats_of_user(user))
     }
 }
 

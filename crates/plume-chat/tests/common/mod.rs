@@ -108,7 +108,8 @@ pub async fn start_server(
         bind: "127.0.0.1:0".parse().unwrap(),
         ..server
     };
-    let running = Server::new(config, router, pubsub, Arc::new(ChatConnect::new(verifier)))
+    let hook = ChatConnect::new(verifier).online(service.presence());
+    let running = Server::new(config, router, pubsub, Arc::new(hook))
         .with_http_api(Arc::new(service.api(api_key)))
         .start()
         .await
@@ -148,7 +149,7 @@ pub async fn start_node(
         config,
         service.routes(Router::new()),
         pubsub,
-        Arc::new(ChatConnect::new(JwtVerifier::hs256(SECRET))),
+        Arc::new(ChatConnect::new(JwtVerifier::hs256(SECRET)).online(service.presence())),
     )
     .with_http_api(Arc::new(service.api(Some(API_KEY.into()))))
     .start()
@@ -398,6 +399,9 @@ impl plume_chat::store::MembershipStore for FaultyMembership {
             return Err(plume_chat::store::StoreError("injected failure".into()));
         }
         self.inner.members(chat).await
+    }
+    async fn chats_of(&self, user: &str) -> Result<Vec<String>, plume_chat::store::StoreError> {
+        self.inner.chats_of(user).await
     }
 }
 
