@@ -224,8 +224,9 @@ impl Tracker {
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(online_worker(Arc::downgrade(&tracker), online_rx));
             if let Some(roster) = &tracker.roster {
-                // A few sweeps per node TTL: a dead node's users leave well within it.
-                let every = (roster.node_ttl() / 5).max(Duration::from_millis(100));
+                // Ten sweeps per node TTL: a dead node's users leave at most a tenth of the
+                // TTL after its record expired.
+                let every = (roster.node_ttl() / 10).max(Duration::from_millis(100));
                 tokio::spawn(maintain(Arc::downgrade(&tracker), every));
             }
         }
@@ -652,6 +653,7 @@ async fn maintain(tracker: Weak<Tracker>, every: Duration) {
         t.sweep(&*roster, true).await;
     }
     let mut resync_in: Option<u32> = None;
+    let mut link = tracker.upgrade().map_or(0, |t| t.pubsub.link_epoch());
     loop {
         tokio::time::sleep(every).await;
         let Some(t) = tracker.upgrade() else {
@@ -664,6 +666,14 @@ async fn maintain(tracker: Weak<Tracker>, every: Duration) {
         if t.restore_if_lost(&*roster).await {
             // Other nodes restore theirs within a sweep or two; then clients get a state
             // without the metas of nodes that died while the roster was lost.
+            resync_in = Some(2);
+        }
+        let now = t.pubsub.link_epoch();
+        if now != link {
+            // The link to the other nodes came back: diffs they sent meanwhile are lost,
+            // so this node's clients get the roster again (after the other nodes had a
+            // sweep or two to restore theirs).
+            link = now;
             resync_in = Some(2);
         }
         resync_in = match resync_in {
