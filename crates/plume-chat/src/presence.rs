@@ -512,10 +512,11 @@ impl Tracker {
         let membership = &self.stores.membership;
         let mut targets = BTreeSet::new();
         for chat in membership.chats_of(user).await? {
-            let members = membership.members(&chat).await?;
-            if members.len() > self.fanout_max_members {
+            // Counted first: a big chat's member list is never fetched for this.
+            if membership.members_count(&chat).await? > self.fanout_max_members {
                 continue;
             }
+            let members = membership.members(&chat).await?;
             targets.extend(members.iter().filter(|m| *m != user).cloned());
         }
         if targets.is_empty() {

@@ -449,6 +449,16 @@ impl RedisState {
         Ok(n > 0)
     }
 
+    /// How many members `chat` has.
+    pub async fn members_count(&self, chat: &str) -> Result<usize> {
+        let key = members_key(chat);
+        self.run(|mut c| {
+            let key = key.clone();
+            async move { c.scard(key).await }
+        })
+        .await
+    }
+
     /// The chats `user` is a member of, sorted (from the reverse index `add_member` keeps).
     pub async fn chats_of(&self, user: &str) -> Result<Vec<String>> {
         let key = user_chats_key(user);

@@ -35,6 +35,10 @@ pub trait MembershipStore: Send + Sync + 'static {
     async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError>;
     /// The chats `user` is a member of, sorted (online status is told to their members).
     async fn chats_of(&self, user: &str) -> Result<Vec<String>, StoreError>;
+    /// How many members `chat` has (a remote store answers without sending the list).
+    async fn members_count(&self, chat: &str) -> Result<usize, StoreError> {
+        Ok(self.members(chat).await?.len())
+    }
 }
 
 /// The identity of a send for retries: the same user, chat and client reference.

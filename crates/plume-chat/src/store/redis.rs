@@ -118,6 +118,10 @@ impl MembershipStore for RedisStores {
     async fn chats_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
         self.state.chats_of(user).await.map_err(err)
     }
+
+    async fn members_count(&self, chat: &str) -> Result<usize, StoreError> {
+        self.state.members_count(chat).await.map_err(err)
+    }
 }
 
 #[async_trait]

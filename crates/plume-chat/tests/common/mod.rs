@@ -403,6 +403,9 @@ impl plume_chat::store::MembershipStore for FaultyMembership {
     async fn chats_of(&self, user: &str) -> Result<Vec<String>, plume_chat::store::StoreError> {
         self.inner.chats_of(user).await
     }
+    async fn members_count(&self, chat: &str) -> Result<usize, plume_chat::store::StoreError> {
+        self.inner.members_count(chat).await
+    }
 }
 
 /// A chat server on in-memory stores wrapped with [`Faults`].
