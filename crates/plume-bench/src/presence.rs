@@ -151,7 +151,11 @@ pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("connect {i}: {e}"))?,
         );
     }
-    eprintln!("{} connected; joining over {} s", clients.len(), args.join_over);
+    eprintln!(
+        "{} connected; joining over {} s",
+        clients.len(),
+        args.join_over
+    );
 
     let counters = Arc::new(Counters::default());
     let n = args.connections;

@@ -47,7 +47,8 @@ use tokio::sync::mpsc;
 
 use crate::config::ChatConfig;
 use crate::events::{
-    CHAT_PREFIX, NOTIFICATION_ALIAS_PREFIX, NOTIFICATIONS_PREFIX, PRESENCE_DIFF, USER_ONLINE_CHANGED,
+    CHAT_PREFIX, NOTIFICATION_ALIAS_PREFIX, NOTIFICATIONS_PREFIX, PRESENCE_DIFF,
+    USER_ONLINE_CHANGED,
 };
 use crate::store::roster::{PresenceMeta, RosterStore};
 use crate::store::{StoreError, Stores};
@@ -122,8 +123,7 @@ fn diff_payload(joins: &[PresenceMeta], leaves: &[PresenceMeta]) -> Result<Paylo
 
 /// URL-safe base64 without padding (12 bytes in, 16 characters out).
 fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [
@@ -396,7 +396,12 @@ impl Tracker {
                 let chats = self.chats.lock();
                 let map: BTreeMap<&str, &RawValue> = chats
                     .get(chat)
-                    .map(|c| c.users.iter().map(|(u, l)| (u.as_str(), &*l.entry)).collect())
+                    .map(|c| {
+                        c.users
+                            .iter()
+                            .map(|(u, l)| (u.as_str(), &*l.entry))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 Payload::json(&map)
             }

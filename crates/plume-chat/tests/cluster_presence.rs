@@ -126,7 +126,10 @@ async fn a_dead_nodes_users_leave_within_the_node_ttl() {
     assert_eq!(seen.counts(), users(&[("alice", 1)]));
     // Its last heartbeat was at most a third of the TTL before the cut, and the sweep
     // runs ten times per TTL.
-    assert!(took <= NODE_TTL + NODE_TTL / 10 + Duration::from_millis(300), "left after {took:?}");
+    assert!(
+        took <= NODE_TTL + NODE_TTL / 10 + Duration::from_millis(300),
+        "left after {took:?}"
+    );
     let ev = alice
         .wait_for(|m| m.event == "user_online_changed" && value(m)["user_id"] == "carol")
         .await
@@ -207,7 +210,11 @@ async fn when_redis_loses_its_data_presence_is_rebuilt_without_ghosts() {
     until(&mut alice, "chat:k", &mut seen, |s| s.users.len() == 3).await;
 
     proxy.cut();
-    assert!(redis_command(redis.port(), "FLUSHALL").await.starts_with("+OK"));
+    assert!(
+        redis_command(redis.port(), "FLUSHALL")
+            .await
+            .starts_with("+OK")
+    );
     // Membership went with the data; the backend adds the members again.
     for u in ["alice", "bob", "carol", "dave"] {
         a.add_member("k", u).await;
@@ -231,6 +238,9 @@ async fn when_redis_loses_its_data_presence_is_rebuilt_without_ghosts() {
     let (_, body) = b.api("GET", "/api/chats/k/presence", None).await;
     let mut api = Seen::default();
     api.state(&body);
-    assert_eq!(api.counts(), users(&[("alice", 1), ("bob", 1), ("dave", 1)]));
+    assert_eq!(
+        api.counts(),
+        users(&[("alice", 1), ("bob", 1), ("dave", 1)])
+    );
     let _ = carol.expect_silence(Duration::from_millis(10)).await;
 }

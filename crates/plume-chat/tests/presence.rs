@@ -196,7 +196,10 @@ async fn a_socket_without_a_device_id_gets_one_of_its_own() {
     })
     .await;
     let devices: Vec<&str> = seen.users["alice"].iter().map(|m| m.1.as_str()).collect();
-    assert!(devices.iter().all(|d| d.starts_with("anon-")), "{devices:?}");
+    assert!(
+        devices.iter().all(|d| d.starts_with("anon-")),
+        "{devices:?}"
+    );
     assert_ne!(devices[0], devices[1]);
 }
 

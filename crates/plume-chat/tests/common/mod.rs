@@ -586,4 +586,3 @@ pub async fn until(c: &mut Client, topic: &str, seen: &mut Seen, done: impl Fn(&
 pub fn users(list: &[(&str, usize)]) -> Vec<(String, usize)> {
     list.iter().map(|(u, n)| ((*u).to_owned(), *n)).collect()
 }
-
