@@ -9,11 +9,11 @@
 //!    diffs apart), the server's CPU over the window and its peak CPU use (sampled every
 //!    250 ms), and its peak RSS.
 //!
-//! The server is started by the benchmark with `--membership open` (anyone may join) and the
+//! The server is started by the benchmark with open membership (anyone may join) and the
 //! in-memory store, so what is measured is presence, not membership writes; `--server-arg`
 //! adds to it (for example `--server-arg=--presence-interval=0.5`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,13 +84,40 @@ pub struct PresenceReport {
 const SECRET: &str = "plume-bench-presence-secret";
 const TOPIC: &str = "chat:storm";
 
-/// A presence map's keys (the metas are not looked at: one socket per user).
-type Keys = HashMap<String, serde::de::IgnoredAny>;
+/// A presence map's keys, borrowed from the frame (the metas are not looked at: one socket
+/// per user).
+type Keys<'a> = BTreeMap<&'a str, serde::de::IgnoredAny>;
 
 #[derive(Deserialize)]
-struct Diff {
-    joins: Keys,
-    leaves: Keys,
+struct Diff<'a> {
+    #[serde(borrow)]
+    joins: Keys<'a>,
+    #[serde(borrow)]
+    leaves: Keys<'a>,
+}
+
+/// Which users a socket lists, by index (`p{i}`): what the phoenix.js helper's `list` holds.
+struct Listed {
+    users: Vec<bool>,
+    count: usize,
+}
+
+impl Listed {
+    fn set(&mut self, key: &str, on: bool) {
+        let Some(i) = key.strip_prefix('p').and_then(|i| i.parse::<usize>().ok()) else {
+            return;
+        };
+        if let Some(slot) = self.users.get_mut(i)
+            && *slot != on
+        {
+            *slot = on;
+            if on {
+                self.count += 1;
+            } else {
+                self.count -= 1;
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -118,10 +145,8 @@ pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
     }
     let _ = procfs::raise_nofile_limit();
     let port = spawn::free_port()?;
-    let mut extra: Vec<String> = ["--membership", "open", "--store", "memory"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    // The launcher already opens membership.
+    let mut extra = vec!["--store".to_owned(), "memory".to_owned()];
     extra.extend(args.server_args.iter().cloned());
     let launch = PlumeLaunch {
         bin: args.server_bin.clone(),
@@ -177,25 +202,42 @@ pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
             PEAK.store(peak.to_bits(), Ordering::Relaxed);
         }
     });
-    let mut tasks = Vec::with_capacity(n);
+    let mut tasks = tokio::task::JoinSet::new();
     for (i, mut c) in clients.into_iter().enumerate() {
         let counters = counters.clone();
         let at = t0 + step * i as u32;
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            let (_, reply) = c.join(TOPIC, &Payload::empty()).await?;
-            anyhow::ensure!(reply.reply_status().as_deref() == Some("ok"), "join {i}");
-            let mut known: HashSet<String> = HashSet::new();
-            while known.len() < n {
+            // Joined by hand: on this loaded machine the reply may take longer than the
+            // client's own join timeout, and that is part of what is measured.
+            let r = c.make_ref();
+            c.send(Some(&r), Some(&r), TOPIC, "phx_join", &Payload::empty())
+                .await?;
+            let mut known = Listed {
+                users: vec![false; n],
+                count: 0,
+            };
+            while known.count < n {
                 match c.recv().await? {
+                    Event::Message(m) if m.event == "phx_reply" => {
+                        anyhow::ensure!(
+                            m.reply_status().as_deref() == Some("ok"),
+                            "join {i}: {:?}",
+                            m.payload
+                        );
+                    }
                     Event::Message(m) if m.event == "presence_state" => {
                         let bytes = payload_bytes(&m.payload);
                         counters.state_frames.fetch_add(1, Ordering::Relaxed);
                         counters
                             .state_bytes
                             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        let keys: Keys = serde_json::from_slice(bytes)?;
-                        known = keys.into_keys().collect();
+                        let keys: Keys<'_> = serde_json::from_slice(bytes)?;
+                        known.users.fill(false);
+                        known.count = 0;
+                        for k in keys.into_keys() {
+                            known.set(k, true);
+                        }
                     }
                     Event::Message(m) if m.event == "presence_diff" => {
                         let bytes = payload_bytes(&m.payload);
@@ -203,26 +245,33 @@ pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
                         counters
                             .diff_bytes
                             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        let diff: Diff = serde_json::from_slice(bytes)?;
-                        known.extend(diff.joins.into_keys());
+                        let diff: Diff<'_> = serde_json::from_slice(bytes)?;
+                        for k in diff.joins.into_keys() {
+                            known.set(k, true);
+                        }
                         for k in diff.leaves.into_keys() {
-                            known.remove(&k);
+                            known.set(k, false);
                         }
                     }
-                    Event::Closed { code, reason } => anyhow::bail!("closed {code:?} {reason}"),
+                    Event::Closed { code, reason } => {
+                        anyhow::bail!("socket {i} closed {code:?} {reason} knowing {}", known.count)
+                    }
                     _ => {}
                 }
             }
             anyhow::Ok((Instant::now(), c))
-        }));
+        });
     }
-    let deadline = Duration::from_secs_f64(args.timeout);
+    // In completion order, so that one socket failing (closed as a slow consumer, say)
+    // stops the run at once: the others would wait for its user forever.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.timeout);
     let mut last = t0;
     let mut keep = Vec::with_capacity(n);
-    for t in tasks {
-        let (done, c) = tokio::time::timeout(deadline, t)
-            .await
-            .context("the storm timed out")???;
+    while let Some(joined) = tokio::time::timeout_at(deadline, tasks.join_next())
+        .await
+        .with_context(|| format!("the storm timed out with {} sockets done", keep.len()))?
+    {
+        let (done, c) = joined??;
         last = last.max(done);
         keep.push(c);
     }
