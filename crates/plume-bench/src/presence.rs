@@ -254,7 +254,10 @@ pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
                         }
                     }
                     Event::Closed { code, reason } => {
-                        anyhow::bail!("socket {i} closed {code:?} {reason} knowing {}", known.count)
+                        anyhow::bail!(
+                            "socket {i} closed {code:?} {reason} knowing {}",
+                            known.count
+                        )
                     }
                     _ => {}
                 }

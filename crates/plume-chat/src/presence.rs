@@ -728,6 +728,7 @@ impl std::fmt::Debug for OnlineGuard {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

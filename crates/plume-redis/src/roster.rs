@@ -260,7 +260,7 @@ impl RedisState {
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
-        if flat.len() % 3 != 0 {
+        if !flat.len().is_multiple_of(3) {
             return Err(StateError(format!(
                 "sweep script returned {} values, not triples",
                 flat.len()
