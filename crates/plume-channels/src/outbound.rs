@@ -226,6 +226,20 @@ impl OutboundRx {
     }
 }
 
+impl OutboundRx {
+    /// Resolves once the queue has overflowed: a writer blocked on a slow client waits on
+    /// this beside its write, so that it can stop and say why at once. Cancel-safe, and it
+    /// takes nothing from the queue.
+    pub async fn overflowed(&self) {
+        loop {
+            if self.0.state.lock().overflowed {
+                return;
+            }
+            self.0.notify.notified().await;
+        }
+    }
+}
+
 impl Drop for OutboundRx {
     fn drop(&mut self) {
         let mut state = self.0.state.lock();

@@ -12,14 +12,23 @@
 //! which the socket is closed with [`close::RATE_LIMITED`], and the sizes of topics, event
 //! names and join payloads. Leave orders on the socket id topic ([`Out::Leave`]) end one
 //! channel with `phx_close`.
+//!
+//! A channel callback that waits does not stall the socket ([`crate::work`]): while it is in
+//! flight the socket answers heartbeats, serves its other channels and takes its outbound
+//! queue; what arrives for the busy channel waits for it, in order. The driver polls the work
+//! in flight with [`Socket::next_done`] and hands each result to [`Socket::finish`].
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::Poll;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{Frame, Json, Message, Payload, Ref, Serializer, event};
 
@@ -29,6 +38,11 @@ use crate::limit::TokenBucket;
 use crate::outbound::{Out, OutboundRx, SocketId, admit_seq, outbound_with_budget};
 use crate::pubsub::{PubSub, Subscriber, SubscriberKind};
 use crate::router::Router;
+use crate::work::{self, Done, DoneWhat, Owned, Queued, Work};
+
+/// Client messages that may wait for busy channels at once; beyond it the driver stops
+/// reading from the client until they drain ([`Socket::accepting`]).
+pub const MAX_QUEUED_MESSAGES: usize = 256;
 
 /// Limits of one socket. Every size a client chooses is bounded here or by the frame limit,
 /// and every limit answers with a named reason or close code (protocol-spec/errors.md).
@@ -125,16 +139,20 @@ struct Joined {
     id: u64,
     /// Highest seq of the topic given to this socket (sequenced topics; see [`Out::Seq`]).
     floor: Arc<AtomicU64>,
-    channel: Box<dyn DynChannel>,
+    /// The instance; `None` while one of its callbacks is in flight ([`crate::work`]).
+    channel: Option<Box<dyn DynChannel>>,
+    /// What arrived for the instance while it was busy, in order.
+    backlog: VecDeque<Queued>,
 }
 
 impl Joined {
-    /// The channel and the context its callbacks get, borrowed side by side.
+    /// The channel and the context its callbacks get, borrowed side by side; `None` while
+    /// the instance is busy.
     fn split<'a>(
         &'a mut self,
         socket: &'a SocketShared,
         out: &'a mut Vec<Frame>,
-    ) -> (&'a mut dyn DynChannel, Context<'a>) {
+    ) -> Option<(&'a mut dyn DynChannel, Context<'a>)> {
         let ctx = Context {
             socket,
             topic: &self.topic,
@@ -144,19 +162,42 @@ impl Joined {
             floor: &self.floor,
             subscribed: None,
         };
-        (&mut *self.channel, ctx)
+        Some((&mut **self.channel.as_mut()?, ctx))
+    }
+
+    fn busy(&self) -> bool {
+        self.channel.is_none()
+    }
+
+    /// Takes the instance out for a callback in flight.
+    fn take(&mut self, shared: &Arc<SocketShared>) -> Option<(Box<dyn DynChannel>, Owned)> {
+        let channel = self.channel.take()?;
+        let own = Owned {
+            shared: shared.clone(),
+            topic: self.topic.clone(),
+            join_ref: self.join_ref.clone(),
+            channel_id: self.id,
+            floor: self.floor.clone(),
+        };
+        Some((channel, own))
     }
 }
 
 /// One client connection's protocol state: its joined channels and pending output.
 pub struct Socket {
-    shared: SocketShared,
+    shared: Arc<SocketShared>,
     router: Arc<Router>,
     config: SocketConfig,
     channels: Vec<Joined>,
     out: Vec<Frame>,
     next_channel: u64,
     limits: Limits,
+    /// Channel callbacks in flight.
+    inflight: FuturesUnordered<Work>,
+    /// Client messages in the channels' backlogs.
+    queued_messages: usize,
+    /// Everything in the channels' backlogs.
+    queued: usize,
 }
 
 fn channel_crash_payload() -> Json {
@@ -200,13 +241,13 @@ impl Socket {
                 },
             ));
         }
-        let shared = SocketShared {
+        let shared = Arc::new(SocketShared {
             id,
             serializer,
             connect: Arc::new(connect),
             pubsub,
             tx,
-        };
+        });
         let socket = Socket {
             shared,
             router,
@@ -215,6 +256,9 @@ impl Socket {
             out: Vec::new(),
             next_channel: 1,
             limits: Limits::new(&config),
+            inflight: FuturesUnordered::new(),
+            queued_messages: 0,
+            queued: 0,
         };
         (socket, rx)
     }
@@ -232,6 +276,237 @@ impl Socket {
     /// Frames waiting to be written, in order. The driver drains this after every step.
     pub fn frames(&mut self) -> &mut Vec<Frame> {
         &mut self.out
+    }
+
+    /// Whether a channel callback is in flight (the driver then polls [`Socket::next_done`]).
+    pub fn busy(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+
+    /// Whether the socket takes more client messages now. False while
+    /// [`MAX_QUEUED_MESSAGES`] wait for busy channels: the driver stops reading from the
+    /// client until they drain, so a client cannot queue without bound behind a slow store.
+    pub fn accepting(&self) -> bool {
+        self.queued_messages < MAX_QUEUED_MESSAGES
+    }
+
+    /// The next channel callback to finish; pending while none is in flight. Hand the
+    /// result to [`Socket::finish`].
+    pub async fn next_done(&mut self) -> Done {
+        match self.inflight.next().await {
+            Some(done) => done,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Puts a finished callback's instance back, writes what it pushed and its reply (or
+    /// stops or crashes the channel as it asked), then runs what waited for it.
+    pub async fn finish(&mut self, done: Done) {
+        let channel_id = done.channel_id;
+        self.complete(done).await;
+        self.run_backlog(channel_id).await;
+    }
+
+    /// The first half of [`Socket::finish`]: everything but the backlog.
+    async fn complete(&mut self, done: Done) {
+        let Some(idx) = self.position(done.channel_id) else {
+            // Cannot happen: a busy instance is never removed, whatever arrives for it.
+            tracing::error!(
+                channel = done.channel_id,
+                "finished callback of a gone channel"
+            );
+            return;
+        };
+        let Done {
+            channel,
+            mut out,
+            what,
+            ..
+        } = done;
+        self.channels[idx].channel = Some(channel);
+        self.out.append(&mut out);
+        let join_ref = self.channels[idx].join_ref.clone();
+        match what {
+            DoneWhat::In {
+                ref_,
+                topic,
+                result,
+            } => match result {
+                Ok(Ok(Outcome::NoReply)) => {}
+                Ok(Ok(Outcome::Reply(reply))) => {
+                    self.reply(join_ref.as_ref(), ref_.as_ref(), &topic, &reply);
+                }
+                Ok(Ok(Outcome::Stop(reply))) => {
+                    if let Some(reply) = reply {
+                        self.reply(join_ref.as_ref(), ref_.as_ref(), &topic, &reply);
+                    }
+                    let joined = self.channels.swap_remove(idx);
+                    let backlog = self.end(joined, Terminate::Stopped).await;
+                    self.control(
+                        join_ref.as_ref(),
+                        &topic,
+                        event::PHX_CLOSE,
+                        &Json::empty_object(),
+                    );
+                    self.redispatch(backlog).await;
+                }
+                Ok(Err(err)) => self.crash(idx, &err.0).await,
+                Err(panic) => self.crash(idx, &panic_text(&*panic)).await,
+            },
+            DoneWhat::Info(result) => match result {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => self.crash(idx, &err.0).await,
+                Err(panic) => self.crash(idx, &panic_text(&*panic)).await,
+            },
+        }
+    }
+
+    fn position(&self, channel_id: u64) -> Option<usize> {
+        self.channels.iter().position(|j| j.id == channel_id)
+    }
+
+    /// Queues `item` for busy channel `idx`.
+    fn enqueue(&mut self, idx: usize, item: Queued) {
+        if matches!(item, Queued::Message(_) | Queued::Refused(_)) {
+            self.queued_messages += 1;
+        }
+        self.queued += 1;
+        self.channels[idx].backlog.push_back(item);
+    }
+
+    fn dequeue(&mut self, idx: usize) -> Option<Queued> {
+        let item = self.channels[idx].backlog.pop_front()?;
+        if matches!(item, Queued::Message(_) | Queued::Refused(_)) {
+            self.queued_messages -= 1;
+        }
+        self.queued -= 1;
+        Some(item)
+    }
+
+    /// Runs a callback: polled once here, so one that does not wait finishes now; one that
+    /// waits joins the work in flight.
+    async fn run(&mut self, work: Work) {
+        if let Some(done) = self.poll_once(work).await {
+            self.finish(done).await;
+        }
+    }
+
+    /// Polls `work` once: its result if it is done, else it joins the work in flight.
+    async fn poll_once(&mut self, mut work: Work) -> Option<Done> {
+        let polled = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+        match polled {
+            Poll::Ready(done) => Some(done),
+            Poll::Pending => {
+                self.inflight.push(work);
+                None
+            }
+        }
+    }
+
+    /// Runs what waited for instance `channel_id`, in order, until it is busy again (that
+    /// callback joins the work in flight) or its backlog is empty.
+    async fn run_backlog(&mut self, channel_id: u64) {
+        loop {
+            let Some(idx) = self.position(channel_id) else {
+                return;
+            };
+            if self.channels[idx].busy() {
+                return;
+            }
+            let Some(item) = self.dequeue(idx) else {
+                return;
+            };
+            let work = match item {
+                Queued::Message(msg) => self.dispatch(msg).await,
+                Queued::Refused(msg) => {
+                    self.refuse(&msg);
+                    None
+                }
+                Queued::Info(info) => self.start_info(idx, info),
+                Queued::Removed => {
+                    let topic = self.channels[idx].topic.clone();
+                    self.remove(&topic).await;
+                    None
+                }
+            };
+            if let Some(work) = work
+                && let Some(done) = self.poll_once(work).await
+            {
+                self.complete(done).await;
+            }
+        }
+    }
+
+    /// Sends what waited for a removed instance where it now belongs: client messages are
+    /// handled again (a push then finds no channel and is answered `unmatched topic`, a join
+    /// makes a new instance), the rest is dropped. Boxed: it may join, which may end an
+    /// instance, which may redispatch.
+    fn redispatch(&mut self, backlog: VecDeque<Queued>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for item in backlog {
+                self.queued -= 1;
+                match item {
+                    Queued::Message(msg) => {
+                        self.queued_messages -= 1;
+                        if let Some(work) = self.dispatch(msg).await
+                            && let Some(done) = self.poll_once(work).await
+                        {
+                            self.complete(done).await;
+                        }
+                    }
+                    Queued::Refused(msg) => {
+                        self.queued_messages -= 1;
+                        self.refuse(&msg);
+                    }
+                    Queued::Info(_) | Queued::Removed => {}
+                }
+            }
+        })
+    }
+
+    /// Routes an admitted client message: into its busy channel's backlog, or to its
+    /// protocol case. A push to an idle channel comes back as work to run.
+    async fn dispatch(&mut self, msg: Message) -> Option<Work> {
+        if let Some(idx) = self.find(&msg.topic)
+            && self.channels[idx].busy()
+        {
+            self.enqueue(idx, Queued::Message(msg));
+            return None;
+        }
+        match msg.event.as_str() {
+            event::PHX_JOIN => {
+                self.join(msg).await;
+                None
+            }
+            event::PHX_LEAVE => {
+                self.leave(msg).await;
+                None
+            }
+            _ => match self.find(&msg.topic) {
+                Some(idx) => self.start_in(idx, msg),
+                None => {
+                    self.unmatched(&msg);
+                    None
+                }
+            },
+        }
+    }
+
+    /// `handle_in` on idle instance `idx`, as work; `None` for a stale join_ref (dropped
+    /// without a reply, Phoenix 1.8).
+    fn start_in(&mut self, idx: usize, msg: Message) -> Option<Work> {
+        if is_stale(&msg, &self.channels[idx]) {
+            tracing::debug!(topic = %msg.topic, event = %msg.event, "stale join_ref; dropped");
+            return None;
+        }
+        let (channel, own) = self.channels[idx].take(&self.shared)?;
+        Some(work::handle_in(channel, own, msg))
+    }
+
+    /// `handle_info` on idle instance `idx`, as work; `None` if it is busy.
+    fn start_info(&mut self, idx: usize, info: Box<dyn Any + Send>) -> Option<Work> {
+        let (channel, own) = self.channels[idx].take(&self.shared)?;
+        Some(work::handle_info(channel, own, info))
     }
 
     /// Topics currently joined, with their join_refs.
@@ -271,13 +546,8 @@ impl Socket {
             self.reply(None, msg.ref_.as_ref(), &msg.topic, &reply);
             return None;
         }
-        match msg.event.as_str() {
-            event::PHX_JOIN => self.join(msg).await,
-            event::PHX_LEAVE => self.leave(msg).await,
-            _ => match self.find(&msg.topic) {
-                Some(idx) => self.deliver(idx, msg).await,
-                None => self.unmatched(&msg),
-            },
+        if let Some(work) = self.dispatch(msg).await {
+            self.run(work).await;
         }
         None
     }
@@ -302,6 +572,20 @@ impl Socket {
                 "rate limited: too many messages",
             ));
         }
+        let busy = (msg.event != event::PHX_JOIN)
+            .then(|| self.find(&msg.topic))
+            .flatten()
+            .filter(|&idx| self.channels[idx].busy());
+        match busy {
+            Some(idx) => self.enqueue(idx, Queued::Refused(msg.clone())),
+            None => self.refuse(msg),
+        }
+        None
+    }
+
+    /// Answers a message refused by the rate limit: with the channel's own reply for a
+    /// joined (idle) topic, so that it can say more, as chat's `message_sent` does.
+    fn refuse(&mut self, msg: &Message) {
         let joined = (msg.event != event::PHX_JOIN)
             .then(|| self.find(&msg.topic))
             .flatten()
@@ -315,14 +599,16 @@ impl Socket {
                     ..
                 } = self;
                 let joined = &mut channels[idx];
-                let (channel, mut ctx) = joined.split(shared, out);
-                let reply = channel.refused(
-                    &msg.event,
-                    &msg.payload,
-                    event::REASON_RATE_LIMITED,
-                    &mut ctx,
-                );
                 let join_ref = joined.join_ref.clone();
+                let reply = match joined.split(shared, out) {
+                    Some((channel, mut ctx)) => channel.refused(
+                        &msg.event,
+                        &msg.payload,
+                        event::REASON_RATE_LIMITED,
+                        &mut ctx,
+                    ),
+                    None => Reply::error_reason(event::REASON_RATE_LIMITED),
+                };
                 self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
             }
             None => {
@@ -333,7 +619,6 @@ impl Socket {
                 self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
             }
         }
-        None
     }
 
     /// The join_ref a join's reply carries: V2 channels are identified by the join's join_ref
@@ -358,25 +643,23 @@ impl Socket {
             Out::Disconnect => {
                 return Some(CloseReason::new(close::GOING_AWAY, "disconnected"));
             }
-            Out::Leave { topic } => self.remove(&topic).await,
+            Out::Leave { topic } => match self.find(&topic) {
+                Some(idx) if self.channels[idx].busy() => self.enqueue(idx, Queued::Removed),
+                _ => self.remove(&topic).await,
+            },
             Out::Info { channel, info } => {
-                let found = self.channels.iter().position(|j| j.id == channel);
-                if let Some(idx) = found {
-                    let Socket {
-                        shared,
-                        channels,
-                        out,
-                        ..
-                    } = self;
-                    let joined = &mut channels[idx];
-                    let (channel, mut ctx) = joined.split(shared, out);
-                    let result = AssertUnwindSafe(channel.handle_info(info, &mut ctx))
-                        .catch_unwind()
-                        .await;
-                    match result {
-                        Ok(Ok(())) => {}
-                        Ok(Err(err)) => self.crash(idx, &err.0).await,
-                        Err(panic) => self.crash(idx, &panic_text(&*panic)).await,
+                if let Some(idx) = self.position(channel) {
+                    if self.channels[idx].busy() {
+                        // Bounded like the outbound queue it came through.
+                        if self.queued >= self.config.outbound_capacity {
+                            return Some(CloseReason::new(
+                                close::SLOW_CONSUMER,
+                                "channel backlog overflow: a channel is too slow for what it is sent",
+                            ));
+                        }
+                        self.enqueue(idx, Queued::Info(info));
+                    } else if let Some(work) = self.start_info(idx, info) {
+                        self.run(work).await;
                     }
                 }
             }
@@ -387,6 +670,12 @@ impl Socket {
     /// Ends every channel (`terminate` with [`Terminate::SocketClosed`]) and drops every
     /// subscription. Call once when the connection is over.
     pub async fn close(&mut self) {
+        // Callbacks in flight finish first, so their instances are back for `terminate`.
+        while let Some(done) = self.inflight.next().await {
+            if let Some(idx) = self.position(done.channel_id) {
+                self.channels[idx].channel = Some(done.channel);
+            }
+        }
         while let Some(joined) = self.channels.pop() {
             self.end(joined, Terminate::SocketClosed).await;
         }
@@ -409,13 +698,14 @@ impl Socket {
             topic,
             "channel removed by a leave order"
         );
-        self.end(joined, Terminate::Removed).await;
+        let backlog = self.end(joined, Terminate::Removed).await;
         self.control(
             join_ref.as_ref(),
             topic,
             event::PHX_CLOSE,
             &Json::empty_object(),
         );
+        self.redispatch(backlog).await;
     }
 
     fn find(&self, topic: &str) -> Option<usize> {
@@ -478,19 +768,21 @@ impl Socket {
                 let old = self.channels.swap_remove(idx);
                 let old_ref = old.join_ref.clone();
                 tracing::debug!(topic = %msg.topic, "duplicate join replaces the channel");
-                self.end(old, Terminate::DuplicateJoin).await;
-                Some(old_ref)
+                // What waited behind this join (from its backlog) is for the new instance.
+                let backlog = self.end(old, Terminate::DuplicateJoin).await;
+                Some((old_ref, backlog))
             }
             None => None,
         };
         self.join_new(&msg, join_ref).await;
-        if let Some(old_ref) = replaced {
+        if let Some((old_ref, backlog)) = replaced {
             self.control(
                 old_ref.as_ref(),
                 &msg.topic,
                 event::PHX_CLOSE,
                 &Json::empty_object(),
             );
+            self.redispatch(backlog).await;
         }
     }
 
@@ -546,7 +838,8 @@ impl Socket {
                     join_ref: join_ref.clone(),
                     id,
                     floor,
-                    channel,
+                    channel: Some(channel),
+                    backlog: VecDeque::new(),
                 });
                 Reply::ok(response)
             }
@@ -595,55 +888,14 @@ impl Socket {
             &msg.topic,
             &Reply::ok_empty(),
         );
-        self.end(joined, Terminate::Left).await;
+        let backlog = self.end(joined, Terminate::Left).await;
         self.control(
             join_ref.as_ref(),
             &msg.topic,
             event::PHX_CLOSE,
             &Json::empty_object(),
         );
-    }
-
-    async fn deliver(&mut self, idx: usize, msg: Message) {
-        if is_stale(&msg, &self.channels[idx]) {
-            tracing::debug!(topic = %msg.topic, event = %msg.event, "stale join_ref; dropped");
-            return;
-        }
-        let result = {
-            let Socket {
-                shared,
-                channels,
-                out,
-                ..
-            } = self;
-            let joined = &mut channels[idx];
-            let (channel, mut ctx) = joined.split(shared, out);
-            AssertUnwindSafe(channel.handle_in(&msg.event, msg.payload, &mut ctx))
-                .catch_unwind()
-                .await
-        };
-        let join_ref = self.channels[idx].join_ref.clone();
-        match result {
-            Ok(Ok(Outcome::NoReply)) => {}
-            Ok(Ok(Outcome::Reply(reply))) => {
-                self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
-            }
-            Ok(Ok(Outcome::Stop(reply))) => {
-                if let Some(reply) = reply {
-                    self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
-                }
-                let joined = self.channels.swap_remove(idx);
-                self.end(joined, Terminate::Stopped).await;
-                self.control(
-                    join_ref.as_ref(),
-                    &msg.topic,
-                    event::PHX_CLOSE,
-                    &Json::empty_object(),
-                );
-            }
-            Ok(Err(err)) => self.crash(idx, &err.0).await,
-            Err(panic) => self.crash(idx, &panic_text(&*panic)).await,
-        }
+        self.redispatch(backlog).await;
     }
 
     /// A channel failed: drop it and tell the client with `phx_error` (ref = join_ref).
@@ -652,31 +904,35 @@ impl Socket {
         tracing::error!(topic = %joined.topic, socket = self.shared.id.0, error = why,
             "channel crashed");
         let (topic, join_ref) = (joined.topic.clone(), joined.join_ref.clone());
-        self.end(joined, Terminate::Crashed).await;
+        let backlog = self.end(joined, Terminate::Crashed).await;
         self.control(
             join_ref.as_ref(),
             &topic,
             event::PHX_ERROR,
             &channel_crash_payload(),
         );
+        self.redispatch(backlog).await;
     }
 
     /// Runs an instance's `terminate`, then unsubscribes it (a panic in `terminate` is logged
     /// only). In that order so that while a channel records that it is leaving (a presence
     /// store, say), its socket still receives the topic: nothing sent in between falls in a
     /// gap where the user is neither subscribed nor known to be away.
-    async fn end(&mut self, mut joined: Joined, reason: Terminate) {
-        let (channel, mut ctx) = joined.split(&self.shared, &mut self.out);
-        let result = AssertUnwindSafe(channel.terminate(reason, &mut ctx))
-            .catch_unwind()
-            .await;
-        if let Err(panic) = result {
-            tracing::error!(topic = %joined.topic, panic = %panic_text(&*panic),
-                "channel terminate panicked");
+    /// Returns what waited for the instance (see [`Socket::redispatch`]).
+    async fn end(&mut self, mut joined: Joined, reason: Terminate) -> VecDeque<Queued> {
+        if let Some((channel, mut ctx)) = joined.split(&self.shared, &mut self.out) {
+            let result = AssertUnwindSafe(channel.terminate(reason, &mut ctx))
+                .catch_unwind()
+                .await;
+            if let Err(panic) = result {
+                tracing::error!(topic = %joined.topic, panic = %panic_text(&*panic),
+                    "channel terminate panicked");
+            }
         }
         self.shared
             .pubsub
             .unsubscribe(&joined.topic, self.shared.id);
+        std::mem::take(&mut joined.backlog)
     }
 }
 

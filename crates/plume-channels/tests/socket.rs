@@ -41,6 +41,42 @@ impl Channel for Pushy {
     }
 }
 
+/// A channel whose `wait` waits for its gate to open (a store round trip, say); `quick`
+/// answers at once, `bye` stops the channel.
+struct Gated {
+    gate: Arc<tokio::sync::Notify>,
+}
+
+impl Channel for Gated {
+    type State = tokio::sync::Notify;
+
+    async fn join(
+        gate: &Arc<tokio::sync::Notify>,
+        _: &str,
+        _: Payload,
+        _: &mut Context<'_>,
+    ) -> Result<(Gated, Payload), JoinError> {
+        Ok((Gated { gate: gate.clone() }, Payload::empty()))
+    }
+
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        _: Payload,
+        ctx: &mut Context<'_>,
+    ) -> Result<Outcome, ChannelError> {
+        match event {
+            "wait" => {
+                self.gate.notified().await;
+                ctx.push("waited", &Payload::empty());
+                Ok(Reply::ok_empty().into())
+            }
+            "bye" => Ok(Outcome::Stop(Some(Reply::ok_empty()))),
+            _ => Ok(Reply::ok_empty().into()),
+        }
+    }
+}
+
 fn socket() -> Socket {
     socket_with(SocketConfig::default(), None, Arc::new(LocalPubSub::new())).0
 }
@@ -49,6 +85,21 @@ fn socket_with(
     config: SocketConfig,
     socket_id: Option<&str>,
     pubsub: Arc<LocalPubSub>,
+) -> (Socket, OutboundRx) {
+    socket_gated(
+        config,
+        socket_id,
+        pubsub,
+        Arc::new(tokio::sync::Notify::new()),
+    )
+}
+
+/// A socket whose `g:*` channels wait on `gate`.
+fn socket_gated(
+    config: SocketConfig,
+    socket_id: Option<&str>,
+    pubsub: Arc<LocalPubSub>,
+    gate: Arc<tokio::sync::Notify>,
 ) -> (Socket, OutboundRx) {
     let request = ConnectRequest {
         params: Default::default(),
@@ -61,7 +112,11 @@ fn socket_with(
         socket_id: socket_id.map(str::to_owned),
         assigns: None,
     };
-    let router = Arc::new(Router::new().channel::<Pushy>("p:*", Arc::new(())));
+    let router = Arc::new(
+        Router::new()
+            .channel::<Pushy>("p:*", Arc::new(()))
+            .channel::<Gated>("g:*", gate),
+    );
     Socket::new(info, router, pubsub, config)
 }
 
@@ -301,4 +356,158 @@ async fn null_join_ref_on_v2_join_uses_the_ref() {
         .map(|(t, jr)| (t.to_owned(), jr.cloned()))
         .collect();
     assert_eq!(joined, [("p:yes".to_owned(), Some("5".into()))]);
+}
+
+#[tokio::test]
+async fn a_waiting_callback_holds_up_only_its_own_channel() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (mut s, _rx) = socket_gated(
+        SocketConfig::default(),
+        None,
+        Arc::new(LocalPubSub::new()),
+        gate.clone(),
+    );
+    feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
+    feed(&mut s, r#"["2","2","p:yes","phx_join",{}]"#).await;
+    assert!(
+        feed(&mut s, r#"["1","3","g:1","wait",{}]"#)
+            .await
+            .is_empty()
+    );
+    assert!(s.busy());
+    // The heartbeat and the other channel are answered while g:1 waits.
+    assert_eq!(
+        feed(&mut s, r#"[null,"4","phoenix","heartbeat",{}]"#).await,
+        [r#"[null,"4","phoenix","phx_reply",{"response":{},"status":"ok"}]"#]
+    );
+    assert_eq!(
+        feed(&mut s, r#"["2","5","p:yes","ev",{}]"#).await,
+        [r#"["2","5","p:yes","phx_reply",{"response":{},"status":"ok"}]"#]
+    );
+    // What arrives for g:1 waits behind its callback, in order.
+    assert!(
+        feed(&mut s, r#"["1","6","g:1","quick",{}]"#)
+            .await
+            .is_empty()
+    );
+    assert!(
+        feed(&mut s, r#"["1","7","g:1","phx_leave",{}]"#)
+            .await
+            .is_empty()
+    );
+    assert!(
+        feed(&mut s, r#"["1","8","g:1","quick",{}]"#)
+            .await
+            .is_empty()
+    );
+    gate.notify_one();
+    let done = tokio::time::timeout(Duration::from_secs(5), s.next_done())
+        .await
+        .unwrap();
+    s.finish(done).await;
+    assert!(!s.busy());
+    assert_eq!(
+        texts(&mut s),
+        [
+            r#"["1",null,"g:1","waited",{}]"#,
+            r#"["1","3","g:1","phx_reply",{"response":{},"status":"ok"}]"#,
+            r#"["1","6","g:1","phx_reply",{"response":{},"status":"ok"}]"#,
+            r#"["1","7","g:1","phx_reply",{"response":{},"status":"ok"}]"#,
+            r#"["1","1","g:1","phx_close",{}]"#,
+            // Sent after the leave: the channel is gone.
+            r#"[null,"8","g:1","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#,
+        ]
+    );
+    assert_eq!(s.joined().map(|(t, _)| t).collect::<Vec<_>>(), ["p:yes"]);
+}
+
+#[tokio::test]
+async fn a_join_of_a_busy_topic_replaces_it_once_the_callback_is_done() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (mut s, _rx) = socket_gated(
+        SocketConfig::default(),
+        None,
+        Arc::new(LocalPubSub::new()),
+        gate.clone(),
+    );
+    feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
+    assert!(
+        feed(&mut s, r#"["1","2","g:1","wait",{}]"#)
+            .await
+            .is_empty()
+    );
+    assert!(
+        feed(&mut s, r#"["3","3","g:1","phx_join",{}]"#)
+            .await
+            .is_empty()
+    );
+    assert!(
+        feed(&mut s, r#"["3","4","g:1","quick",{}]"#)
+            .await
+            .is_empty()
+    );
+    gate.notify_one();
+    let done = s.next_done().await;
+    s.finish(done).await;
+    assert_eq!(
+        texts(&mut s),
+        [
+            r#"["1",null,"g:1","waited",{}]"#,
+            r#"["1","2","g:1","phx_reply",{"response":{},"status":"ok"}]"#,
+            r#"["3","3","g:1","phx_reply",{"response":{},"status":"ok"}]"#,
+            r#"["1","1","g:1","phx_close",{}]"#,
+            r#"["3","4","g:1","phx_reply",{"response":{},"status":"ok"}]"#,
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_queues_too_much_behind_a_busy_channel_is_not_read() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (mut s, _rx) = socket_gated(
+        SocketConfig {
+            max_pushes_per_second: 0,
+            ..SocketConfig::default()
+        },
+        None,
+        Arc::new(LocalPubSub::new()),
+        gate.clone(),
+    );
+    feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
+    feed(&mut s, r#"["1","2","g:1","wait",{}]"#).await;
+    for i in 0..plume_channels::socket::MAX_QUEUED_MESSAGES {
+        assert!(s.accepting(), "after {i}");
+        feed(&mut s, &format!(r#"["1","q{i}","g:1","quick",{{}}]"#)).await;
+    }
+    assert!(!s.accepting());
+    gate.notify_one();
+    let done = s.next_done().await;
+    s.finish(done).await;
+    assert!(s.accepting());
+    assert_eq!(
+        texts(&mut s).len(),
+        2 + plume_channels::socket::MAX_QUEUED_MESSAGES
+    );
+}
+
+#[tokio::test]
+async fn a_closing_socket_lets_its_callbacks_finish_before_terminate() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (mut s, _rx) = socket_gated(
+        SocketConfig::default(),
+        None,
+        Arc::new(LocalPubSub::new()),
+        gate.clone(),
+    );
+    feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
+    feed(&mut s, r#"["1","2","g:1","wait",{}]"#).await;
+    let opener = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate.notify_one();
+    });
+    tokio::time::timeout(Duration::from_secs(5), s.close())
+        .await
+        .unwrap();
+    opener.await.unwrap();
+    assert_eq!(s.joined().count(), 0);
 }

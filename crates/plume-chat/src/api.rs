@@ -12,6 +12,7 @@
 //! | `GET /api/chats/{chat_id}/members`           |                                        | 200 `{"members":[…]}` (sorted) |
 //! | `GET /api/chats/{chat_id}/messages?before_seq=&limit=` |                              | 200 `{"messages":[…oldest first],"has_more"}` |
 //! | `GET /api/chats/{chat_id}/presence`          |                                        | 200 `{user_id: {"metas":[…]}}` (as `presence_state`) |
+//! | `GET /api/users/{user_id}/rooms?before=&limit=` |                                     | 200 `{"rooms":[…],"next"}` (the rooms list, [`crate::rooms`]) |
 //! | `POST /api/broadcast`                        | `{"topic","event","payload"}`          | 202 `{"status":"accepted"}` |
 //! | `POST /api/notify`                           | `{"user_id","chat_id","sender_id","content"}` | 200 `{"status":"delivered"\|"pending","message_id"}` |
 //!
@@ -21,7 +22,8 @@
 //! `body_timeout`) and 503 (too many request bodies in flight).
 //!
 //! Removing a member also makes every socket of that user, on every node, leave the chat
-//! (a leave order on `user_socket:{user_id}`; the client gets `phx_close`).
+//! (a leave order on `user_socket:{user_id}`; the client gets `phx_close`). Adding or
+//! removing one pushes `room_updated` to the user's notifications topic.
 
 use std::sync::Arc;
 
@@ -114,8 +116,11 @@ fn authorized(headers: &http::HeaderMap, key: &str) -> bool {
     else {
         return false;
     };
-    let (a, b) = (given.trim().as_bytes(), key.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    // Constant time in the key's bytes (the length is not secret).
+    bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.trim().as_bytes(),
+        key.as_bytes(),
+    ))
 }
 
 fn segment(s: &str) -> String {
@@ -137,6 +142,9 @@ enum Route {
     },
     Presence {
         chat: String,
+    },
+    Rooms {
+        user: String,
     },
     Broadcast,
     Notify,
@@ -162,6 +170,9 @@ fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
         (&Method::GET, ["chats", chat, "presence"]) => Ok(Route::Presence {
             chat: segment(chat),
         }),
+        (&Method::GET, ["users", user, "rooms"]) => Ok(Route::Rooms {
+            user: segment(user),
+        }),
         (&Method::POST, ["broadcast"]) => Ok(Route::Broadcast),
         (&Method::POST, ["notify"]) => Ok(Route::Notify),
         (
@@ -170,6 +181,7 @@ fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
             | ["chats", _, "members"]
             | ["chats", _, "messages"]
             | ["chats", _, "presence"]
+            | ["users", _, "rooms"]
             | ["broadcast"]
             | ["notify"],
         ) => Err(ApiError(
@@ -180,7 +192,7 @@ fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
     }
 }
 
-async fn route(state: &ChatState, req: ApiRequest) -> Resp {
+async fn route(state: &Arc<ChatState>, req: ApiRequest) -> Resp {
     let result = match resolve(&req.method, &req.path) {
         Ok(Route::SetMember { chat, user, member }) => {
             set_member(state, &chat, &user, member).await
@@ -188,6 +200,7 @@ async fn route(state: &ChatState, req: ApiRequest) -> Resp {
         Ok(Route::Members { chat }) => members(state, &chat).await,
         Ok(Route::Messages { chat }) => messages(state, &chat, &req.query).await,
         Ok(Route::Presence { chat }) => presence(state, &chat).await,
+        Ok(Route::Rooms { user }) => rooms(state, &user, &req.query).await,
         Ok(Route::Broadcast) => broadcast(state, &req.body),
         Ok(Route::Notify) => notify(state, &req.body).await,
         Err(err) => Err(err),
@@ -205,7 +218,7 @@ fn bad_request(msg: &str) -> ApiError {
 }
 
 async fn set_member(
-    state: &ChatState,
+    state: &Arc<ChatState>,
     chat: &str,
     user: &str,
     member: bool,
@@ -227,6 +240,7 @@ async fn set_member(
         // the chat. Told even when they were not a member (a retried DELETE tells again).
         tell_sockets_to_leave(state, chat, user)?;
     }
+    state.spawn_room_updated(user, chat);
     Ok(json_response(
         StatusCode::OK,
         &json!({"chat_id": chat, "user_id": user, "member": member}),
@@ -324,6 +338,34 @@ async fn presence(state: &ChatState, chat: &str) -> Result<Resp, ApiError> {
         .and_then(|j| j.parse().ok())
         .unwrap_or_else(|| json!({}));
     Ok(json_response(StatusCode::OK, &value))
+}
+
+/// `GET /api/users/{id}/rooms?before=CURSOR&limit=K`: a page of the user's rooms list, as
+/// `list_rooms` answers it (K from 1 to 50, default 50).
+async fn rooms(state: &ChatState, user: &str, query: &str) -> Result<Resp, ApiError> {
+    check_id(state, "user_id", user)?;
+    let mut before = None;
+    let mut limit = crate::rooms::ROOMS_PAGE;
+    for (name, value) in url_pairs(query) {
+        match name.as_str() {
+            "before" => match crate::rooms::Cursor::decode(&value, state.config.max_id_bytes) {
+                Some(c) => before = Some(c),
+                None => return Err(bad_request("before is not a cursor this server issued")),
+            },
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=crate::rooms::ROOMS_PAGE).contains(&n) => limit = n,
+                _ => return Err(bad_request("limit must be an integer from 1 to 50")),
+            },
+            _ => {}
+        }
+    }
+    let page = state
+        .rooms_page(user, before.as_ref(), limit, false)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let body = serde_json::to_value(&page)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// `name=value` pairs of a query string, percent-decoded.

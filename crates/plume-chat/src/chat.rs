@@ -20,19 +20,22 @@
 //! - `history` `{before_seq?, limit?}`: a page of older messages.
 //! - `typing` `{status}`: `user_typing` to the chat's other sockets (throttled, with an
 //!   automatic `stop`).
-//! - `mark_read` `{seq}`: the user's read position (never back); reply `{unread}`, and
+//! - `mark_read` `{seq}`: the user's read position (never back); reply `{unread}`,
+//!   `room_updated` to the user's notifications topic, and
 //!   `message_read` to the chat's other sockets.
 //! - presence: right after every join reply the socket gets `presence_state`; its join and
 //!   its end reach the chat as `presence_diff` (see [`crate::presence`]).
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use plume_channels::{
     Broadcast, Channel, ChannelError, Context, JoinError, Outcome, Reply, Seq, Terminate,
 };
 use plume_wire::Payload;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::auth::UserSession;
@@ -196,37 +199,59 @@ struct SendLimits {
     max_ref_bytes: usize,
 }
 
+/// A `send_message` payload as sent: its two fields borrowed from the frame, not parsed into a
+/// `serde_json::Value` (the send path reads two strings; a map of every field costs more).
+#[derive(Deserialize)]
+struct SendBody<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    mobile_ref_id: Option<&'a RawValue>,
+}
+
+/// A JSON string's text (unescaped; borrowed when it has no escapes), or `None` for any other
+/// JSON value.
+fn json_str(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<Cow<'_, str>>(raw?.get()).ok()
+}
+
 fn validate(payload: &Payload, limits: SendLimits) -> Result<ValidSend, Invalid> {
     let invalid = |reason, mobile_ref_id: &str| Invalid {
         reason,
         mobile_ref_id: mobile_ref_id.to_owned(),
     };
-    let Some(Ok(Value::Object(obj))) = payload.as_json().map(|j| j.parse::<Value>()) else {
+    let Some(text) = payload.as_json().map(|j| j.as_bytes()) else {
         return Err(invalid(REASON_INVALID_PAYLOAD, ""));
     };
-    let mobile_ref_id = match obj.get("mobile_ref_id") {
+    // An object only: serde would also fill the struct from an array, by position.
+    let is_object = text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let body = match serde_json::from_slice::<SendBody<'_>>(text) {
+        Ok(body) if is_object => body,
+        _ => return Err(invalid(REASON_INVALID_PAYLOAD, "")),
+    };
+    let mobile_ref_id = match json_str(body.mobile_ref_id) {
         // Not echoed back: the client sent it, and a megabyte of it helps nobody.
-        Some(Value::String(s)) if s.len() > limits.max_ref_bytes => {
+        Some(s) if s.len() > limits.max_ref_bytes => {
             return Err(invalid(REASON_MOBILE_REF_ID_TOO_LONG, ""));
         }
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(s) if !s.is_empty() => s.into_owned(),
         _ => return Err(invalid(REASON_INVALID_MOBILE_REF_ID, "")),
     };
-    let content = match obj.get("content") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+    let content = match json_str(body.content) {
+        Some(s) if !s.trim().is_empty() => s,
         _ => return Err(invalid(REASON_INVALID_CONTENT, &mobile_ref_id)),
     };
     if content.chars().count() > limits.max_chars {
         return Err(invalid(REASON_CONTENT_TOO_LONG, &mobile_ref_id));
     }
     Ok(ValidSend {
-        content,
+        content: content.into_owned(),
         mobile_ref_id,
     })
 }
 
 /// The payload as an object (`{}` for an empty or absent payload), or `None`.
-fn object(payload: &Payload) -> Option<Map<String, Value>> {
+pub(crate) fn object(payload: &Payload) -> Option<Map<String, Value>> {
     match payload.as_json()?.parse::<Value>().ok()? {
         Value::Object(obj) => Some(obj),
         Value::Null => Some(Map::new()),
@@ -546,6 +571,8 @@ impl ChatChannel {
         if let Err(err) = ctx.broadcast_from(MESSAGE_READ, json(&read)?) {
             tracing::debug!(chat = %self.chat_id, %err, "message_read not fanned out to other nodes");
         }
+        // The user's rooms list, on every device, shows the new unread count.
+        self.state.spawn_room_updated(&self.user, &self.chat_id);
         Ok(Reply::ok(json(&Unread { unread })?).into())
     }
 
@@ -939,6 +966,17 @@ mod tests {
     fn validation_reasons() {
         assert_eq!(reason(r#"{"content":"hi","mobile_ref_id":"r"}"#, 10), "ok");
         assert_eq!(reason(r#""str""#, 10), REASON_INVALID_PAYLOAD);
+        // An array is not an object, even one serde could read by position.
+        assert_eq!(reason(r#"["hi","r"]"#, 10), REASON_INVALID_PAYLOAD);
+        assert_eq!(reason(r#" [null,null]"#, 10), REASON_INVALID_PAYLOAD);
+        // Escapes are read (the text is then owned, not borrowed).
+        assert_eq!(
+            reason(
+                r#"{"content":"h\u00e9","mobile_ref_id":"r\n","extra":[1,{"a":2}]}"#,
+                10
+            ),
+            "ok"
+        );
         assert_eq!(
             reason(r#"{"content":"hi"}"#, 10),
             REASON_INVALID_MOBILE_REF_ID

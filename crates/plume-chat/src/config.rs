@@ -69,7 +69,8 @@ pub struct ChatConfig {
     #[serde(with = "plume_channels::duration_secs")]
     pub online_linger: Duration,
     /// Only chats of at most this many members tell their members that a user came online or
-    /// went offline. Default 100.
+    /// went offline, and count online members: the rooms list's `online_count` is `null` for
+    /// bigger ones. Default 100.
     pub online_fanout_max_members: usize,
 }
 

@@ -44,6 +44,11 @@ pub const PRESENCE_DIFF: &str = "presence_diff";
 /// Server to `notifications:{user_id}`: a member of one of the user's chats came online or
 /// went offline.
 pub const USER_ONLINE_CHANGED: &str = "user_online_changed";
+/// Client to server on `notifications:{user_id}`: the next page of the rooms list.
+pub const LIST_ROOMS: &str = "list_rooms";
+/// Server to a user's notifications topic: their view of one room changed (read on another
+/// device, added to or removed from the chat).
+pub const ROOM_UPDATED: &str = "room_updated";
 
 /// `message_sent` status of a delivered send.
 pub const STATUS_SENT: &str = "sent";
@@ -82,6 +87,8 @@ pub const REASON_INVALID_LIMIT: &str = "invalid_limit";
 pub const REASON_INVALID_TYPING_STATUS: &str = "invalid_typing_status";
 /// `mark_read` with a seq that is not a positive integer or is above the chat's last seq.
 pub const REASON_INVALID_SEQ: &str = "invalid_seq";
+/// `list_rooms` or the rooms API with a `before` cursor the server did not issue.
+pub const REASON_INVALID_CURSOR: &str = "invalid_cursor";
 /// An event the channel does not handle.
 pub const REASON_UNKNOWN_EVENT: &str = "unknown_event";
 

@@ -11,6 +11,8 @@
 //! - [`notifications`]: the `notifications:*` / `notification:*` channel (pending delivery).
 //! - [`presence`]: Phoenix Presence on chats and online status, one node or cluster-wide.
 //! - [`state`]: what the channels share, and notification delivery.
+//! - [`rooms`]: a user's rooms list (last message, unread, members and online counts), its
+//!   cursor, and `room_updated`.
 //! - [`repair`]: reading missed chat messages back from the log into this node's registry.
 //! - [`store`]: the store traits (message log, membership, pending, presence) and their
 //!   embedded (SQLite), in-memory and Redis implementations.
@@ -26,6 +28,7 @@ pub mod events;
 pub mod notifications;
 pub mod presence;
 pub mod repair;
+pub mod rooms;
 pub mod state;
 pub mod store;
 pub mod time;

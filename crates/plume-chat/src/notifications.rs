@@ -21,6 +21,7 @@ use plume_wire::Payload;
 
 use crate::chat::session_user;
 use crate::events::*;
+use crate::rooms::{Cursor, ROOMS_PAGE};
 use crate::state::ChatState;
 use crate::store::{Notification, PendingItem};
 
@@ -40,6 +41,42 @@ struct PendingWritten(u64);
 
 /// Sent to itself after pushing a live notification: handled after the frame was written.
 struct LiveWritten(PendingItem);
+
+/// A `list_rooms` request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ListRooms {
+    /// Rooms after this position (from the first when `None`).
+    pub before: Option<Cursor>,
+    /// At most this many, 1 to [`ROOMS_PAGE`].
+    pub limit: usize,
+}
+
+/// Parses `list_rooms` `{"before": cursor?, "limit": n?}` (an empty payload asks for the
+/// first page); the error is the reply's reason.
+pub fn parse_list_rooms(payload: &Payload, max_id_bytes: usize) -> Result<ListRooms, &'static str> {
+    let mut ask = ListRooms {
+        before: None,
+        limit: ROOMS_PAGE,
+    };
+    let Some(obj) = crate::chat::object(payload) else {
+        return Err(REASON_INVALID_PAYLOAD);
+    };
+    match obj.get("before") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(text)) => {
+            ask.before = Some(Cursor::decode(text, max_id_bytes).ok_or(REASON_INVALID_CURSOR)?);
+        }
+        Some(_) => return Err(REASON_INVALID_CURSOR),
+    }
+    match obj.get("limit") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=ROOMS_PAGE as u64).contains(&n) => ask.limit = n as usize,
+            _ => return Err(REASON_INVALID_LIMIT),
+        },
+    }
+    Ok(ask)
+}
 
 /// The stored item a live `new_notification` stands for.
 fn item_of(payload: &Payload) -> Option<PendingItem> {
@@ -73,7 +110,17 @@ impl Channel for NotificationsChannel {
         if wanted != user {
             return Err(JoinError::reason(REASON_UNAUTHORIZED));
         }
+        // Subscribed before the rooms are read: a room_updated published after the read
+        // arrives live.
         ctx.intercept().await;
+        let rooms = state
+            .rooms_page(&user, None, ROOMS_PAGE, true)
+            .await
+            .map_err(|err| {
+                tracing::error!(%user, %err, "notifications join: rooms unavailable");
+                JoinError::reason(REASON_STORAGE_UNAVAILABLE)
+            })?;
+        let reply = Payload::json(&rooms).map_err(|e| JoinError::Failed(e.to_string()))?;
         ctx.send_info(Box::new(AfterJoin))
             .map_err(|e| JoinError::Failed(e.to_string()))?;
         let channel = NotificationsChannel {
@@ -81,16 +128,36 @@ impl Channel for NotificationsChannel {
             user,
             present: false,
         };
-        Ok((channel, Payload::empty()))
+        Ok((channel, reply))
     }
 
     async fn handle_in(
         &mut self,
-        _event: &str,
-        _payload: Payload,
+        event: &str,
+        payload: Payload,
         _ctx: &mut Context<'_>,
     ) -> Result<Outcome, ChannelError> {
-        Ok(Reply::error_reason(REASON_UNKNOWN_EVENT).into())
+        if event != LIST_ROOMS {
+            return Ok(Reply::error_reason(REASON_UNKNOWN_EVENT).into());
+        }
+        let ask = match parse_list_rooms(&payload, self.state.config.max_id_bytes) {
+            Ok(ask) => ask,
+            Err(reason) => return Ok(Reply::error_reason(reason).into()),
+        };
+        match self
+            .state
+            .rooms_page(&self.user, ask.before.as_ref(), ask.limit, true)
+            .await
+        {
+            Ok(page) => Ok(Reply::ok(
+                Payload::json(&page).map_err(|e| ChannelError::new(e.to_string()))?,
+            )
+            .into()),
+            Err(err) => {
+                tracing::error!(user = %self.user, %err, "list_rooms: store unavailable");
+                Ok(Reply::error_reason(REASON_STORAGE_UNAVAILABLE).into())
+            }
+        }
     }
 
     async fn handle_info(

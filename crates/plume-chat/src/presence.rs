@@ -516,12 +516,19 @@ impl Tracker {
     async fn try_fan_out_online(&self, user: &str, online: bool) -> Result<(), StoreError> {
         let membership = &self.stores.membership;
         let mut targets = BTreeSet::new();
-        for chat in membership.chats_of(user).await? {
-            // Counted first: a big chat's member list is never fetched for this.
-            if membership.members_count(&chat).await? > self.fanout_max_members {
+        let chats: Vec<String> = membership
+            .chats_of(user)
+            .await?
+            .into_iter()
+            .map(|c| c.chat_id)
+            .collect();
+        // Counted first (one round trip): a big chat's member list is never fetched for this.
+        let counts = membership.count_members(&chats).await?;
+        for (chat, count) in chats.iter().zip(counts) {
+            if count > self.fanout_max_members {
                 continue;
             }
-            let members = membership.members(&chat).await?;
+            let members = membership.members(chat).await?;
             targets.extend(members.iter().filter(|m| *m != user).cloned());
         }
         if targets.is_empty() {

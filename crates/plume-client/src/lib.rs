@@ -102,34 +102,14 @@ pub struct ConnectOptions {
 impl ConnectOptions {
     /// Offers `phoenix` and the phoenix.js auth token entry for `token`.
     pub fn with_auth_token(mut self, token: &str) -> ConnectOptions {
-        use base64_lite::encode_no_pad;
+        use base64::Engine;
+        // What phoenix.js sends: `btoa(token)` with the `=` padding removed.
+        let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(token.as_bytes());
         self.subprotocols = vec![
             "phoenix".to_owned(),
-            format!("base64url.bearer.phx.{}", encode_no_pad(token.as_bytes())),
+            format!("base64url.bearer.phx.{encoded}"),
         ];
         self
-    }
-}
-
-/// Standard base64 without padding: what phoenix.js's `btoa(token)` minus `=` produces.
-mod base64_lite {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode_no_pad(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            let chars = chunk.len() + 1;
-            for i in 0..chars {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            }
-        }
-        out
     }
 }
 

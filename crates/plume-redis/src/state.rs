@@ -8,7 +8,6 @@
 //! | key | type | what |
 //! |-----|------|------|
 //! | `plume:members:{chat}` | set | members of a chat |
-//! | `plume:user-chats:{user}` | set | the chats a user is a member of (kept with the above) |
 //! | `plume:log:{chat}` | sorted set, score = seq | the chat's message log; members are `{seq}:{entry}` |
 //! | `plume:seq:{chat}` | string | the chat's newest seq |
 //! | `plume:epoch:{chat}` | string | the chat's log epoch (decimal u64) |
@@ -66,6 +65,7 @@ fn members_key(chat: &str) -> String {
     format!("plume:members:{chat}")
 }
 
+/// A user's chats, each scored by when the user was added (ms since the Unix epoch).
 fn user_chats_key(user: &str) -> String {
     format!("plume:user-chats:{user}")
 }
@@ -420,12 +420,18 @@ impl RedisState {
 
     // Membership.
 
-    /// Adds a member (and the chat to the user's chats).
-    pub async fn add_member(&self, chat: &str, user: &str) -> Result<()> {
+    /// Adds a member (and the chat to the user's chats, added at `added_ms` unless it was
+    /// there already), in one transaction.
+    pub async fn add_member(&self, chat: &str, user: &str, added_ms: i64) -> Result<()> {
         let mut pipe = redis::pipe();
-        pipe.sadd(members_key(chat), user)
+        pipe.atomic()
+            .sadd(members_key(chat), user)
             .ignore()
-            .sadd(user_chats_key(user), chat)
+            .cmd("ZADD")
+            .arg(user_chats_key(user))
+            .arg("NX")
+            .arg(added_ms)
+            .arg(chat)
             .ignore();
         self.run(|mut c| {
             let pipe = pipe.clone();
@@ -437,8 +443,9 @@ impl RedisState {
     /// Removes a member; true if they were one.
     pub async fn remove_member(&self, chat: &str, user: &str) -> Result<bool> {
         let mut pipe = redis::pipe();
-        pipe.srem(members_key(chat), user)
-            .srem(user_chats_key(user), chat)
+        pipe.atomic()
+            .srem(members_key(chat), user)
+            .zrem(user_chats_key(user), chat)
             .ignore();
         let (n,): (i64,) = self
             .run(|mut c| {
@@ -449,27 +456,30 @@ impl RedisState {
         Ok(n > 0)
     }
 
-    /// How many members `chat` has.
-    pub async fn members_count(&self, chat: &str) -> Result<usize> {
-        let key = members_key(chat);
+    /// The chats `user` is a member of, with when they were added.
+    pub async fn chats_of(&self, user: &str) -> Result<Vec<(String, i64)>> {
+        let key = user_chats_key(user);
         self.run(|mut c| {
             let key = key.clone();
-            async move { c.scard(key).await }
+            async move { c.zrange_withscores(key, 0, -1).await }
         })
         .await
     }
 
-    /// The chats `user` is a member of, sorted (from the reverse index `add_member` keeps).
-    pub async fn chats_of(&self, user: &str) -> Result<Vec<String>> {
-        let key = user_chats_key(user);
-        let mut chats: Vec<String> = self
-            .run(|mut c| {
-                let key = key.clone();
-                async move { c.smembers(key).await }
-            })
-            .await?;
-        chats.sort();
-        Ok(chats)
+    /// How many members each chat has, in one pipeline.
+    pub async fn count_members(&self, chats: &[String]) -> Result<Vec<usize>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for chat in chats {
+            pipe.scard(members_key(chat));
+        }
+        self.run(|mut c| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async(&mut c).await }
+        })
+        .await
     }
 
     /// Whether `user` is a member.
@@ -665,6 +675,52 @@ impl RedisState {
         Ok(found.into_iter().map(|mut v| v.pop()).collect())
     }
 
+    /// The newest log entry of each chat (`None` where the log has none), in one pipeline.
+    pub async fn log_latest(&self, chats: &[String]) -> Result<Vec<Option<String>>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for chat in chats {
+            pipe.cmd("ZRANGE").arg(log_key(chat)).arg(-1).arg(-1);
+        }
+        let found: Vec<Vec<String>> = self
+            .run(|mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(found.into_iter().map(|mut v| v.pop()).collect())
+    }
+
+    /// For each `(chat, after)`, up to `limit` log entries with seq above `after`, oldest
+    /// first, in one pipeline.
+    pub async fn log_after_many(
+        &self,
+        positions: &[(String, u64)],
+        limit: usize,
+    ) -> Result<Vec<Vec<String>>> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (chat, after) in positions {
+            pipe.cmd("ZRANGE")
+                .arg(log_key(chat))
+                .arg(format!("({after}"))
+                .arg("+inf")
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit);
+        }
+        self.run(|mut c| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async(&mut c).await }
+        })
+        .await
+    }
+
     // Read positions.
 
     /// Moves a user's read position in a chat up to `seq` (never back); returns where it is.
@@ -688,6 +744,27 @@ impl RedisState {
             })
             .await?;
         Ok(v.unwrap_or(0))
+    }
+
+    /// A user's read positions in several chats (0: none), in one command.
+    pub async fn read_positions(&self, user: &str, chats: &[String]) -> Result<Vec<u64>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = format!("plume:reads:{user}");
+        let v: Vec<Option<u64>> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg(chats)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(v.into_iter().map(|p| p.unwrap_or(0)).collect())
     }
 
     // Pending notifications.

@@ -180,12 +180,27 @@ async fn shared_state_operations() {
     let redis = RedisServer::start();
     let a = node(&redis, "a").await;
     let s = &a.state;
-    s.add_member("c:1", "bob").await.unwrap();
-    s.add_member("c:1", "al").await.unwrap();
+    s.add_member("c:1", "bob", 10).await.unwrap();
+    s.add_member("c:1", "al", 20).await.unwrap();
+    s.add_member("c:2", "al", 30).await.unwrap();
+    // Adding again keeps the first time.
+    s.add_member("c:1", "al", 40).await.unwrap();
     assert_eq!(s.members("c:1").await.unwrap(), ["al", "bob"]);
+    assert_eq!(
+        s.chats_of("al").await.unwrap(),
+        [("c:1".to_owned(), 20), ("c:2".to_owned(), 30)]
+    );
+    assert_eq!(
+        s.count_members(&["c:1".into(), "c:2".into(), "none".into()])
+            .await
+            .unwrap(),
+        [2, 1, 0]
+    );
     assert!(s.is_member("c:1", "al").await.unwrap());
     assert!(s.remove_member("c:1", "al").await.unwrap());
+    assert!(!s.remove_member("c:1", "al").await.unwrap());
     assert!(!s.is_member("c:1", "al").await.unwrap());
+    assert_eq!(s.chats_of("al").await.unwrap(), [("c:2".to_owned(), 30)]);
 
     let mut dropped = 0;
     let users = ["u".to_owned()];
@@ -373,7 +388,7 @@ async fn fan_out_resumes_after_redis_restarts_and_data_survives() {
     let mut redis = RedisServer::start();
     let a = node(&redis, "a").await;
     let b = node(&redis, "b").await;
-    a.state.add_member("kept", "x").await.unwrap();
+    a.state.add_member("kept", "x", 1).await.unwrap();
     a.state
         .push_pending_many(&["x".to_owned()], "waiting", 10, usize::MAX)
         .await
@@ -515,4 +530,42 @@ async fn many_users_are_located_and_notified_in_one_round_trip_each() {
             .collect();
         assert_eq!(items, ["n1", "n2"]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_relay_delivers_to_one_named_node_and_reports_a_missing_one() {
+    use plume_channels::NodeRelay;
+    let redis = RedisServer::start();
+    let a = node(&redis, "relay-a").await;
+    let b = node(&redis, "relay-b").await;
+    let (tx, mut inbox) = tokio::sync::mpsc::channel(8);
+    b.pubsub.set_inbox(tx);
+    let (tx_a, mut inbox_a) = tokio::sync::mpsc::channel(8);
+    a.pubsub.set_inbox(tx_a);
+    assert_eq!(a.pubsub.node_id(), "relay-a");
+    for i in 0..3u8 {
+        let took = a
+            .pubsub
+            .send_to("relay-b", Bytes::from(vec![i; 3]))
+            .await
+            .unwrap();
+        assert!(took, "relay-b is alive and subscribed");
+    }
+    for i in 0..3u8 {
+        let got = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], &[i; 3], "in send order");
+    }
+    // Only the named node receives it.
+    assert!(inbox_a.try_recv().is_err());
+    // A node that does not exist (or died) is reported at once.
+    assert!(
+        !a.pubsub
+            .send_to("relay-gone", Bytes::from_static(b"x"))
+            .await
+            .unwrap()
+    );
+    drop(b);
 }

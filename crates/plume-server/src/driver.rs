@@ -3,7 +3,9 @@
 //!
 //! One task does both directions (no split halves, no second task), because an idle
 //! connection must cost as little as possible. The loop waits on, in priority order: server
-//! shutdown, the outbound queue, the next client frame and the idle timer. After every step it
+//! shutdown, the outbound queue, channel callbacks in flight (one that waits on a store
+//! never stalls the loop: see `plume_channels::work`), the next client frame and the idle
+//! timer. After every step it
 //! writes all frames the socket produced with one flush, so a burst of broadcasts becomes one
 //! `write` system call.
 
@@ -15,16 +17,24 @@ use plume_channels::outbound::{Batch, admit_seq};
 use plume_channels::{Out, OutboundRx, Socket};
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{DecodeError, Frame};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-/// The upgraded connection type.
+/// The upgraded connection type the server drives.
 pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// What a driver runs over: any byte stream (an upgraded HTTP connection in the server,
+/// `tokio::io::duplex` in tests).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 /// Timing settings of a driver.
 #[derive(Clone, Copy, Debug)]
@@ -45,17 +55,15 @@ enum End {
     Gone,
 }
 
+/// The WebSocket message for an encoded frame. A text frame goes out as a raw frame with the
+/// text opcode: its bytes are UTF-8 by construction (plume-wire's encoders write them from
+/// `str`s and already validated JSON), so they are not checked again here, once per
+/// subscriber, as `Message::Text` would need.
 fn to_message(frame: Frame) -> Message {
     match frame {
-        Frame::Text(bytes) => match Utf8Bytes::try_from(bytes) {
-            Ok(text) => Message::Text(text),
-            // plume-wire only builds text frames from JSON, which is UTF-8; if that invariant
-            // were ever broken the bytes still reach the client, as a binary frame.
-            Err(err) => {
-                tracing::error!(%err, "text frame is not UTF-8; sent as binary");
-                Message::Binary(bytes::Bytes::new())
-            }
-        },
+        Frame::Text(bytes) => {
+            Message::Frame(WsFrame::message(bytes, OpCode::Data(Data::Text), true))
+        }
         Frame::Binary(bytes) => Message::Binary(bytes),
     }
 }
@@ -66,8 +74,8 @@ fn to_message(frame: Frame) -> Message {
 /// connection's life, so it must stay small. The socket's message handling (joins, channel
 /// callbacks) is awaited through a `Box` that exists only while a message is processed;
 /// inlined, its largest state would be carried by every idle connection.
-pub async fn drive(
-    mut ws: Ws,
+pub async fn drive<S: Stream>(
+    mut ws: WebSocketStream<S>,
     mut socket: Socket,
     mut rx: OutboundRx,
     cfg: DriverConfig,
@@ -83,10 +91,7 @@ pub async fn drive(
                 Some(End::Close(CloseReason::new(close::GOING_AWAY, "server shutting down")))
             }
             status = rx.recv_batch(&mut batch) => match status {
-                Batch::Overflowed => Some(End::Close(CloseReason::new(
-                    close::SLOW_CONSUMER,
-                    "outbound queue overflow: the client reads too slowly",
-                ))),
+                Batch::Overflowed => Some(End::Close(overflow())),
                 Batch::Items => {
                     let mut end = None;
                     for item in batch.drain(..) {
@@ -109,7 +114,15 @@ pub async fn drive(
                     end
                 }
             },
-            incoming = ws.next() => {
+            // A channel callback that waited (a store round trip) finished: its reply and
+            // what waited behind it. Meanwhile the other branches kept running.
+            done = socket.next_done(), if socket.busy() => {
+                Box::pin(socket.finish(done)).await;
+                None
+            }
+            // Not read while too many messages wait for busy channels: the client then
+            // waits on TCP, not on this process's memory.
+            incoming = ws.next(), if socket.accepting() => {
                 idle.as_mut().reset(Instant::now() + cfg.idle_timeout);
                 Box::pin(handle_incoming(&mut socket, incoming, &cfg)).await
             }
@@ -118,9 +131,30 @@ pub async fn drive(
                 "idle timeout: nothing received",
             ))),
         };
-        if let Err(err) = write_frames(&mut ws, &mut socket, cfg.write_timeout).await {
-            tracing::debug!(socket = socket.id().0, %err, "write failed; dropping connection");
-            break End::Gone;
+        // While the client is slow to take a write, the queue may overflow: that is noticed
+        // here, not after the write, so the socket is told at once (the close frame goes
+        // after what the stream has already taken) instead of after `write_timeout`.
+        let written = tokio::select! {
+            biased;
+            result = write_frames(&mut ws, &mut socket, cfg.write_timeout) => result,
+            () = rx.overflowed() => break End::Close(overflow()),
+        };
+        match written {
+            Ok(()) => {}
+            Err(WsError::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut => {
+                tracing::info!(socket = socket.id().0, "closing socket: write timed out");
+                break End::Close(CloseReason::new(
+                    close::SLOW_CONSUMER,
+                    format!(
+                        "write timeout: the client took nothing for {} s",
+                        cfg.write_timeout.as_secs()
+                    ),
+                ));
+            }
+            Err(err) => {
+                tracing::debug!(socket = socket.id().0, %err, "write failed; dropping connection");
+                break End::Gone;
+            }
         }
         // A burst can grow these buffers to the queue's capacity; give that back once the
         // burst is written, so a socket that was busy once does not stay large.
@@ -132,14 +166,23 @@ pub async fn drive(
     };
     Box::pin(socket.close()).await;
     if let End::Close(reason) = end {
-        Box::pin(close_with(
-            &mut ws,
-            socket.id().0,
-            reason,
-            cfg.write_timeout,
-        ))
-        .await;
+        // A slow consumer's close frame waits behind what the stream already holds: it gets
+        // as long as a write would to reach a client that is slow rather than gone. Any
+        // other close is sent to a client that reads, and gets at most 2 s.
+        let limit = if reason.code == close::SLOW_CONSUMER {
+            cfg.write_timeout
+        } else {
+            cfg.write_timeout.min(Duration::from_secs(2))
+        };
+        Box::pin(close_with(&mut ws, socket.id().0, reason, limit)).await;
     }
+}
+
+fn overflow() -> CloseReason {
+    CloseReason::new(
+        close::SLOW_CONSUMER,
+        "outbound queue overflow: the client reads too slowly",
+    )
 }
 
 async fn handle_incoming(
@@ -204,7 +247,11 @@ fn release_burst_capacity<T>(buf: &mut Vec<T>) {
     }
 }
 
-async fn write_frames(ws: &mut Ws, socket: &mut Socket, limit: Duration) -> Result<(), WsError> {
+async fn write_frames<S: Stream>(
+    ws: &mut WebSocketStream<S>,
+    socket: &mut Socket,
+    limit: Duration,
+) -> Result<(), WsError> {
     let frames = socket.frames();
     if frames.is_empty() {
         // A ping's pong may be waiting in tungstenite's buffer.
@@ -225,7 +272,12 @@ async fn write_frames(ws: &mut Ws, socket: &mut Socket, limit: Duration) -> Resu
     }
 }
 
-async fn close_with(ws: &mut Ws, socket: u64, reason: CloseReason, limit: Duration) {
+async fn close_with<S: Stream>(
+    ws: &mut WebSocketStream<S>,
+    socket: u64,
+    reason: CloseReason,
+    limit: Duration,
+) {
     tracing::debug!(socket, code = reason.code, reason = %reason.reason,
         "closing socket");
     let frame = CloseFrame {
@@ -239,5 +291,5 @@ async fn close_with(ws: &mut Ws, socket: u64, reason: CloseReason, limit: Durati
         // Wait for the client's close frame so the close handshake completes cleanly.
         while let Some(Ok(_)) = ws.next().await {}
     };
-    let _ = timeout(limit.min(Duration::from_secs(2)), closing).await;
+    let _ = timeout(limit, closing).await;
 }

@@ -13,13 +13,15 @@
 //! - [`query`]: Plug-style query-string decoding for connect params.
 //! - [`origin`]: the optional `Origin` check.
 //! - [`driver`]: the per-connection loop between the network and the socket state machine.
+//! - [`longpoll`]: the LongPoll transport (sessions, signed tokens, cross-node relay).
 //! - this file: [`Server`] (accept loop, HTTP routing, shutdown).
 //!
 //! # HTTP routes
 //!
 //! | route                    | response |
 //! |--------------------------|----------|
-//! | `GET /socket/websocket`  | the WebSocket upgrade (or 400/403, see [`handshake`]) |
+//! | `GET /socket/websocket`  | the WebSocket upgrade (or 400/403, see [`handshake`]; 404 when `websocket` is off) |
+//! | `/socket/longpoll`       | the LongPoll transport (GET, POST, OPTIONS; see [`longpoll`]) |
 //! | `GET /healthz`           | 200 `{"status":"ok","connections":N}` (liveness) |
 //! | `GET /readyz`            | 200 when the [`Readiness`] checks pass, else 503 |
 //! | the [`HttpApi`] prefix   | the application's API, if one is mounted |
@@ -37,6 +39,7 @@ pub mod api;
 pub mod config;
 pub mod driver;
 pub mod handshake;
+pub mod longpoll;
 pub mod origin;
 pub mod query;
 
@@ -54,7 +57,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use plume_channels::{ConnectHook, ConnectInfo, PubSub, Router, Socket};
+use plume_channels::{ConnectHook, ConnectInfo, NodeRelay, PubSub, Router, Socket};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -62,7 +65,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use api::{ApiHead, ApiRequest, HttpApi, Readiness};
-pub use config::ServerConfig;
+pub use config::{LongPollConfig, ServerConfig};
+pub use longpoll::LONGPOLL_PATH;
 
 use crate::admission::{AcceptBackoff, Admission, BodyBudget, ServedSlot, Ticket};
 use crate::driver::DriverConfig;
@@ -85,6 +89,7 @@ pub struct Server {
     hook: Arc<dyn ConnectHook>,
     api: Option<Arc<dyn HttpApi>>,
     readiness: Option<Arc<dyn Readiness>>,
+    relay: Option<Arc<dyn NodeRelay>>,
 }
 
 struct Shared {
@@ -100,6 +105,7 @@ struct Shared {
     connections: AtomicUsize,
     admission: Admission,
     bodies: BodyBudget,
+    longpoll: longpoll::LongPoll,
 }
 
 /// A running server.
@@ -124,7 +130,15 @@ impl Server {
             hook,
             api: None,
             readiness: None,
+            relay: None,
         }
+    }
+
+    /// Joins the node to a cluster for LongPoll: a poll or post for a session another node
+    /// holds is relayed there through `relay`.
+    pub fn with_node_relay(mut self, relay: Arc<dyn NodeRelay>) -> Server {
+        self.relay = Some(relay);
+        self
     }
 
     /// Makes `GET /readyz` check these dependencies.
@@ -164,6 +178,7 @@ impl Server {
             self.config.overflow_connections,
         );
         let bodies = BodyBudget::new(self.config.max_body_bytes_in_flight);
+        let longpoll = longpoll::LongPoll::new("local", self.relay);
         let shared = Arc::new(Shared {
             config: self.config,
             origins,
@@ -177,7 +192,9 @@ impl Server {
             connections: AtomicUsize::new(0),
             admission,
             bodies,
+            longpoll,
         });
+        longpoll::start_inbox(&shared);
         tracing::info!(%addr, "listening");
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Running {
@@ -197,6 +214,11 @@ impl Running {
     /// Open WebSocket connections.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// LongPoll sessions this node holds.
+    pub fn longpoll_sessions(&self) -> usize {
+        self.shared.longpoll.sessions()
     }
 
     /// Connections accepted while all `max_connections` slots were taken (each was answered
@@ -380,7 +402,8 @@ async fn route(
         return api::serve(api.as_ref(), req, limits).await;
     }
     match req.uri().path() {
-        WEBSOCKET_PATH => upgrade(req, peer, shared, slot),
+        WEBSOCKET_PATH if shared.config.websocket => upgrade(req, peer, shared, slot),
+        LONGPOLL_PATH => longpoll::serve(req, peer, &shared).await,
         HEALTH_PATH => health(&shared),
         READY_PATH => ready(&shared).await,
         _ => text(StatusCode::NOT_FOUND, ""),

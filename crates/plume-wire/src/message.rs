@@ -148,7 +148,8 @@ pub struct Message {
 /// subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// A text frame; always valid UTF-8.
+    /// A text frame; always valid UTF-8 (the encoders write it from `str`s and validated
+    /// JSON), which is why a writer may send it without checking it again.
     Text(Bytes),
     /// A binary frame.
     Binary(Bytes),

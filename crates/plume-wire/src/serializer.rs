@@ -159,10 +159,14 @@ impl Serializer {
         event: &str,
         payload: &Json,
     ) -> Frame {
-        Frame::Text(match self {
+        let text = match self {
             Serializer::V1 => json::encode_v1(ref_, topic, event, payload),
             Serializer::V2 => json::encode_v2(join_ref, ref_, topic, event, payload),
-        })
+        };
+        // Writers send text frames without checking them again (once per subscriber would be
+        // the cost); what makes that right is checked here in every test build.
+        debug_assert!(std::str::from_utf8(&text).is_ok(), "text frame is UTF-8");
+        Frame::Text(text)
     }
 }
 

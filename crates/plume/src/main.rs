@@ -217,7 +217,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     )
     .with_http_api(Arc::new(chat.api(config.api_key.clone())));
     let server = match &cluster {
-        Some(cluster) => server.with_readiness(Arc::new(RedisReadiness(cluster.pubsub.clone()))),
+        Some(cluster) => server
+            .with_readiness(Arc::new(RedisReadiness(cluster.pubsub.clone())))
+            .with_node_relay(cluster.pubsub.clone()),
         None => match embedded {
             Some(readiness) => server.with_readiness(readiness),
             None => server,

@@ -13,16 +13,22 @@ use tokio::time::Instant;
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
     PendingLimits, PendingStore, PresenceStore, ReadStore, Retention, SendKey, SentRecord,
-    StoreError, Whereabouts, new_epoch,
+    StoreError, UserChat, Whereabouts, new_epoch,
 };
 use crate::time::now_millis;
 
-/// Membership in memory. Each chat's sorted member list is built once per change and shared.
+/// Membership in memory. Each chat's sorted member list is built once per change and shared;
+/// each user's chats are indexed too (for the rooms list), with when they were added.
 #[derive(Default)]
 pub struct MemoryMembership {
-    chats: Mutex<HashMap<String, Members>>,
-    /// The reverse index: each user's chats.
-    users: Mutex<HashMap<String, BTreeSet<String>>>,
+    inner: Mutex<MembershipInner>,
+}
+
+#[derive(Default)]
+struct MembershipInner {
+    chats: HashMap<String, Members>,
+    /// user → chat → added (ms since the Unix epoch).
+    users: HashMap<String, HashMap<String, i64>>,
 }
 
 #[derive(Default)]
@@ -33,34 +39,27 @@ struct Members {
 }
 
 impl MemoryMembership {
-    /// Adds without going through the async trait (loading a cache).
-    pub fn insert(&self, chat: &str, user: &str) {
-        let mut chats = self.chats.lock();
-        let members = chats.entry(chat.to_owned()).or_default();
+    /// Adds without going through the async trait (loading a cache); an existing member
+    /// keeps their first `added_ms`.
+    pub fn insert(&self, chat: &str, user: &str, added_ms: i64) {
+        let mut inner = self.inner.lock();
+        let members = inner.chats.entry(chat.to_owned()).or_default();
         if members.set.insert(user.to_owned()) {
             members.list = None;
-            drop(chats);
-            self.users
-                .lock()
-                .entry(user.to_owned())
-                .or_default()
-                .insert(chat.to_owned());
         }
-    }
-
-    /// The chats `user` is a member of, sorted.
-    pub fn chats_of_user(&self, user: &str) -> Vec<String> {
-        self.users
-            .lock()
-            .get(user)
-            .map(|c| c.iter().cloned().collect())
-            .unwrap_or_default()
+        inner
+            .users
+            .entry(user.to_owned())
+            .or_default()
+            .entry(chat.to_owned())
+            .or_insert(added_ms);
     }
 
     /// Whether `user` is a member of `chat`.
     pub fn contains(&self, chat: &str, user: &str) -> bool {
-        self.chats
+        self.inner
             .lock()
+            .chats
             .get(chat)
             .is_some_and(|m| m.set.contains(user))
     }
@@ -69,27 +68,25 @@ impl MemoryMembership {
 #[async_trait]
 impl MembershipStore for MemoryMembership {
     async fn add(&self, chat: &str, user: &str) -> Result<(), StoreError> {
-        self.insert(chat, user);
+        self.insert(chat, user, now_millis());
         Ok(())
     }
 
     async fn remove(&self, chat: &str, user: &str) -> Result<bool, StoreError> {
-        let mut chats = self.chats.lock();
-        let Some(members) = chats.get_mut(chat) else {
+        let mut inner = self.inner.lock();
+        if let Some(chats) = inner.users.get_mut(user) {
+            chats.remove(chat);
+            if chats.is_empty() {
+                inner.users.remove(user);
+            }
+        }
+        let Some(members) = inner.chats.get_mut(chat) else {
             return Ok(false);
         };
         let removed = members.set.remove(user);
         members.list = None;
         if members.set.is_empty() {
-            chats.remove(chat);
-        }
-        drop(chats);
-        let mut users = self.users.lock();
-        if let Some(of_user) = users.get_mut(user) {
-            of_user.remove(chat);
-            if of_user.is_empty() {
-                users.remove(user);
-            }
+            inner.chats.remove(chat);
         }
         Ok(removed)
     }
@@ -99,8 +96,8 @@ impl MembershipStore for MemoryMembership {
     }
 
     async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError> {
-        let mut chats = self.chats.lock();
-        let Some(members) = chats.get_mut(chat) else {
+        let mut inner = self.inner.lock();
+        let Some(members) = inner.chats.get_mut(chat) else {
             return Ok(Arc::from([]));
         };
         let list = members
@@ -109,8 +106,30 @@ impl MembershipStore for MemoryMembership {
         Ok(list.clone())
     }
 
-    async fn chats_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self.chats_of_user(user))
+    async fn chats_of(&self, user: &str) -> Result<Vec<UserChat>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .users
+            .get(user)
+            .map(|chats| {
+                chats
+                    .iter()
+                    .map(|(chat, added)| UserChat {
+                        chat_id: chat.clone(),
+                        added_ms: *added,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn count_members(&self, chats: &[String]) -> Result<Vec<usize>, StoreError> {
+        let inner = self.inner.lock();
+        Ok(chats
+            .iter()
+            .map(|c| inner.chats.get(c).map_or(0, |m| m.set.len()))
+            .collect())
     }
 }
 
@@ -885,5 +904,23 @@ mod tests {
         assert!(m.remove("c", "a").await.unwrap());
         assert!(!m.remove("c", "a").await.unwrap());
         assert!(!m.is_member("c", "a").await.unwrap());
+        // Each user's chats, with the first time they were added.
+        m.insert("c", "b", 5);
+        m.insert("d", "b", 7);
+        let mut chats = m.chats_of("b").await.unwrap();
+        chats.sort_by(|x, y| x.chat_id.cmp(&y.chat_id));
+        assert_eq!(chats.len(), 2);
+        assert_eq!(chats[0].chat_id, "c");
+        assert!(chats[0].added_ms > 5, "the first add's time is kept");
+        assert_eq!((chats[1].chat_id.as_str(), chats[1].added_ms), ("d", 7));
+        assert_eq!(
+            m.count_members(&["c".into(), "d".into(), "x".into()])
+                .await
+                .unwrap(),
+            [1, 1, 0]
+        );
+        m.remove("d", "b").await.unwrap();
+        assert_eq!(m.chats_of("b").await.unwrap().len(), 1);
+        assert!(m.chats_of("a").await.unwrap().is_empty());
     }
 }

@@ -33,12 +33,27 @@ pub trait MembershipStore: Send + Sync + 'static {
     /// Every member of `chat`, sorted. Shared, because every chat message reads it: a store
     /// may hand out the same list until the membership changes.
     async fn members(&self, chat: &str) -> Result<Arc<[String]>, StoreError>;
-    /// The chats `user` is a member of, sorted (online status is told to their members).
-    async fn chats_of(&self, user: &str) -> Result<Vec<String>, StoreError>;
-    /// How many members `chat` has (a remote store answers without sending the list).
-    async fn members_count(&self, chat: &str) -> Result<usize, StoreError> {
-        Ok(self.members(chat).await?.len())
+    /// Every chat `user` is a member of, with when they were added (the first time: adding
+    /// again keeps it), in no particular order.
+    async fn chats_of(&self, user: &str) -> Result<Vec<UserChat>, StoreError>;
+    /// How many members each of `chats` has. One round trip for a remote store.
+    async fn count_members(&self, chats: &[String]) -> Result<Vec<usize>, StoreError> {
+        let mut out = Vec::with_capacity(chats.len());
+        for chat in chats {
+            out.push(self.members(chat).await?.len());
+        }
+        Ok(out)
     }
+}
+
+/// One chat of a user's, as [`MembershipStore::chats_of`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserChat {
+    /// The chat.
+    pub chat_id: String,
+    /// When the user was added, milliseconds since the Unix epoch (0 when the store does not
+    /// know: a membership from before schema version 3).
+    pub added_ms: i64,
 }
 
 /// The identity of a send for retries: the same user, chat and client reference.
@@ -180,6 +195,27 @@ pub trait MessageLog: Send + Sync + 'static {
     /// How many kept messages of `chat` with seq above `after` were not sent by `user` (the
     /// user's unread count when `after` is their read position).
     async fn count_unread(&self, chat: &str, after: u64, user: &str) -> Result<u64, StoreError>;
+    /// The newest kept message of each of `chats` (`None`: none kept). One round trip for a
+    /// remote store.
+    async fn latest(&self, chats: &[String]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
+        let mut out = Vec::with_capacity(chats.len());
+        for chat in chats {
+            out.push(self.before(chat, None, 1).await?.pop());
+        }
+        Ok(out)
+    }
+    /// [`MessageLog::count_unread`] for several `(chat, after)` positions of one user.
+    async fn count_unread_many(
+        &self,
+        positions: &[(String, u64)],
+        user: &str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::with_capacity(positions.len());
+        for (chat, after) in positions {
+            out.push(self.count_unread(chat, *after, user).await?);
+        }
+        Ok(out)
+    }
 }
 
 /// How far each user has read each chat. Durable like the log.
@@ -190,6 +226,14 @@ pub trait ReadStore: Send + Sync + 'static {
     async fn mark_read(&self, user: &str, chat: &str, seq: u64) -> Result<u64, StoreError>;
     /// `user`'s read position in `chat` (0: nothing read).
     async fn read_position(&self, user: &str, chat: &str) -> Result<u64, StoreError>;
+    /// `user`'s read position in each of `chats`. One round trip for a remote store.
+    async fn read_positions(&self, user: &str, chats: &[String]) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::with_capacity(chats.len());
+        for chat in chats {
+            out.push(self.read_position(user, chat).await?);
+        }
+        Ok(out)
+    }
 }
 
 /// How many pending notifications a user keeps, in count and in bytes (as stored: the item's

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
     PendingLimits, PendingStore, PresenceStore, ReadStore, Retention, SendKey, SentRecord,
-    StoreError, Stores, Whereabouts, new_epoch,
+    StoreError, Stores, UserChat, Whereabouts, new_epoch,
 };
+use crate::time::now_millis;
 
 /// The presence target of a user's notifications topic.
 const NOTIFICATIONS_TARGET: &str = "notifications";
@@ -100,7 +101,10 @@ impl RedisStores {
 #[async_trait]
 impl MembershipStore for RedisStores {
     async fn add(&self, chat: &str, user: &str) -> Result<(), StoreError> {
-        self.state.add_member(chat, user).await.map_err(err)
+        self.state
+            .add_member(chat, user, now_millis())
+            .await
+            .map_err(err)
     }
 
     async fn remove(&self, chat: &str, user: &str) -> Result<bool, StoreError> {
@@ -115,12 +119,16 @@ impl MembershipStore for RedisStores {
         self.state.members(chat).await.map(Arc::from).map_err(err)
     }
 
-    async fn chats_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        self.state.chats_of(user).await.map_err(err)
+    async fn chats_of(&self, user: &str) -> Result<Vec<UserChat>, StoreError> {
+        let chats = self.state.chats_of(user).await.map_err(err)?;
+        Ok(chats
+            .into_iter()
+            .map(|(chat_id, added_ms)| UserChat { chat_id, added_ms })
+            .collect())
     }
 
-    async fn members_count(&self, chat: &str) -> Result<usize, StoreError> {
-        self.state.members_count(chat).await.map_err(err)
+    async fn count_members(&self, chats: &[String]) -> Result<Vec<usize>, StoreError> {
+        self.state.count_members(chats).await.map_err(err)
     }
 }
 
@@ -236,6 +244,38 @@ impl MessageLog for RedisStores {
             .count() as u64)
     }
 
+    async fn latest(&self, chats: &[String]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
+        let raw = self.state.log_latest(chats).await.map_err(err)?;
+        Ok(raw
+            .into_iter()
+            .zip(chats)
+            .map(|(r, chat)| r.and_then(|r| parse_entry(chat, 0, &r).ok()))
+            .collect())
+    }
+
+    async fn count_unread_many(
+        &self,
+        positions: &[(String, u64)],
+        user: &str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let raw = self
+            .state
+            .log_after_many(positions, self.retention.limit)
+            .await
+            .map_err(err)?;
+        Ok(raw
+            .iter()
+            .zip(positions)
+            .map(|(entries, (chat, _))| {
+                entries
+                    .iter()
+                    .filter_map(|r| parse_entry(chat, 0, r).ok())
+                    .filter(|m| m.sender_id != user)
+                    .count() as u64
+            })
+            .collect())
+    }
+
     async fn get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
         let raw = self.state.log_get(refs).await.map_err(err)?;
         // The epoch matters only for sequenced delivery, which pending items never use.
@@ -255,6 +295,10 @@ impl ReadStore for RedisStores {
 
     async fn read_position(&self, user: &str, chat: &str) -> Result<u64, StoreError> {
         self.state.read_position(user, chat).await.map_err(err)
+    }
+
+    async fn read_positions(&self, user: &str, chats: &[String]) -> Result<Vec<u64>, StoreError> {
+        self.state.read_positions(user, chats).await.map_err(err)
     }
 }
 

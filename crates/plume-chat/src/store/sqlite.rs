@@ -34,12 +34,12 @@ use super::memory::{MemoryMembership, MemoryPresence};
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
     PendingLimits, PendingStore, ReadStore, Retention, SendKey, SentRecord, StoreError, Stores,
-    new_epoch,
+    UserChat, new_epoch,
 };
 use crate::time::now_millis;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// The database file inside the data dir.
 pub const DB_FILE: &str = "plume.db";
 /// Most jobs committed together.
@@ -56,7 +56,7 @@ CREATE TABLE messages (
   PRIMARY KEY (chat_id, seq)) WITHOUT ROWID;
 CREATE INDEX messages_ts ON messages (ts_ms);
 CREATE TABLE members (chat_id TEXT NOT NULL, user_id TEXT NOT NULL,
-  PRIMARY KEY (chat_id, user_id)) WITHOUT ROWID;
+  added_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (chat_id, user_id)) WITHOUT ROWID;
 CREATE TABLE sends (
   user_id TEXT NOT NULL, chat_id TEXT NOT NULL, mobile_ref_id TEXT NOT NULL,
   message_id TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
@@ -72,11 +72,19 @@ CREATE TABLE reads (user_id TEXT NOT NULL, chat_id TEXT NOT NULL, seq INTEGER NO
 ";
 
 /// What each schema version adds to the one before (the upgrade path, run by [`migrate`]).
-const MIGRATIONS: &[(i64, &str)] = &[(
-    2,
-    "CREATE TABLE reads (user_id TEXT NOT NULL, chat_id TEXT NOT NULL, seq INTEGER NOT NULL, \
-     PRIMARY KEY (user_id, chat_id)) WITHOUT ROWID;",
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        2,
+        "CREATE TABLE reads (user_id TEXT NOT NULL, chat_id TEXT NOT NULL, seq INTEGER NOT NULL, \
+         PRIMARY KEY (user_id, chat_id)) WITHOUT ROWID;",
+    ),
+    // When a member was added orders a chat without messages in the rooms list; memberships
+    // from before get 0 (they sort after every chat with activity).
+    (
+        3,
+        "ALTER TABLE members ADD COLUMN added_ms INTEGER NOT NULL DEFAULT 0;",
+    ),
+];
 
 /// Why the data dir could not be opened. Each names the path and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +167,11 @@ pub struct Sqlite {
     retention: Retention,
     members: MemoryMembership,
     stats: Arc<SqliteStats>,
+    /// Pending removals not yet committed, per user: the highest id removed. `list` hides
+    /// ids up to it, so a device that joins right after another was given its pending
+    /// notifications does not get them again while the delete waits for its commit. An
+    /// entry lives only as long as its write.
+    removing: parking_lot::Mutex<HashMap<String, u64>>,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -297,14 +310,20 @@ impl Sqlite {
         let members = MemoryMembership::default();
         {
             let mut stmt = conn
-                .prepare("SELECT chat_id, user_id FROM members")
+                .prepare("SELECT chat_id, user_id, added_ms FROM members")
                 .map_err(database)?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .map_err(database)?;
             for row in rows {
-                let (chat, user) = row.map_err(database)?;
-                members.insert(&chat, &user);
+                let (chat, user, added) = row.map_err(database)?;
+                members.insert(&chat, &user, added);
             }
         }
         let read_conn = connect(&path).map_err(database)?;
@@ -338,6 +357,7 @@ impl Sqlite {
             retention,
             members,
             stats,
+            removing: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -737,6 +757,49 @@ impl MessageLog for Sqlite {
         .await
     }
 
+    async fn latest(&self, chats: &[String]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
+        let (chats, oldest, epoch) = (chats.to_vec(), self.oldest_kept_ms(), self.epoch);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE chat_id = ?1 AND ts_ms >= ?2 ORDER BY seq DESC LIMIT 1"
+            ))?;
+            chats
+                .iter()
+                .map(|chat| {
+                    stmt.query_row(params![chat, oldest], message_row(epoch))
+                        .optional()
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn count_unread_many(
+        &self,
+        positions: &[(String, u64)],
+        user: &str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let (positions, user, oldest) =
+            (positions.to_vec(), user.to_owned(), self.oldest_kept_ms());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT count(*) FROM messages \
+                 WHERE chat_id = ?1 AND seq > ?2 AND sender_id <> ?3 AND ts_ms >= ?4",
+            )?;
+            positions
+                .iter()
+                .map(|(chat, after)| {
+                    stmt.query_row(params![chat, seq_param(*after), user, oldest], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|n| n as u64)
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn get(&self, refs: &[(String, u64)]) -> Result<Vec<Option<LoggedMessage>>, StoreError> {
         let (refs, oldest, epoch) = (refs.to_vec(), self.oldest_kept_ms(), self.epoch);
         self.read(move |conn| {
@@ -761,16 +824,16 @@ impl MembershipStore for Sqlite {
         if self.members.contains(chat, user) {
             return Ok(());
         }
-        let (c, u) = (chat.to_owned(), user.to_owned());
+        let (c, u, added) = (chat.to_owned(), user.to_owned(), now_millis());
         self.write(move |conn, _| {
             conn.prepare_cached(
-                "INSERT OR IGNORE INTO members (chat_id, user_id) VALUES (?1, ?2)",
+                "INSERT OR IGNORE INTO members (chat_id, user_id, added_ms) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![c, u])?;
+            .execute(params![c, u, added])?;
             Ok(())
         })
         .await?;
-        self.members.insert(chat, user);
+        self.members.insert(chat, user, added);
         Ok(())
     }
 
@@ -794,8 +857,12 @@ impl MembershipStore for Sqlite {
         self.members.members(chat).await
     }
 
-    async fn chats_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self.members.chats_of_user(user))
+    async fn chats_of(&self, user: &str) -> Result<Vec<UserChat>, StoreError> {
+        self.members.chats_of(user).await
+    }
+
+    async fn count_members(&self, chats: &[String]) -> Result<Vec<usize>, StoreError> {
+        self.members.count_members(chats).await
     }
 }
 
@@ -824,6 +891,24 @@ impl ReadStore for Sqlite {
                 .query_row(params![user, chat], |r| r.get::<_, i64>(0))
                 .optional()?
                 .map_or(0, |n| n as u64))
+        })
+        .await
+    }
+
+    async fn read_positions(&self, user: &str, chats: &[String]) -> Result<Vec<u64>, StoreError> {
+        let (user, chats) = (user.to_owned(), chats.to_vec());
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT seq FROM reads WHERE user_id = ?1 AND chat_id = ?2")?;
+            chats
+                .iter()
+                .map(|chat| {
+                    Ok(stmt
+                        .query_row(params![user, chat], |r| r.get::<_, i64>(0))
+                        .optional()?
+                        .map_or(0, |n| n as u64))
+                })
+                .collect()
         })
         .await
     }
@@ -881,18 +966,23 @@ impl PendingStore for Sqlite {
     }
 
     async fn list(&self, user: &str) -> Result<Vec<(u64, PendingItem)>, StoreError> {
-        let user = user.to_owned();
+        let owned = user.to_owned();
         let rows: Vec<(i64, String)> = self
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT id, item FROM pending WHERE user_id = ?1 ORDER BY id",
                 )?;
-                let rows = stmt.query_map([&user], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let rows = stmt.query_map([&owned], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect()
             })
             .await?;
+        // Read after the rows: a removal begun before they were read is applied.
+        let hidden = self.removing.lock().get(user).copied().unwrap_or(0);
         let mut out = Vec::with_capacity(rows.len());
         for (id, text) in rows {
+            if id as u64 <= hidden {
+                continue;
+            }
             match serde_json::from_str(&text) {
                 Ok(item) => out.push((id as u64, item)),
                 Err(err) => tracing::error!(id, %err, "skipping an unreadable pending item"),
@@ -902,13 +992,26 @@ impl PendingStore for Sqlite {
     }
 
     async fn remove(&self, user: &str, upto: u64) -> Result<(), StoreError> {
-        let user = user.to_owned();
-        self.write(move |conn, _| {
-            conn.prepare_cached("DELETE FROM pending WHERE user_id = ?1 AND id <= ?2")?
-                .execute(params![user, seq_param(upto)])?;
-            Ok(())
-        })
-        .await
+        {
+            let mut removing = self.removing.lock();
+            let at = removing.entry(user.to_owned()).or_default();
+            *at = (*at).max(upto);
+        }
+        let owned = user.to_owned();
+        let done = self
+            .write(move |conn, _| {
+                conn.prepare_cached("DELETE FROM pending WHERE user_id = ?1 AND id <= ?2")?
+                    .execute(params![owned, seq_param(upto)])?;
+                Ok(())
+            })
+            .await;
+        // Committed (or failed, and the rows are back in view): the database answers again,
+        // unless a later removal for the user is still in flight.
+        let mut removing = self.removing.lock();
+        if removing.get(user) == Some(&upto) {
+            removing.remove(user);
+        }
+        done
     }
 
     async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError> {
@@ -1152,23 +1255,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_version_1_database_is_upgraded_and_keeps_its_data() {
+    async fn a_version_1_database_is_upgraded_to_the_current_schema_and_keeps_its_data() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (stores, _) = open(dir.path(), Retention::default()).unwrap();
             stores.log.append(&key("r"), &draft("m")).await.unwrap();
+            stores.membership.add("c", "u").await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        // Make it look as version 1 wrote it: no reads table, version 1.
+        // Make it look as version 1 wrote it: no reads table, members without added_ms.
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute_batch(
-            "DROP TABLE reads; UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+            "DROP TABLE reads; ALTER TABLE members DROP COLUMN added_ms; \
+             UPDATE meta SET value = '1' WHERE key = 'schema_version';",
         )
         .unwrap();
         drop(conn);
         let (stores, _) = open(dir.path(), Retention::default()).unwrap();
         assert_eq!(stores.log.head("c").await.unwrap().last_seq, 1);
         assert_eq!(stores.reads.mark_read("u", "c", 1).await.unwrap(), 1);
+        let chats = stores.membership.chats_of("u").await.unwrap();
+        assert_eq!(
+            chats,
+            [UserChat {
+                chat_id: "c".into(),
+                added_ms: 0
+            }],
+            "a membership from before version 3 is kept, added at 0"
+        );
+        stores.membership.add("c2", "u").await.unwrap();
+        assert!(stores.membership.chats_of("u").await.unwrap().len() == 2);
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
         let version: String = conn
             .query_row(

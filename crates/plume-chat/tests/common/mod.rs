@@ -299,6 +299,8 @@ pub async fn assert_no(c: &mut Client, event: &str) {
 #[derive(Default)]
 pub struct Faults {
     pub head_delay_ms: std::sync::atomic::AtomicU64,
+    /// How long every append waits before it reaches the log (a store that is slow).
+    pub append_delay_ms: std::sync::atomic::AtomicU64,
     pub fail_members: std::sync::atomic::AtomicUsize,
 }
 
@@ -314,6 +316,13 @@ impl plume_chat::store::MessageLog for FaultyLog {
         key: &plume_chat::store::SendKey,
         draft: &plume_chat::store::Draft,
     ) -> Result<plume_chat::store::Appended, plume_chat::store::StoreError> {
+        let ms = self
+            .faults
+            .append_delay_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         self.inner.append(key, draft).await
     }
     async fn mark_delivered(
@@ -400,16 +409,24 @@ impl plume_chat::store::MembershipStore for FaultyMembership {
         }
         self.inner.members(chat).await
     }
-    async fn chats_of(&self, user: &str) -> Result<Vec<String>, plume_chat::store::StoreError> {
+    async fn chats_of(
+        &self,
+        user: &str,
+    ) -> Result<Vec<plume_chat::store::UserChat>, plume_chat::store::StoreError> {
         self.inner.chats_of(user).await
-    }
-    async fn members_count(&self, chat: &str) -> Result<usize, plume_chat::store::StoreError> {
-        self.inner.members_count(chat).await
     }
 }
 
 /// A chat server on in-memory stores wrapped with [`Faults`].
 pub async fn start_faulty(configure: impl FnOnce(&mut ChatConfig)) -> (Chat, Arc<Faults>) {
+    start_faulty_with(configure, |_| {}).await
+}
+
+/// [`start_faulty`] with transport settings changed by `server`.
+pub async fn start_faulty_with(
+    configure: impl FnOnce(&mut ChatConfig),
+    server: impl FnOnce(&mut ServerConfig),
+) -> (Chat, Arc<Faults>) {
     let mut chat_config = ChatConfig::default();
     configure(&mut chat_config);
     let faults = Arc::new(Faults::default());
@@ -422,11 +439,14 @@ pub async fn start_faulty(configure: impl FnOnce(&mut ChatConfig)) -> (Chat, Arc
         inner: stores.membership.clone(),
         faults: faults.clone(),
     });
-    let chat = start_on(
+    let mut config = ServerConfig::default();
+    server(&mut config);
+    let chat = start_server(
         chat_config,
         stores,
         JwtVerifier::hs256(SECRET),
         Some(API_KEY.into()),
+        config,
     )
     .await;
     (chat, faults)
