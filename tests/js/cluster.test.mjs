@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import { after, afterEach, before, describe, it } from "node:test";
+import { Presence } from "phoenix";
 import { signJwt } from "./lib/auth.mjs";
 import { api, httpGet, startCluster } from "./lib/cluster.mjs";
 import {
@@ -225,6 +226,40 @@ describe("cluster: 3 nodes + redis + nginx", { timeout: 120_000 }, () => {
     });
     const got = [...live, ...pending].map((e) => e.payload.content);
     for (let i = 1; i <= 5; i++) assert.ok(got.includes(`while away ${i}`), `missing "while away ${i}": ${got}`);
+    await victim.start(`127.0.0.1:${victim.port}`, { attempts: 5 });
+  });
+
+  it("the Presence helper lists users of every node, and a killed node's users leave within the node TTL", async () => {
+    for (const u of ["pa", "pb", "pc"]) await member("pres", u);
+    const onNode = [connect(nodeUrl(0), "pc"), connect(nodeUrl(1), "pa"), connect(nodeUrl(2), "pb")];
+    const helpers = [];
+    for (const c of onNode) {
+      const ch = c.socket.channel("chat:pres", {});
+      const presence = new Presence(ch);
+      await joinOk(ch);
+      helpers.push(presence);
+    }
+    const users = (p) => p.list((user) => user).sort();
+    await waitUntil(() => helpers.every((p) => users(p).join() === "pa,pb,pc"), {
+      what: "every helper to list the users of all three nodes",
+    });
+    const { json } = await api(http(1), "GET", "/api/chats/pres/presence", API_KEY);
+    assert.deepEqual(Object.keys(json).sort(), ["pa", "pb", "pc"]);
+    assert.equal(json.pc.metas[0].device_unique_id, "pc-dev");
+
+    const victim = cluster.servers[0];
+    const killed = Date.now();
+    await victim.stop({ signal: "SIGKILL" });
+    await waitUntil(() => users(helpers[1]).join() === "pa,pb" && users(helpers[2]).join() === "pa,pb", {
+      timeout: 6_000,
+      interval: 20,
+      what: "the killed node's user to leave the other nodes' helpers",
+    });
+    const tookMs = Date.now() - killed;
+    // --node-ttl 3: the record expires at most 3 s after the kill, the sweep runs every 0.3 s.
+    assert.ok(tookMs < 3_300 + 500, `left after ${tookMs} ms`);
+    const after = await api(http(2), "GET", "/api/chats/pres/presence", API_KEY);
+    assert.deepEqual(Object.keys(after.json).sort(), ["pa", "pb"]);
     await victim.start(`127.0.0.1:${victim.port}`, { attempts: 5 });
   });
 

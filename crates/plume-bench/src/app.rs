@@ -34,6 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(args) => cluster(args, &stop).await,
         Command::Compare(args) => compare(args, &stop).await,
         Command::Recovery(args) => crate::recovery::run(args).await,
+        Command::Presence(args) => crate::presence::run(args).await,
     }
 }
 

@@ -48,6 +48,8 @@ pub enum Command {
     Compare(CompareArgs),
     /// Many sockets rejoining at once, each some messages behind: time until all recovered.
     Recovery(crate::recovery::RecoveryArgs),
+    /// Many sockets joining one chat with presence: time until every socket lists everyone.
+    Presence(crate::presence::PresenceArgs),
 }
 
 /// Which server kind a single run targets.
@@ -372,6 +374,7 @@ mod tests {
             Command::Cluster(c) => c.bench,
             Command::Compare(c) => c.bench,
             Command::Recovery(_) => panic!("recovery has no bench arguments"),
+            Command::Presence(_) => panic!("presence has no bench arguments"),
         }
     }
 

@@ -11,7 +11,8 @@
 //! - [`cli`]: the command line and its bounds (duration, connections, loopback only).
 //! - [`app`]: the commands: start the servers, run, report, compare.
 //! - [`scenario`]: `idle`, `fanout` and `chat` as plans of connections; [`recovery`] is its
-//!   own scenario (many sockets rejoining at once, each some messages behind).
+//!   own scenario (many sockets rejoining at once, each some messages behind), and so is
+//!   [`presence`] (a presence join storm on one chat).
 //! - [`runner`]: worker tasks driving many connections each; phases connect, settle, send,
 //!   drain; measurement.
 //! - [`conn`]: one connection, Phoenix ([`conn::phoenix`]) or Socket.IO ([`conn::socketio`]).
@@ -25,6 +26,7 @@
 pub mod app;
 pub mod cli;
 pub mod conn;
+pub mod presence;
 pub mod procfs;
 pub mod recovery;
 pub mod report;

@@ -11,6 +11,7 @@
 //! | `DELETE /api/chats/{chat_id}/members/{user_id}` |                                     | 200 `{"chat_id","user_id","member":false}` |
 //! | `GET /api/chats/{chat_id}/members`           |                                        | 200 `{"members":[…]}` (sorted) |
 //! | `GET /api/chats/{chat_id}/messages?before_seq=&limit=` |                              | 200 `{"messages":[…oldest first],"has_more"}` |
+//! | `GET /api/chats/{chat_id}/presence`          |                                        | 200 `{user_id: {"metas":[…]}}` (as `presence_state`) |
 //! | `GET /api/users/{user_id}/rooms?before=&limit=` |                                     | 200 `{"rooms":[…],"next"}` (the rooms list, [`crate::rooms`]) |
 //! | `POST /api/broadcast`                        | `{"topic","event","payload"}`          | 202 `{"status":"accepted"}` |
 //! | `POST /api/notify`                           | `{"user_id","chat_id","sender_id","content"}` | 200 `{"status":"delivered"\|"pending","message_id"}` |
@@ -139,6 +140,9 @@ enum Route {
     Messages {
         chat: String,
     },
+    Presence {
+        chat: String,
+    },
     Rooms {
         user: String,
     },
@@ -163,6 +167,9 @@ fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
         (&Method::GET, ["chats", chat, "messages"]) => Ok(Route::Messages {
             chat: segment(chat),
         }),
+        (&Method::GET, ["chats", chat, "presence"]) => Ok(Route::Presence {
+            chat: segment(chat),
+        }),
         (&Method::GET, ["users", user, "rooms"]) => Ok(Route::Rooms {
             user: segment(user),
         }),
@@ -173,6 +180,7 @@ fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
             ["chats", _, "members", _]
             | ["chats", _, "members"]
             | ["chats", _, "messages"]
+            | ["chats", _, "presence"]
             | ["users", _, "rooms"]
             | ["broadcast"]
             | ["notify"],
@@ -191,6 +199,7 @@ async fn route(state: &Arc<ChatState>, req: ApiRequest) -> Resp {
         }
         Ok(Route::Members { chat }) => members(state, &chat).await,
         Ok(Route::Messages { chat }) => messages(state, &chat, &req.query).await,
+        Ok(Route::Presence { chat }) => presence(state, &chat).await,
         Ok(Route::Rooms { user }) => rooms(state, &user, &req.query).await,
         Ok(Route::Broadcast) => broadcast(state, &req.body),
         Ok(Route::Notify) => notify(state, &req.body).await,
@@ -314,6 +323,21 @@ async fn messages(state: &ChatState, chat: &str, query: &str) -> Result<Resp, Ap
         .await
         .map_err(|e| unavailable(&e))?;
     Ok(json_response(StatusCode::OK, &page))
+}
+
+/// `GET /api/chats/{id}/presence`: the map a joiner's `presence_state` carries.
+async fn presence(state: &ChatState, chat: &str) -> Result<Resp, ApiError> {
+    check_id(state, "chat_id", chat)?;
+    let payload = state
+        .presence
+        .state(chat)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let value: serde_json::Value = payload
+        .as_json()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or_else(|| json!({}));
+    Ok(json_response(StatusCode::OK, &value))
 }
 
 /// `GET /api/users/{id}/rooms?before=CURSOR&limit=K`: a page of the user's rooms list, as

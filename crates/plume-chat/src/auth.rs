@@ -16,6 +16,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use plume_channels::{Accepted, ConnectHook, ConnectRequest, Refused};
 use serde::{Deserialize, Serialize};
 
+use crate::presence::{OnlineGuard, Tracker};
+
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
 
@@ -53,6 +55,14 @@ pub enum AuthError {
     /// The `sub` claim is longer than the user id limit.
     #[error("token subject is {len} bytes, over the limit of {max}")]
     SubjectTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit ([`crate::ChatConfig::max_id_bytes`]).
+        max: usize,
+    },
+    /// The `device_unique_id` connect param is longer than the id limit.
+    #[error("device_unique_id is {len} bytes, over the limit of {max}")]
+    DeviceIdTooLong {
         /// Its length in bytes.
         len: usize,
         /// The limit ([`crate::ChatConfig::max_id_bytes`]).
@@ -276,7 +286,23 @@ pub struct UserSession {
     pub device_unique_id: String,
     /// `preferred_language` param; `en` when absent.
     pub preferred_language: String,
+    /// Counts the socket towards the user's online status while it lives.
+    pub online: OnlineSlot,
 }
+
+/// Holds a socket's [`OnlineGuard`] (when the hook counts online status): the guard goes
+/// with the socket's session, and its drop is the socket's end. Compares equal to any other
+/// slot, so sessions compare by their fields.
+#[derive(Debug, Clone, Default)]
+pub struct OnlineSlot(pub Option<Arc<OnlineGuard>>);
+
+impl PartialEq for OnlineSlot {
+    fn eq(&self, _other: &OnlineSlot) -> bool {
+        true
+    }
+}
+
+impl Eq for OnlineSlot {}
 
 /// Default `preferred_language`.
 pub const DEFAULT_LANGUAGE: &str = "en";
@@ -286,6 +312,7 @@ pub const DEFAULT_LANGUAGE: &str = "en";
 pub struct ChatConnect {
     verifier: JwtVerifier,
     max_user_id_bytes: usize,
+    online: Option<Arc<Tracker>>,
 }
 
 impl ChatConnect {
@@ -294,7 +321,15 @@ impl ChatConnect {
         ChatConnect {
             verifier,
             max_user_id_bytes: crate::ChatConfig::default().max_id_bytes,
+            online: None,
         }
+    }
+
+    /// Counts every accepted socket towards its user's online status in `tracker`
+    /// ([`crate::ChatService::presence`]) until the socket ends.
+    pub fn online(mut self, tracker: Arc<Tracker>) -> ChatConnect {
+        self.online = Some(tracker);
+        self
     }
 
     /// Sets the longest user id (`sub`) accepted, in bytes ([`crate::ChatConfig::max_id_bytes`]).
@@ -323,8 +358,23 @@ impl ConnectHook for ChatConnect {
             };
             return Err(Refused(err.to_string()));
         }
+        let device = req.param("device_unique_id").unwrap_or("");
+        // It becomes part of every presence meta of the socket.
+        if device.len() > self.max_user_id_bytes {
+            let err = AuthError::DeviceIdTooLong {
+                len: device.len(),
+                max: self.max_user_id_bytes,
+            };
+            return Err(Refused(err.to_string()));
+        }
+        let online = OnlineSlot(
+            self.online
+                .as_ref()
+                .map(|t| Arc::new(OnlineGuard::new(t, &user_id))),
+        );
         let session = UserSession {
-            device_unique_id: req.param("device_unique_id").unwrap_or("").to_owned(),
+            online,
+            device_unique_id: device.to_owned(),
             preferred_language: req
                 .param("preferred_language")
                 .filter(|l| !l.is_empty())
@@ -476,7 +526,8 @@ mod tests {
             UserSession {
                 user_id: "u1".into(),
                 device_unique_id: "dev-9".into(),
-                preferred_language: "pt".into()
+                preferred_language: "pt".into(),
+                online: OnlineSlot::default(),
             }
         );
         // Defaults, and the token taken from the authToken subprotocol.

@@ -23,6 +23,8 @@
 //! - `mark_read` `{seq}`: the user's read position (never back); reply `{unread}`,
 //!   `room_updated` to the user's notifications topic, and
 //!   `message_read` to the chat's other sockets.
+//! - presence: right after every join reply the socket gets `presence_state`; its join and
+//!   its end reach the chat as `presence_diff` (see [`crate::presence`]).
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -57,6 +59,8 @@ pub struct ChatChannel {
     topic: Arc<str>,
     user: String,
     present: bool,
+    /// This socket's presence meta (its `phx_ref`) once tracked.
+    presence_ref: Option<String>,
     typing: Typing,
 }
 
@@ -572,6 +576,18 @@ impl ChatChannel {
         Ok(Reply::ok(json(&Unread { unread })?).into())
     }
 
+    /// `presence_state` (with this channel's join_ref): the chat's whole roster.
+    async fn push_presence_state(&self, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        let state = self
+            .state
+            .presence
+            .state(&self.chat_id)
+            .await
+            .map_err(|e| ChannelError::new(e.to_string()))?;
+        ctx.push(PRESENCE_STATE, &state);
+        Ok(())
+    }
+
     async fn history(&self, payload: Payload) -> Result<Outcome, ChannelError> {
         let Some(obj) = object(&payload) else {
             return Ok(Reply::error_reason(REASON_INVALID_PAYLOAD).into());
@@ -712,6 +728,7 @@ impl Channel for ChatChannel {
             topic: topic.into(),
             user,
             present: false,
+            presence_ref: None,
             typing: Typing::default(),
         };
         Ok((channel, reply))
@@ -773,6 +790,9 @@ impl Channel for ChatChannel {
             }
             return Ok(());
         }
+        if info.is::<crate::presence::Resync>() && self.presence_ref.is_some() {
+            return self.push_presence_state(ctx).await;
+        }
         if info.is::<AfterJoin>() && !self.present {
             // Subscribed by now: from here on this user gets the chat's messages live, so
             // they stop being notified about it.
@@ -783,6 +803,19 @@ impl Channel for ChatChannel {
                 .await
                 .map_err(|e| ChannelError::new(e.to_string()))?;
             self.present = true;
+            // Tracked before the state is read, so the joiner finds itself in it.
+            let device = match ctx.assigns::<UserSession>() {
+                Some(s) if !s.device_unique_id.is_empty() => s.device_unique_id.clone(),
+                _ => self.state.presence.anonymous_device(ctx.socket_id()),
+            };
+            let meta = self
+                .state
+                .presence
+                .track(&self.chat_id, &self.user, &device, ctx.handle())
+                .await
+                .map_err(|e| ChannelError::new(e.to_string()))?;
+            self.presence_ref = Some(meta.phx_ref);
+            self.push_presence_state(ctx).await?;
         }
         Ok(())
     }
@@ -790,6 +823,12 @@ impl Channel for ChatChannel {
     async fn terminate(&mut self, _reason: Terminate, ctx: &mut Context<'_>) {
         if self.typing.last.is_some() {
             let _ = self.forward_typing(TYPING_STOP, ctx);
+        }
+        if let Some(phx_ref) = self.presence_ref.take() {
+            self.state
+                .presence
+                .untrack(&self.chat_id, &self.user, &phx_ref)
+                .await;
         }
         if self.present
             && let Err(err) = self

@@ -60,8 +60,17 @@ pub struct ChatConfig {
     /// Default 1 s.
     #[serde(with = "plume_channels::duration_secs")]
     pub typing_throttle: Duration,
-    /// Online status is counted only for chats of at most this many members: the rooms
-    /// list's `online_count` is `null` for bigger ones. Default 100.
+    /// Presence changes of a chat on this node are gathered for this long and broadcast as
+    /// one `presence_diff`. Default 100 ms.
+    #[serde(with = "plume_channels::duration_secs")]
+    pub presence_interval: Duration,
+    /// A user whose last socket closed goes offline after this long without a new one.
+    /// Default 5 s.
+    #[serde(with = "plume_channels::duration_secs")]
+    pub online_linger: Duration,
+    /// Only chats of at most this many members tell their members that a user came online or
+    /// went offline, and count online members: the rooms list's `online_count` is `null` for
+    /// bigger ones. Default 100.
     pub online_fanout_max_members: usize,
 }
 
@@ -95,6 +104,8 @@ impl Default for ChatConfig {
             recovery_limit: 1000,
             typing_timeout: Duration::from_secs(6),
             typing_throttle: Duration::from_secs(1),
+            presence_interval: Duration::from_millis(100),
+            online_linger: Duration::from_secs(5),
             online_fanout_max_members: 100,
         }
     }

@@ -37,6 +37,13 @@ pub const MARK_READ: &str = "mark_read";
 /// Server to the chat's other sockets: a member's read position moved.
 pub const MESSAGE_READ: &str = "message_read";
 
+/// Server to a joiner of `chat:{id}`, right after every join reply: the whole roster.
+pub const PRESENCE_STATE: &str = "presence_state";
+/// Server to `chat:{id}` (broadcast): metas that joined and left.
+pub const PRESENCE_DIFF: &str = "presence_diff";
+/// Server to `notifications:{user_id}`: a member of one of the user's chats came online or
+/// went offline.
+pub const USER_ONLINE_CHANGED: &str = "user_online_changed";
 /// Client to server on `notifications:{user_id}`: the next page of the rooms list.
 pub const LIST_ROOMS: &str = "list_rooms";
 /// Server to a user's notifications topic: their view of one room changed (read on another

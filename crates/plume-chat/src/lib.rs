@@ -9,6 +9,7 @@
 //! - [`auth`]: JWT verification (algorithm pinned by configuration) and the connect hook.
 //! - [`chat`]: the `chat:*` channel (join rules, `send_message`).
 //! - [`notifications`]: the `notifications:*` / `notification:*` channel (pending delivery).
+//! - [`presence`]: Phoenix Presence on chats and online status, one node or cluster-wide.
 //! - [`state`]: what the channels share, and notification delivery.
 //! - [`rooms`]: a user's rooms list (last message, unread, members and online counts), its
 //!   cursor, and `room_updated`.
@@ -25,6 +26,7 @@ pub mod chat;
 pub mod config;
 pub mod events;
 pub mod notifications;
+pub mod presence;
 pub mod repair;
 pub mod rooms;
 pub mod state;
@@ -52,13 +54,21 @@ impl ChatService {
     pub fn new(config: ChatConfig, stores: Stores, pubsub: Arc<dyn PubSub>) -> ChatService {
         let repair = repair::LogRepair::new(stores.log.clone(), &pubsub);
         pubsub.registry().set_repair(Arc::new(repair));
+        let presence = presence::Tracker::new(&config, stores.clone(), pubsub.clone());
         ChatService {
             state: Arc::new(ChatState {
                 config,
                 stores,
                 pubsub,
+                presence,
             }),
         }
+    }
+
+    /// The presence tracker, for the connect hook ([`ChatConnect::online`]): each socket it
+    /// accepts counts towards its user's online status.
+    pub fn presence(&self) -> Arc<presence::Tracker> {
+        self.state.presence.clone()
     }
 
     /// Adds the chat routes (`chat:*`, `notifications:*`, `notification:*`) to `router`.

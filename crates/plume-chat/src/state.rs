@@ -57,6 +57,8 @@ pub struct ChatState {
     pub stores: Stores,
     /// The pub/sub backend (for deliveries that do not start in a channel).
     pub pubsub: Arc<dyn PubSub>,
+    /// Presence on chats and online status.
+    pub presence: Arc<crate::presence::Tracker>,
 }
 
 /// Where a notification went.

@@ -355,6 +355,7 @@ impl Bare {
                 user_id: user.into(),
                 device_unique_id: String::new(),
                 preferred_language: "en".into(),
+                online: Default::default(),
             })),
         };
         let router = Arc::new(service.routes(Router::new()));

@@ -5,6 +5,8 @@
 //!   subscriptions, reconnect and resubscribe.
 //! - [`RedisState`]: the shared state (membership, idempotency keys, pending notifications,
 //!   cluster-wide presence with per-node expiry).
+//! - [`roster`]: cluster-wide rosters (Phoenix Presence) and online status on [`RedisState`],
+//!   with the sweep of dead nodes' records.
 //! - [`envelope`]: the versioned message format between nodes.
 //! - [`Cluster`] (this file): connects both and runs the node heartbeat.
 //! - `test_server` (feature `test-server`): a private `redis-server` for tests.
@@ -14,6 +16,7 @@
 
 pub mod envelope;
 pub mod pubsub;
+pub mod roster;
 pub mod state;
 #[cfg(feature = "test-server")]
 pub mod test_server;

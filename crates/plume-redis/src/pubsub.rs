@@ -79,6 +79,8 @@ pub struct Stats {
     pub malformed: AtomicU64,
     /// Pub/sub reconnections.
     pub reconnects: AtomicU64,
+    /// Times the pub/sub connection came up and subscribed (the first time included).
+    pub connections: AtomicU64,
 }
 
 enum Control {
@@ -260,6 +262,10 @@ impl PubSub for RedisPubSub {
     fn registry(&self) -> &LocalPubSub {
         &self.local
     }
+
+    fn link_epoch(&self) -> u64 {
+        self.stats.connections.load(Ordering::Relaxed)
+    }
 }
 
 async fn publisher(
@@ -431,6 +437,7 @@ async fn subscriber(
         }
         backoff = Duration::from_millis(100);
         state.stats.connected.store(true, Ordering::Relaxed);
+        state.stats.connections.fetch_add(1, Ordering::Relaxed);
         tracing::info!(topics = state.subscribed.len(), "redis pub/sub connected");
         // What other nodes published while this link was down is gone from pub/sub; every
         // sequenced topic reads it back from its log (subscribed again first, so nothing

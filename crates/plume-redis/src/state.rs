@@ -57,9 +57,9 @@ impl From<redis::ParsingError> for StateError {
     }
 }
 
-type Result<T> = std::result::Result<T, StateError>;
+pub(crate) type Result<T> = std::result::Result<T, StateError>;
 
-const NODES: &str = "plume:nodes";
+pub(crate) const NODES: &str = "plume:nodes";
 
 fn members_key(chat: &str) -> String {
     format!("plume:members:{chat}")
@@ -377,9 +377,9 @@ fn parse_num<T: std::str::FromStr>(v: &redis::Value, what: &str) -> Result<T> {
 /// Shared cluster state in Redis.
 #[derive(Clone)]
 pub struct RedisState {
-    conn: ConnectionManager,
-    node: String,
-    node_ttl: Duration,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) node: String,
+    pub(crate) node_ttl: Duration,
 }
 
 impl RedisState {
@@ -396,10 +396,15 @@ impl RedisState {
         &self.node
     }
 
+    /// How long this node counts as alive after a heartbeat.
+    pub fn node_ttl(&self) -> Duration {
+        self.node_ttl
+    }
+
     /// Runs a command, retrying once if the connection turned out to be dead (after a Redis
     /// restart the first command on the old connection fails before reaching Redis; the
     /// connection manager reconnects for the retry).
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,

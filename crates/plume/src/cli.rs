@@ -200,6 +200,18 @@ pub struct ServeArgs {
     /// [default: 1000].
     #[arg(long, env = "PLUME_RECOVERY_LIMIT", value_name = "N")]
     pub recovery_limit: Option<usize>,
+    /// Seconds a chat's presence changes on this node are gathered into one presence_diff
+    /// [default: 0.1].
+    #[arg(long, env = "PLUME_PRESENCE_INTERVAL", value_name = "SECS")]
+    pub presence_interval: Option<f64>,
+    /// Seconds after a user's last socket closed before they count as offline
+    /// [default: 5].
+    #[arg(long, env = "PLUME_ONLINE_LINGER", value_name = "SECS")]
+    pub online_linger: Option<f64>,
+    /// Only chats of at most this many members propagate user_online_changed
+    /// [default: 100].
+    #[arg(long, env = "PLUME_ONLINE_FANOUT_MAX_MEMBERS", value_name = "N")]
+    pub online_fanout_max_members: Option<usize>,
     /// Bearer key of the backend HTTP API; the API is off without one (an empty key is none).
     #[arg(long, env = "PLUME_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,

@@ -247,6 +247,17 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.recovery_limit {
         chat.recovery_limit = n;
     }
+    if let Some(secs) = args.presence_interval {
+        chat.presence_interval =
+            Duration::try_from_secs_f64(secs).context("--presence-interval must be >= 0")?;
+    }
+    if let Some(secs) = args.online_linger {
+        chat.online_linger =
+            Duration::try_from_secs_f64(secs).context("--online-linger must be >= 0")?;
+    }
+    if let Some(n) = args.online_fanout_max_members {
+        chat.online_fanout_max_members = n;
+    }
     if let Some(kind) = args.store {
         config.store.kind = kind;
     }
@@ -372,6 +383,11 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     }
     if config.chat.history_ttl < Duration::from_secs(1) {
         bail!("history TTL must be at least 1 second");
+    }
+    if config.chat.presence_interval < Duration::from_millis(1)
+        || config.chat.presence_interval > Duration::from_secs(10)
+    {
+        bail!("presence interval must be from 0.001 to 10 seconds");
     }
     if !config.redis.node_id.is_empty() && !plume_redis::valid_node_id(&config.redis.node_id) {
         bail!("node id must be 1-64 characters of A-Z a-z 0-9 . _ -");

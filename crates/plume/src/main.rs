@@ -209,7 +209,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.server.clone(),
         router,
         pubsub,
-        Arc::new(ChatConnect::new(verifier).max_user_id_bytes(config.chat.max_id_bytes)),
+        Arc::new(
+            ChatConnect::new(verifier)
+                .max_user_id_bytes(config.chat.max_id_bytes)
+                .online(chat.presence()),
+        ),
     )
     .with_http_api(Arc::new(chat.api(config.api_key.clone())));
     let server = match &cluster {

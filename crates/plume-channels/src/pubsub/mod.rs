@@ -117,4 +117,12 @@ pub trait PubSub: Send + Sync + 'static {
     /// an application repairs sequenced topics (replays from its log go to this node's
     /// subscribers only).
     fn registry(&self) -> &LocalPubSub;
+
+    /// Changes every time the link to other nodes is established again after it was lost
+    /// (broadcasts from other nodes may have been missed in between). An application that
+    /// keeps state from other nodes' broadcasts (presence) refreshes it when this changes.
+    /// Always 0 for a backend without such a link.
+    fn link_epoch(&self) -> u64 {
+        0
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod roster;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -383,6 +384,9 @@ pub struct Stores {
     pub presence: Arc<dyn PresenceStore>,
     /// Read positions.
     pub reads: Arc<dyn ReadStore>,
+    /// The cluster-wide presence roster and online status; `None` on a single node, whose
+    /// presence tracker holds it all.
+    pub roster: Option<Arc<dyn roster::RosterStore>>,
 }
 
 impl Stores {
@@ -395,6 +399,7 @@ impl Stores {
             pending: Arc::new(memory::MemoryPending::default()),
             presence: Arc::new(memory::MemoryPresence::default()),
             reads: Arc::new(memory::MemoryReads::default()),
+            roster: None,
         }
     }
 }

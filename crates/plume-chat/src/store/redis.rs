@@ -28,6 +28,7 @@ fn err(e: StateError) -> StoreError {
 
 /// All four stores in Redis, the log keeping `retention`.
 pub fn stores(state: RedisState, retention: Retention) -> Stores {
+    let roster = Arc::new(super::roster::RedisRoster::new(state.clone()));
     let shared = Arc::new(RedisStores { state, retention });
     Stores {
         membership: shared.clone(),
@@ -35,6 +36,7 @@ pub fn stores(state: RedisState, retention: Retention) -> Stores {
         pending: shared.clone(),
         presence: shared.clone(),
         reads: shared,
+        roster: Some(roster),
     }
 }
 

@@ -193,6 +193,7 @@ pub fn open(dir: &Path, retention: Retention) -> Result<(Stores, Arc<SqliteStats
         pending: store.clone(),
         presence: Arc::new(MemoryPresence::default()),
         reads: store,
+        roster: None,
     };
     Ok((stores, stats))
 }

@@ -108,7 +108,8 @@ pub async fn start_server(
         bind: "127.0.0.1:0".parse().unwrap(),
         ..server
     };
-    let running = Server::new(config, router, pubsub, Arc::new(ChatConnect::new(verifier)))
+    let hook = ChatConnect::new(verifier).online(service.presence());
+    let running = Server::new(config, router, pubsub, Arc::new(hook))
         .with_http_api(Arc::new(service.api(api_key)))
         .start()
         .await
@@ -148,7 +149,7 @@ pub async fn start_node(
         config,
         service.routes(Router::new()),
         pubsub,
-        Arc::new(ChatConnect::new(JwtVerifier::hs256(SECRET))),
+        Arc::new(ChatConnect::new(JwtVerifier::hs256(SECRET)).online(service.presence())),
     )
     .with_http_api(Arc::new(service.api(Some(API_KEY.into()))))
     .start()
@@ -460,4 +461,148 @@ pub async fn expect_phx_close(c: &mut Client, topic: &str, jr: &Ref) {
         .await
         .unwrap();
     assert_eq!(closed.join_ref.as_ref(), Some(jr), "{topic}");
+}
+
+/// A TCP proxy in front of Redis for one node: cutting it is that node dying as far as the
+/// cluster can tell (no heartbeat, no cleanup, no fan-out), while its process keeps running.
+pub struct Proxy {
+    pub port: u16,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let mut accept_rx = rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut down, _)) = accepted else { return };
+                        let mut rx = rx.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut up) =
+                                tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                            else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                                _ = rx.wait_for(|cut| *cut) => {}
+                            }
+                        });
+                    }
+                    _ = accept_rx.wait_for(|cut| *cut) => return,
+                }
+            }
+        });
+        Proxy { port, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Runs one Redis command (inline protocol) against `port`; returns the raw reply.
+pub async fn redis_command(port: u16, command: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("{command}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// What a client knows of a chat's presence, merged the way phoenix.js merges it: user ->
+/// refs of their metas (with device ids).
+#[derive(Default, Debug)]
+pub struct Seen {
+    pub users: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    pub diffs: usize,
+}
+
+impl Seen {
+    fn metas(entry: &Value) -> Vec<(String, String)> {
+        entry["metas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                assert!(m["online_at"].as_i64().unwrap() > 1_700_000_000_000, "{m}");
+                (
+                    m["phx_ref"].as_str().unwrap().to_owned(),
+                    m["device_unique_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn state(&mut self, state: &Value) {
+        self.users.clear();
+        for (user, entry) in state.as_object().unwrap() {
+            self.users.insert(user.clone(), Self::metas(entry));
+        }
+    }
+
+    pub fn diff(&mut self, diff: &Value) {
+        self.diffs += 1;
+        for (user, entry) in diff["joins"].as_object().unwrap() {
+            let metas = self.users.entry(user.clone()).or_default();
+            for m in Self::metas(entry) {
+                if !metas.iter().any(|(r, _)| *r == m.0) {
+                    metas.push(m);
+                }
+            }
+        }
+        for (user, entry) in diff["leaves"].as_object().unwrap() {
+            let gone: Vec<String> = Self::metas(entry).into_iter().map(|m| m.0).collect();
+            if let Some(metas) = self.users.get_mut(user) {
+                metas.retain(|(r, _)| !gone.contains(r));
+                if metas.is_empty() {
+                    self.users.remove(user);
+                }
+            }
+        }
+    }
+
+    /// User -> number of metas.
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        self.users
+            .iter()
+            .map(|(u, m)| (u.clone(), m.len()))
+            .collect()
+    }
+}
+
+/// Reads presence events on `topic` into `seen` until `done` holds.
+pub async fn until(c: &mut Client, topic: &str, seen: &mut Seen, done: impl Fn(&Seen) -> bool) {
+    while !done(seen) {
+        let t = topic.to_owned();
+        let m = c
+            .wait_for(move |m| {
+                m.topic == t && (m.event == "presence_state" || m.event == "presence_diff")
+            })
+            .await
+            .unwrap_or_else(|e| panic!("waiting for presence on {topic}: {e}; seen {seen:?}"));
+        match m.event.as_str() {
+            "presence_state" => seen.state(&value(&m)),
+            _ => seen.diff(&value(&m)),
+        }
+    }
+}
+
+pub fn users(list: &[(&str, usize)]) -> Vec<(String, usize)> {
+    list.iter().map(|(u, n)| ((*u).to_owned(), *n)).collect()
 }
