@@ -22,8 +22,13 @@
 //! | `GET /socket/websocket`  | the WebSocket upgrade (or 400/403, see [`handshake`]) |
 //! | `GET /healthz`           | 200 `{"status":"ok","connections":N}` (liveness) |
 //! | `GET /readyz`            | 200 when the [`Readiness`] checks pass, else 503 |
-//! | the [`HttpApi`] prefix   | the application's API, if one is mounted |
+//! | a mounted [`HttpApi`]'s prefix | that API (the longest matching prefix wins) |
 //! | anything else            | 404 |
+//!
+//! The three fixed routes above come first; any other path goes to the mounted [`HttpApi`]
+//! with the longest prefix the path starts with (so `/api/` reaches the backend API and `/`
+//! a web page mounted beside it). Each API still decides on the request head before its body
+//! is read.
 //!
 //! # Admission
 //!
@@ -83,7 +88,7 @@ pub struct Server {
     router: Arc<Router>,
     pubsub: Arc<dyn PubSub>,
     hook: Arc<dyn ConnectHook>,
-    api: Option<Arc<dyn HttpApi>>,
+    apis: Vec<Arc<dyn HttpApi>>,
     readiness: Option<Arc<dyn Readiness>>,
 }
 
@@ -93,7 +98,8 @@ struct Shared {
     router: Arc<Router>,
     pubsub: Arc<dyn PubSub>,
     hook: Arc<dyn ConnectHook>,
-    api: Option<Arc<dyn HttpApi>>,
+    /// Longest prefix first, so the first match is the longest.
+    apis: Vec<Arc<dyn HttpApi>>,
     readiness: Option<Arc<dyn Readiness>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -122,7 +128,7 @@ impl Server {
             router: Arc::new(router),
             pubsub,
             hook,
-            api: None,
+            apis: Vec::new(),
             readiness: None,
         }
     }
@@ -133,9 +139,12 @@ impl Server {
         self
     }
 
-    /// Mounts application HTTP routes on the same port.
+    /// Mounts application HTTP routes on the same port. Several may be mounted: a request
+    /// goes to the one with the longest prefix its path starts with (the WebSocket, health and
+    /// readiness paths excepted). Mounting a second API with the same prefix replaces the first.
     pub fn with_http_api(mut self, api: Arc<dyn HttpApi>) -> Server {
-        self.api = Some(api);
+        self.apis.retain(|mounted| mounted.prefix() != api.prefix());
+        self.apis.push(api);
         self
     }
 
@@ -164,13 +173,15 @@ impl Server {
             self.config.overflow_connections,
         );
         let bodies = BodyBudget::new(self.config.max_body_bytes_in_flight);
+        let mut apis = self.apis;
+        apis.sort_by_key(|api| std::cmp::Reverse(api.prefix().len()));
         let shared = Arc::new(Shared {
             config: self.config,
             origins,
             router: self.router,
             pubsub: self.pubsub,
             hook: self.hook,
-            api: self.api,
+            apis,
             readiness: self.readiness,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -370,21 +381,21 @@ async fn route(
     shared: Arc<Shared>,
     slot: Arc<ServedSlot>,
 ) -> Response<Body> {
-    if let Some(api) = &shared.api
-        && req.uri().path().starts_with(api.prefix())
-    {
-        let limits = api::BodyLimits {
-            budget: &shared.bodies,
-            timeout: shared.config.body_timeout,
-        };
-        return api::serve(api.as_ref(), req, limits).await;
-    }
     match req.uri().path() {
-        WEBSOCKET_PATH => upgrade(req, peer, shared, slot),
-        HEALTH_PATH => health(&shared),
-        READY_PATH => ready(&shared).await,
-        _ => text(StatusCode::NOT_FOUND, ""),
+        WEBSOCKET_PATH => return upgrade(req, peer, shared, slot),
+        HEALTH_PATH => return health(&shared),
+        READY_PATH => return ready(&shared).await,
+        _ => {}
     }
+    let path = req.uri().path();
+    let Some(api) = shared.apis.iter().find(|api| path.starts_with(api.prefix())) else {
+        return text(StatusCode::NOT_FOUND, "");
+    };
+    let limits = api::BodyLimits {
+        budget: &shared.bodies,
+        timeout: shared.config.body_timeout,
+    };
+    api::serve(api.as_ref(), req, limits).await
 }
 
 fn health(shared: &Shared) -> Response<Body> {
