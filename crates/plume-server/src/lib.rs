@@ -388,7 +388,11 @@ async fn route(
         _ => {}
     }
     let path = req.uri().path();
-    let Some(api) = shared.apis.iter().find(|api| path.starts_with(api.prefix())) else {
+    let Some(api) = shared
+        .apis
+        .iter()
+        .find(|api| path.starts_with(api.prefix()))
+    else {
         return text(StatusCode::NOT_FOUND, "");
     };
     let limits = api::BodyLimits {

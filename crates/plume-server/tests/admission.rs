@@ -364,15 +364,30 @@ async fn several_apis_are_tried_by_longest_prefix_and_fixed_routes_come_first() 
     .unwrap();
     let addr = running.local_addr();
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close");
-    let ask = |head: String| async move { parse(&read_until_closed(&mut send(addr, &head, b"").await).await) };
+    let ask = |head: String| async move {
+        parse(&read_until_closed(&mut send(addr, &head, b"").await).await)
+    };
     assert_eq!(ask(get("/")).await, (200, r#"{"page":"root"}"#.into()));
-    assert_eq!(ask(get("/nothing")).await, (404, r#"{"error":"no page"}"#.into()));
+    assert_eq!(
+        ask(get("/nothing")).await,
+        (404, r#"{"error":"no page"}"#.into())
+    );
     // `/api/` still reaches the API (its own 401), not the page at `/`.
-    assert_eq!(ask(get("/api/x")).await, (401, r#"{"error":"wrong key"}"#.into()));
+    assert_eq!(
+        ask(get("/api/x")).await,
+        (401, r#"{"error":"wrong key"}"#.into())
+    );
     let mut posted = send(addr, &post(KEY, 3, ""), b"abc").await;
-    assert_eq!(parse(&read_until_closed(&mut posted).await), (200, r#"{"len":3}"#.into()));
+    assert_eq!(
+        parse(&read_until_closed(&mut posted).await),
+        (200, r#"{"len":3}"#.into())
+    );
     // The fixed routes are never shadowed by an API mounted at `/`.
     let (status, body) = ask(get("/healthz")).await;
-    assert_eq!((status, body.contains(r#""status":"ok""#)), (200, true), "{body}");
+    assert_eq!(
+        (status, body.contains(r#""status":"ok""#)),
+        (200, true),
+        "{body}"
+    );
     running.shutdown().await;
 }
