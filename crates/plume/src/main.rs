@@ -225,9 +225,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             },
             "web chat on (--web off to disable)"
         );
+        // No LongPoll transport in this server yet: the page uses WebSocket only.
+        let long_poll = false;
         server.with_http_api(Arc::new(web::WebChat::new(
             dev_secret,
             config.chat.max_id_bytes,
+            long_poll,
         )))
     } else {
         server

@@ -5,6 +5,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /`, `GET /app.js`, `GET /app.css` | the file, `Cache-Control: no-cache`, a `Content-Security-Policy` that allows nothing but this origin |
+//! | `GET /config.json` | `{"development_mode": bool, "long_poll_fallback_ms": n \| null}`: how the page signs in, and whether phoenix.js may fall back to LongPoll |
 //! | `POST /dev/token` `{"user_id": "alice"}` (development mode only) | 200 `{"user_id":"alice","token":"<JWT>"}`, a token signed with the development secret |
 //! | any other path, or `/dev/token` outside development mode | 404 |
 //! | a known path with another method | 405 with `Allow` |
@@ -20,6 +21,13 @@ use plume_server::{ApiHead, ApiRequest, HttpApi};
 
 /// The sign-in endpoint of development mode.
 pub const DEV_TOKEN_PATH: &str = "/dev/token";
+
+/// The page's settings.
+pub const CONFIG_PATH: &str = "/config.json";
+
+/// How long a WebSocket may take to open before phoenix.js tries LongPoll, when the server
+/// serves LongPoll (phoenix.js's own suggestion).
+pub const LONG_POLL_FALLBACK_MS: u64 = 2500;
 
 /// How long a development token lasts.
 const DEV_TOKEN_TTL_SECS: u64 = 12 * 3600;
@@ -54,15 +62,34 @@ pub struct WebChat {
     dev_secret: Option<String>,
     /// Longest user id a token may carry (`--max-id-bytes`).
     max_id_bytes: usize,
+    /// Whether the server serves the LongPoll transport. Only then does the page configure
+    /// phoenix.js's `longPollFallbackMs`: phoenix.js falls back on any failed connect,
+    /// including every reconnect attempt while the server restarts, and stays on LongPoll,
+    /// so against a server without it the page would never reconnect.
+    long_poll: bool,
 }
 
 impl WebChat {
     /// The web chat; `dev_secret` is set only in development mode.
-    pub fn new(dev_secret: Option<String>, max_id_bytes: usize) -> WebChat {
+    pub fn new(dev_secret: Option<String>, max_id_bytes: usize, long_poll: bool) -> WebChat {
         WebChat {
             dev_secret,
             max_id_bytes,
+            long_poll,
         }
+    }
+
+    fn page_config(&self) -> Response<Full<Bytes>> {
+        let mut resp = json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "development_mode": self.dev_secret.is_some(),
+                "long_poll_fallback_ms": self.long_poll.then_some(LONG_POLL_FALLBACK_MS),
+            }),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        resp
     }
 
     fn dev_token(&self, body: &[u8]) -> Response<Full<Bytes>> {
@@ -117,7 +144,7 @@ impl HttpApi for WebChat {
                 _ => Err(method_not_allowed("POST")),
             };
         }
-        if ASSETS.iter().any(|(path, _, _)| *path == head.path) {
+        if head.path == CONFIG_PATH || ASSETS.iter().any(|(path, _, _)| *path == head.path) {
             return match *head.method {
                 Method::GET => Ok(()),
                 _ => Err(method_not_allowed("GET")),
@@ -129,6 +156,8 @@ impl HttpApi for WebChat {
     fn handle(&self, req: ApiRequest) -> ApiFuture {
         let resp = if req.path == DEV_TOKEN_PATH {
             self.dev_token(&req.body)
+        } else if req.path == CONFIG_PATH {
+            self.page_config()
         } else {
             asset(&req.path)
         };

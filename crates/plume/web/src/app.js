@@ -59,7 +59,18 @@ function deviceId() {
   return id;
 }
 
-function start() {
+async function pageConfig() {
+  try {
+    const resp = await fetch("/config.json");
+    if (resp.ok) return await resp.json();
+  } catch {
+    // the server is down: sign-in says so when tried
+  }
+  return { development_mode: true, long_poll_fallback_ms: null };
+}
+
+async function start() {
+  state.config = await pageConfig();
   const token = tokenFromFragment() || sessionStorage.getItem(TOKEN_KEY);
   const user = token && userOfToken(token);
   if (token && user) {
@@ -68,6 +79,13 @@ function start() {
     return;
   }
   $("signin").hidden = false;
+  if (!state.config.development_mode) {
+    $("signin-intro").textContent =
+      "This server is not in development mode: open this page with #token=JWT at the end of " +
+      "its address, a token your backend signs (see the README).";
+    $("signin-fields").hidden = true;
+    return;
+  }
   $("signin-name").focus();
   $("signin-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -136,11 +154,11 @@ function run(token, user) {
   $("app").hidden = false;
   setConnection("connecting");
 
-  const socket = new Socket("/socket", {
-    params: () => ({ token, device_unique_id: deviceId() }),
-    // WebSocket first; LongPoll once a WebSocket has not opened within this time.
-    longPollFallbackMs: 2500,
-  });
+  const options = { params: () => ({ token, device_unique_id: deviceId() }) };
+  // WebSocket first; LongPoll once a WebSocket has not opened within this time, when the
+  // server serves LongPoll (/config.json says).
+  if (state.config.long_poll_fallback_ms) options.longPollFallbackMs = state.config.long_poll_fallback_ms;
+  const socket = new Socket("/socket", options);
   state.socket = socket;
   socket.onOpen(() => {
     state.everConnected = true;
@@ -179,7 +197,8 @@ function joinNotifications(socket, user) {
   channel.on("pending_notifications", ({ notifications }) => {
     for (const n of notifications) {
       if (n.chat_id !== undefined && n.seq !== undefined) noteMessage(n, { notify: false });
-      toast(n);
+      // A message of the open chat is on screen already (recovered on rejoin).
+      if (!(state.chat && state.chat.id === n.chat_id)) toast(n);
     }
   });
   channel.join().receive("ok", (reply) => {
