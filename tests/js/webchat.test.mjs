@@ -227,3 +227,72 @@ describe("the web chat in headless Chromium", { timeout: 120_000 }, () => {
     );
   });
 });
+
+describe("the web chat: a refused send is marked failed and its retry reuses the mobile_ref_id", { timeout: 60_000 }, () => {
+  let server;
+  let chromium;
+  const logs = [];
+
+  before(async () => {
+    // A server that refuses content over 10 characters, restarted later without that limit.
+    server = new PlumeServer({
+      args: ["--max-message-chars", "10"],
+      env: { PLUME_JWT_SECRET: undefined, PLUME_ECHO_CHANNEL: undefined },
+    });
+    await server.start("127.0.0.1:0");
+    chromium = await launchBrowser();
+  });
+
+  after(async () => {
+    if (chromium) await chromium.close();
+    if (server) await server.stop();
+  });
+
+  it("shows the failure, then sends the same message again with the same id", async () => {
+    const page = await chromium.browser.newPage();
+    page.on("pageerror", (err) => logs.push(`page error: ${err.message}`));
+    // The frames the page sends, read from the browser's own network log.
+    const sent = [];
+    const cdp = await page.createCDPSession();
+    await cdp.send("Network.enable");
+    cdp.on("Network.webSocketFrameSent", ({ response }) => {
+      try {
+        sent.push(JSON.parse(response.payloadData));
+      } catch {
+        // not JSON
+      }
+    });
+    const wait = (what, fn, ...args) =>
+      page.waitForFunction(fn, { timeout: WAIT_MS, polling: 50 }, ...args).catch((err) => {
+        throw new Error(`waiting for ${what}: ${err.message}\n${logs.join("\n")}\n${server.tail(30)}`);
+      });
+    await page.goto(`http://${server.addr}/#chat=retries`);
+    await page.type("#signin-name", "dana");
+    await page.click("#signin-form button[type=submit]");
+    await wait("the chat to open", () => !document.getElementById("send").disabled);
+    await page.type("#message-input", "this one is too long");
+    await page.click("#send");
+    await wait("the failed mark", () => document.querySelector("#messages li.failed .retry") !== null);
+    const state = await page.$eval("#messages li.failed .state", (e) => e.textContent);
+    assert.equal(state, "Not sent (content_too_long)");
+    const sends = () => sent.filter((f) => f[3] === "send_message").map((f) => f[4]);
+    assert.equal(sends().length, 1);
+
+    // The operator raises the limit; the page reconnects by itself and the retry succeeds.
+    const port = server.port;
+    await server.stop();
+    server.extraArgs = [];
+    await server.start(`127.0.0.1:${port}`, { attempts: 10 });
+    await wait("connected again", () => document.getElementById("banner").dataset.state === "connected");
+    await wait("the chat rejoined", () => !document.getElementById("send").disabled);
+    await page.click("#messages li.failed .retry");
+    await wait("the message sent", () =>
+      [...document.querySelectorAll("#messages li[data-seq] .text")].some((e) => e.textContent === "this one is too long"),
+    );
+    assert.equal(await page.$$eval("#messages li.failed, #messages li.pending", (l) => l.length), 0);
+    const [first, retry] = sends();
+    assert.equal(sends().length, 2);
+    assert.deepEqual(retry, first, "the retry is the same content with the same mobile_ref_id");
+    assert.deepEqual(logs, []);
+  });
+});
