@@ -253,6 +253,18 @@ describe("the web chat: a refused send is marked failed and its retry reuses the
     page.on("pageerror", (err) => logs.push(`page error: ${err.message}`));
     // The frames the page sends, read from the browser's own network log.
     const sent = [];
+    // The restart may move the page to LongPoll (phoenix.js's fallback): its POSTs carry
+    // frames too, one JSON array a line.
+    page.on("request", (req) => {
+      if (req.method() !== "POST" || !req.url().includes("/socket/longpoll")) return;
+      for (const line of (req.postData() || "").split("\n")) {
+        try {
+          sent.push(JSON.parse(line));
+        } catch {
+          // not a frame
+        }
+      }
+    });
     const cdp = await page.createCDPSession();
     await cdp.send("Network.enable");
     cdp.on("Network.webSocketFrameSent", ({ response }) => {
@@ -294,5 +306,48 @@ describe("the web chat: a refused send is marked failed and its retry reuses the
     assert.equal(sends().length, 2);
     assert.deepEqual(retry, first, "the retry is the same content with the same mobile_ref_id");
     assert.deepEqual(logs, []);
+  });
+});
+
+describe("the web chat over LongPoll when the server serves no WebSocket", { timeout: 60_000 }, () => {
+  let server;
+  let chromium;
+
+  before(async () => {
+    server = new PlumeServer({
+      args: ["--websocket", "false"],
+      env: { PLUME_JWT_SECRET: undefined, PLUME_ECHO_CHANNEL: undefined },
+    });
+    await server.start("127.0.0.1:0");
+    chromium = await launchBrowser();
+  });
+
+  after(async () => {
+    if (chromium) await chromium.close();
+    if (server) await server.stop();
+  });
+
+  it("signs in, opens a chat and sends through /socket/longpoll", async () => {
+    const page = await chromium.browser.newPage();
+    const requests = [];
+    const errors = [];
+    page.on("request", (req) => requests.push(new URL(req.url()).pathname));
+    page.on("pageerror", (err) => errors.push(err.message));
+    const wait = (what, fn) =>
+      page.waitForFunction(fn, { timeout: WAIT_MS, polling: 50 }).catch((err) => {
+        throw new Error(`waiting for ${what}: ${err.message}\n${errors.join("\n")}\n${server.tail(30)}`);
+      });
+    await page.goto(`http://${server.addr}/#chat=polled`);
+    await page.type("#signin-name", "erin");
+    await page.click("#signin-form button[type=submit]");
+    await wait("connected", () => document.getElementById("banner").dataset.state === "connected");
+    await wait("the chat to open", () => !document.getElementById("send").disabled);
+    await page.type("#message-input", "over long polling");
+    await page.click("#send");
+    await wait("the message sent", () =>
+      [...document.querySelectorAll("#messages li[data-seq] .text")].some((e) => e.textContent === "over long polling"),
+    );
+    assert.ok(requests.includes("/socket/longpoll"), JSON.stringify(requests));
+    assert.deepEqual(errors, []);
   });
 });

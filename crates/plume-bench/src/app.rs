@@ -116,7 +116,9 @@ async fn deploy(args: &BenchArgs, kind: TargetKind) -> anyhow::Result<Deployment
     let port = spawn::free_port()?;
     let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
     let proc_ = match kind {
-        TargetKind::Plume => spawn::spawn_plume(&plume_launch(args), "plume", port, None).await?,
+        TargetKind::Plume | TargetKind::PlumeLongpoll => {
+            spawn::spawn_plume(&plume_launch(args), "plume", port, None).await?
+        }
         TargetKind::Socketio => {
             spawn::spawn_socketio(
                 &PeerLaunch {

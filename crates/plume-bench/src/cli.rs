@@ -57,6 +57,8 @@ pub enum TargetKind {
     Plume,
     /// The Socket.IO 4.8 peer (`node peers/socketio/server.js`).
     Socketio,
+    /// Plume, driven over its LongPoll transport (`/socket/longpoll`) instead of WebSocket.
+    PlumeLongpoll,
 }
 
 impl TargetKind {
@@ -65,6 +67,7 @@ impl TargetKind {
         match self {
             TargetKind::Plume => Protocol::Phoenix,
             TargetKind::Socketio => Protocol::SocketIo,
+            TargetKind::PlumeLongpoll => Protocol::LongPoll,
         }
     }
 
@@ -73,6 +76,7 @@ impl TargetKind {
         match self {
             TargetKind::Plume => "plume",
             TargetKind::Socketio => "socket.io",
+            TargetKind::PlumeLongpoll => "plume (longpoll)",
         }
     }
 }

@@ -19,6 +19,8 @@ pub enum Protocol {
     Phoenix,
     /// Socket.IO v5 over Engine.IO v4 (the peer).
     SocketIo,
+    /// Phoenix Channels over Plume's LongPoll transport.
+    LongPoll,
 }
 
 impl Protocol {
@@ -27,6 +29,7 @@ impl Protocol {
         match self {
             Protocol::Phoenix => "/socket/websocket",
             Protocol::SocketIo => "/socket.io/",
+            Protocol::LongPoll => "/socket/longpoll",
         }
     }
 }
@@ -36,6 +39,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Phoenix => "phoenix",
             Protocol::SocketIo => "socket.io",
+            Protocol::LongPoll => "phoenix-longpoll",
         })
     }
 }
@@ -71,6 +75,12 @@ impl Endpoint {
             }
             Protocol::SocketIo => {
                 format!("ws://{}{}?EIO=4&transport=websocket", self.addr, self.path)
+            }
+            Protocol::LongPoll => {
+                format!(
+                    "http://{}{}?vsn=2.0.0&token={}",
+                    self.addr, self.path, token
+                )
             }
         }
     }

@@ -16,6 +16,7 @@
 //! - [`pubsub`]: the [`PubSub`] trait and [`LocalPubSub`], the sharded in-process registry.
 //! - [`limit`]: the token bucket behind the per-socket rate limits.
 //! - [`outbound`]: the bounded per-socket queue with its overflow policy.
+//! - [`relay`]: [`NodeRelay`], point-to-point messages to one named node of a cluster.
 //! - [`connect`]: what a client presented on connect and the [`ConnectHook`] that judges it.
 //! - [`echo`]: a sample `echo:*` channel that exercises all of the above.
 //! - [`duration_secs`]: durations as seconds in config files (shared by every crate's config).
@@ -27,6 +28,7 @@ pub mod echo;
 pub mod limit;
 pub mod outbound;
 pub mod pubsub;
+pub mod relay;
 pub mod router;
 pub mod socket;
 pub mod work;
@@ -40,5 +42,6 @@ pub use pubsub::{
     Broadcast, LocalPubSub, PubSub, PubSubError, Seq, SeqRepair, Subscribed, Subscriber,
     SubscriberKind, subscribed_now,
 };
+pub use relay::{NodeRelay, RelayError, RelayFuture};
 pub use router::Router;
 pub use socket::{Socket, SocketConfig};

@@ -14,6 +14,10 @@
 //!   resubscribes every local topic. Meanwhile local delivery continues; cross-node messages
 //!   published during the outage are lost (Redis pub/sub keeps nothing), which the counters
 //!   and the log show.
+//! - Point-to-point ([`NodeRelay`]): each node also subscribes `plume:node:{node_id}`; a
+//!   message for one node is a `PUBLISH` there, whose reply (the number of receivers) tells
+//!   the sender at once whether that node is alive. LongPoll uses it to reach the node that
+//!   holds a session.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,7 +27,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use plume_channels::{
-    Broadcast, LocalPubSub, PubSub, PubSubError, SocketId, Subscribed, Subscriber,
+    Broadcast, LocalPubSub, NodeRelay, PubSub, PubSubError, RelayError, RelayFuture, SocketId,
+    Subscribed, Subscriber,
 };
 use redis::aio::{ConnectionManager, PubSubSink};
 use tokio::sync::{mpsc, oneshot};
@@ -48,6 +53,14 @@ fn topic_channel(topic: &str) -> String {
 fn health_channel(node: &str) -> String {
     format!("plume:health:{node}")
 }
+
+/// The channel a node receives point-to-point messages on.
+pub fn node_channel(node: &str) -> String {
+    format!("plume:node:{node}")
+}
+
+/// Where point-to-point messages for this node go (set by [`NodeRelay::set_inbox`]).
+type Inbox = Arc<parking_lot::Mutex<Option<mpsc::Sender<Bytes>>>>;
 
 /// Counters of the Redis link, for `/readyz` and the logs.
 #[derive(Default, Debug)]
@@ -90,6 +103,7 @@ pub struct RedisPubSub {
     health_waiters: HealthWaiters,
     stats: Arc<Stats>,
     nonce: AtomicU64,
+    inbox: Inbox,
 }
 
 impl RedisPubSub {
@@ -106,6 +120,7 @@ impl RedisPubSub {
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (publish, publish_rx) = mpsc::channel(publish_queue.max(1));
         let health_waiters = HealthWaiters::default();
+        let inbox = Inbox::default();
         tokio::spawn(subscriber(
             client,
             local.clone(),
@@ -113,6 +128,7 @@ impl RedisPubSub {
             control_rx,
             stats.clone(),
             health_waiters.clone(),
+            inbox.clone(),
         ));
         tokio::spawn(publisher(conn.clone(), publish_rx, stats.clone()));
         RedisPubSub {
@@ -124,6 +140,7 @@ impl RedisPubSub {
             stats,
             nonce: AtomicU64::new(1),
             health_waiters,
+            inbox,
         }
     }
 
@@ -162,6 +179,30 @@ impl RedisPubSub {
         };
         self.health_waiters.lock().remove(&nonce);
         result
+    }
+}
+
+impl NodeRelay for RedisPubSub {
+    fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    fn send_to(&self, node: &str, msg: Bytes) -> RelayFuture {
+        let mut conn = self.conn.clone();
+        let channel = node_channel(node);
+        Box::pin(async move {
+            let receivers = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(msg.as_ref())
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| RelayError(e.to_string()))?;
+            Ok(receivers > 0)
+        })
+    }
+
+    fn set_inbox(&self, inbox: mpsc::Sender<Bytes>) {
+        *self.inbox.lock() = Some(inbox);
     }
 }
 
@@ -257,6 +298,9 @@ struct SubscriberState {
     stats: Arc<Stats>,
     subscribed: HashSet<String>,
     health_waiters: HealthWaiters,
+    inbox: Inbox,
+    /// `plume:node:{node}`, this node's point-to-point channel.
+    node_channel: String,
 }
 
 impl SubscriberState {
@@ -295,6 +339,15 @@ impl SubscriberState {
                     tracing::warn!(channel, %err, "dropping an undecodable cluster message");
                 }
             }
+        } else if channel == self.node_channel {
+            let data = Bytes::copy_from_slice(msg.get_payload_bytes());
+            let delivered = match &*self.inbox.lock() {
+                Some(inbox) => inbox.try_send(data).is_ok(),
+                None => false,
+            };
+            if !delivered {
+                tracing::warn!("dropping a point-to-point message: no inbox, or the inbox is full");
+            }
         } else if let Ok(nonce) = std::str::from_utf8(msg.get_payload_bytes())
             .unwrap_or("")
             .parse::<u64>()
@@ -320,13 +373,17 @@ async fn subscriber(
     mut control: mpsc::Receiver<Control>,
     stats: Arc<Stats>,
     health_waiters: HealthWaiters,
+    inbox: Inbox,
 ) {
+    let node_channel = node_channel(&node);
     let mut state = SubscriberState {
         local,
         node,
         stats,
         subscribed: HashSet::new(),
         health_waiters,
+        inbox,
+        node_channel,
     };
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
@@ -357,6 +414,9 @@ async fn subscriber(
         };
         state.subscribed.clear();
         let mut setup = sink.subscribe(health_channel(&state.node)).await;
+        if setup.is_ok() {
+            setup = sink.subscribe(state.node_channel.clone()).await;
+        }
         if setup.is_ok() {
             for topic in state.local.topics() {
                 setup = state.reconcile(&mut sink, &topic).await;

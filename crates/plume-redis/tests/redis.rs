@@ -531,3 +531,41 @@ async fn many_users_are_located_and_notified_in_one_round_trip_each() {
         assert_eq!(items, ["n1", "n2"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_relay_delivers_to_one_named_node_and_reports_a_missing_one() {
+    use plume_channels::NodeRelay;
+    let redis = RedisServer::start();
+    let a = node(&redis, "relay-a").await;
+    let b = node(&redis, "relay-b").await;
+    let (tx, mut inbox) = tokio::sync::mpsc::channel(8);
+    b.pubsub.set_inbox(tx);
+    let (tx_a, mut inbox_a) = tokio::sync::mpsc::channel(8);
+    a.pubsub.set_inbox(tx_a);
+    assert_eq!(a.pubsub.node_id(), "relay-a");
+    for i in 0..3u8 {
+        let took = a
+            .pubsub
+            .send_to("relay-b", Bytes::from(vec![i; 3]))
+            .await
+            .unwrap();
+        assert!(took, "relay-b is alive and subscribed");
+    }
+    for i in 0..3u8 {
+        let got = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], &[i; 3], "in send order");
+    }
+    // Only the named node receives it.
+    assert!(inbox_a.try_recv().is_err());
+    // A node that does not exist (or died) is reported at once.
+    assert!(
+        !a.pubsub
+            .send_to("relay-gone", Bytes::from_static(b"x"))
+            .await
+            .unwrap()
+    );
+    drop(b);
+}

@@ -60,8 +60,50 @@ pub struct ServerConfig {
     /// body is read; one that does not fit gets 503 at once instead of waiting. Default
     /// 16 MiB.
     pub max_body_bytes_in_flight: usize,
-    /// Per-socket limits (channel cap, outbound queue).
+    /// Per-socket limits (channel cap, outbound queue). They apply to LongPoll sessions too.
     pub socket: SocketConfig,
+    /// Serve WebSocket upgrades on `/socket/websocket`. When false that path answers 404,
+    /// as a proxy that blocks WebSockets would, and clients can only use LongPoll.
+    /// Default true.
+    pub websocket: bool,
+    /// The LongPoll transport on `/socket/longpoll`.
+    pub longpoll: LongPollConfig,
+}
+
+/// Settings of the LongPoll transport (see protocol-spec/transport.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LongPollConfig {
+    /// Serve `/socket/longpoll`. When false that path answers 404. Default true.
+    pub enabled: bool,
+    /// How long a poll is held open when there is nothing to send; it is then answered
+    /// `{"status":204}`. A session that receives no poll for 1.5 times this long ends (its
+    /// channels leave). phoenix.js times a request out after 20 s (`longpollerTimeout`), so
+    /// this must stay well under that. Default 10 s, as Phoenix.
+    #[serde(with = "plume_channels::duration_secs")]
+    pub window: Duration,
+    /// Largest `POST` body, in bytes; a larger one is answered 413 and the session is
+    /// untouched. Each frame in it is also held to `max_frame_bytes`. Default 2 MiB (100
+    /// chat messages fit many times over; so does one 1 MiB binary frame in base64).
+    pub max_post_bytes: usize,
+    /// Most frames (lines) in one `POST`; more is answered 400 and none is processed.
+    /// phoenix.js sends at most 100. Default 100.
+    pub max_post_frames: usize,
+    /// Most LongPoll sessions this node holds at once; a new one over the cap is answered
+    /// `{"status":500}` (phoenix.js retries with backoff). Default 10,000.
+    pub max_sessions: usize,
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        LongPollConfig {
+            enabled: true,
+            window: Duration::from_secs(10),
+            max_post_bytes: 2 << 20,
+            max_post_frames: 100,
+            max_sessions: 10_000,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -81,6 +123,8 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(10),
             max_body_bytes_in_flight: 16 << 20,
             socket: SocketConfig::default(),
+            websocket: true,
+            longpoll: LongPollConfig::default(),
         }
     }
 }

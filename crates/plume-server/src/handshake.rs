@@ -167,14 +167,7 @@ pub fn check<B>(
     }
 
     let params = parse_query(req.uri().query().unwrap_or(""));
-    let serializer = match params.get("vsn") {
-        None => Serializer::V1,
-        Some(serde_json::Value::String(vsn)) => Serializer::from_vsn(Some(vsn))
-            .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()))?,
-        Some(_) => {
-            return Err(refuse(StatusCode::FORBIDDEN, "vsn must be a string"));
-        }
-    };
+    let serializer = negotiate(&params)?;
     let request = ConnectRequest {
         params,
         auth_token,
@@ -190,6 +183,19 @@ pub fn check<B>(
         request,
         accepted,
     })
+}
+
+/// The serializer the connect params' `vsn` asks for (absent: V1); 403 for any other
+/// `vsn`. Shared by the WebSocket upgrade and the LongPoll session start.
+pub(crate) fn negotiate(
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Serializer, Refusal> {
+    match params.get("vsn") {
+        None => Ok(Serializer::V1),
+        Some(serde_json::Value::String(vsn)) => Serializer::from_vsn(Some(vsn))
+            .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string())),
+        Some(_) => Err(refuse(StatusCode::FORBIDDEN, "vsn must be a string")),
+    }
 }
 
 #[cfg(test)]

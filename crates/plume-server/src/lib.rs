@@ -13,19 +13,21 @@
 //! - [`query`]: Plug-style query-string decoding for connect params.
 //! - [`origin`]: the optional `Origin` check.
 //! - [`driver`]: the per-connection loop between the network and the socket state machine.
+//! - [`longpoll`]: the LongPoll transport (sessions, signed tokens, cross-node relay).
 //! - this file: [`Server`] (accept loop, HTTP routing, shutdown).
 //!
 //! # HTTP routes
 //!
 //! | route                    | response |
 //! |--------------------------|----------|
-//! | `GET /socket/websocket`  | the WebSocket upgrade (or 400/403, see [`handshake`]) |
+//! | `GET /socket/websocket`  | the WebSocket upgrade (or 400/403, see [`handshake`]; 404 when `websocket` is off) |
+//! | `/socket/longpoll`       | the LongPoll transport (GET, POST, OPTIONS; see [`longpoll`]) |
 //! | `GET /healthz`           | 200 `{"status":"ok","connections":N}` (liveness) |
 //! | `GET /readyz`            | 200 when the [`Readiness`] checks pass, else 503 |
 //! | a mounted [`HttpApi`]'s prefix | that API (the longest matching prefix wins) |
 //! | anything else            | 404 |
 //!
-//! The three fixed routes above come first; any other path goes to the mounted [`HttpApi`]
+//! The fixed routes above come first; any other path goes to the mounted [`HttpApi`]
 //! with the longest prefix the path starts with (so `/api/` reaches the backend API and `/`
 //! a web page mounted beside it). Each API still decides on the request head before its body
 //! is read.
@@ -42,6 +44,7 @@ pub mod api;
 pub mod config;
 pub mod driver;
 pub mod handshake;
+pub mod longpoll;
 pub mod origin;
 pub mod query;
 
@@ -59,7 +62,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use plume_channels::{ConnectHook, ConnectInfo, PubSub, Router, Socket};
+use plume_channels::{ConnectHook, ConnectInfo, NodeRelay, PubSub, Router, Socket};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -67,7 +70,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use api::{ApiHead, ApiRequest, HttpApi, Readiness};
-pub use config::ServerConfig;
+pub use config::{LongPollConfig, ServerConfig};
+pub use longpoll::LONGPOLL_PATH;
 
 use crate::admission::{AcceptBackoff, Admission, BodyBudget, ServedSlot, Ticket};
 use crate::driver::DriverConfig;
@@ -90,6 +94,7 @@ pub struct Server {
     hook: Arc<dyn ConnectHook>,
     apis: Vec<Arc<dyn HttpApi>>,
     readiness: Option<Arc<dyn Readiness>>,
+    relay: Option<Arc<dyn NodeRelay>>,
 }
 
 struct Shared {
@@ -106,6 +111,7 @@ struct Shared {
     connections: AtomicUsize,
     admission: Admission,
     bodies: BodyBudget,
+    longpoll: longpoll::LongPoll,
 }
 
 /// A running server.
@@ -130,7 +136,15 @@ impl Server {
             hook,
             apis: Vec::new(),
             readiness: None,
+            relay: None,
         }
+    }
+
+    /// Joins the node to a cluster for LongPoll: a poll or post for a session another node
+    /// holds is relayed there through `relay`.
+    pub fn with_node_relay(mut self, relay: Arc<dyn NodeRelay>) -> Server {
+        self.relay = Some(relay);
+        self
     }
 
     /// Makes `GET /readyz` check these dependencies.
@@ -175,6 +189,7 @@ impl Server {
         let bodies = BodyBudget::new(self.config.max_body_bytes_in_flight);
         let mut apis = self.apis;
         apis.sort_by_key(|api| std::cmp::Reverse(api.prefix().len()));
+        let longpoll = longpoll::LongPoll::new("local", self.relay);
         let shared = Arc::new(Shared {
             config: self.config,
             origins,
@@ -188,7 +203,9 @@ impl Server {
             connections: AtomicUsize::new(0),
             admission,
             bodies,
+            longpoll,
         });
+        longpoll::start_inbox(&shared);
         tracing::info!(%addr, "listening");
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Running {
@@ -208,6 +225,11 @@ impl Running {
     /// Open WebSocket connections.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// LongPoll sessions this node holds.
+    pub fn longpoll_sessions(&self) -> usize {
+        self.shared.longpoll.sessions()
     }
 
     /// Connections accepted while all `max_connections` slots were taken (each was answered
@@ -382,7 +404,10 @@ async fn route(
     slot: Arc<ServedSlot>,
 ) -> Response<Body> {
     match req.uri().path() {
-        WEBSOCKET_PATH => return upgrade(req, peer, shared, slot),
+        // The fixed paths never reach a mounted API, even the WebSocket path while off.
+        WEBSOCKET_PATH if shared.config.websocket => return upgrade(req, peer, shared, slot),
+        WEBSOCKET_PATH => return text(StatusCode::NOT_FOUND, ""),
+        LONGPOLL_PATH => return longpoll::serve(req, peer, &shared).await,
         HEALTH_PATH => return health(&shared),
         READY_PATH => return ready(&shared).await,
         _ => {}

@@ -144,6 +144,17 @@ pub struct ServeArgs {
     /// empty = no check.
     #[arg(long, env = "PLUME_CHECK_ORIGIN", value_delimiter = ',')]
     pub check_origin: Option<Vec<String>>,
+    /// Serve WebSocket upgrades on /socket/websocket; false answers 404 there, as a proxy that
+    /// blocks WebSockets would, leaving clients LongPoll [default: true].
+    #[arg(long, env = "PLUME_WEBSOCKET", value_name = "BOOL")]
+    pub websocket: Option<bool>,
+    /// Serve the LongPoll transport on /socket/longpoll [default: true].
+    #[arg(long, env = "PLUME_LONGPOLL", value_name = "BOOL")]
+    pub longpoll: Option<bool>,
+    /// How long a LongPoll poll is held when there is nothing to send; a session without a
+    /// poll for 1.5 times this long ends [default: 10].
+    #[arg(long, env = "PLUME_LONGPOLL_WINDOW", value_name = "SECS")]
+    pub longpoll_window: Option<f64>,
     /// HS256 secret for connect tokens. Without a secret or public key, a loopback bind uses
     /// a published development secret (with a warning) and any other bind refuses to start.
     /// An empty secret is refused.

@@ -198,6 +198,16 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_joins_per_second {
         server.socket.max_joins_per_second = n;
     }
+    if let Some(on) = args.websocket {
+        server.websocket = on;
+    }
+    if let Some(on) = args.longpoll {
+        server.longpoll.enabled = on;
+    }
+    if let Some(secs) = args.longpoll_window {
+        server.longpoll.window =
+            Duration::try_from_secs_f64(secs).context("--longpoll-window must be >= 0")?;
+    }
     if let Some(origins) = &args.check_origin {
         server.check_origin = origins.iter().filter(|o| !o.is_empty()).cloned().collect();
     }
@@ -348,6 +358,16 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     }
     if s.max_connections == 0 {
         bail!("max connections must be at least 1");
+    }
+    if s.longpoll.window.is_zero() || s.longpoll.window > Duration::from_secs(15) {
+        // phoenix.js gives up on a request after 20 s (longpollerTimeout).
+        bail!("longpoll window must be more than 0 and at most 15 seconds");
+    }
+    if s.longpoll.max_post_frames == 0 || s.longpoll.max_post_bytes < 1024 {
+        bail!("longpoll max_post_frames must be at least 1 and max_post_bytes at least 1024");
+    }
+    if !s.websocket && !s.longpoll.enabled {
+        bail!("websocket and longpoll are both off: clients could not connect");
     }
     if s.handshake_timeout.is_zero() {
         bail!("handshake timeout must be more than 0 seconds");

@@ -225,18 +225,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             },
             "web chat on (--web off to disable)"
         );
-        // No LongPoll transport in this server yet: the page uses WebSocket only.
-        let long_poll = false;
+        let transports = web::Transports {
+            websocket: config.server.websocket,
+            long_poll: config.server.longpoll.enabled,
+        };
         server.with_http_api(Arc::new(web::WebChat::new(
             dev_secret,
             config.chat.max_id_bytes,
-            long_poll,
+            transports,
         )))
     } else {
         server
     };
     let server = match &cluster {
-        Some(cluster) => server.with_readiness(Arc::new(RedisReadiness(cluster.pubsub.clone()))),
+        Some(cluster) => server
+            .with_readiness(Arc::new(RedisReadiness(cluster.pubsub.clone())))
+            .with_node_relay(cluster.pubsub.clone()),
         None => match embedded {
             Some(readiness) => server.with_readiness(readiness),
             None => server,

@@ -5,7 +5,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /`, `GET /app.js`, `GET /app.css` | the file, `Cache-Control: no-cache`, a `Content-Security-Policy` that allows nothing but this origin |
-//! | `GET /config.json` | `{"development_mode": bool, "long_poll_fallback_ms": n \| null}`: how the page signs in, and whether phoenix.js may fall back to LongPoll |
+//! | `GET /config.json` | `{"development_mode": bool, "websocket": bool, "long_poll_fallback_ms": n \| null}`: how the page signs in and which transports it may use |
 //! | `POST /dev/token` `{"user_id": "alice"}` (development mode only) | 200 `{"user_id":"alice","token":"<JWT>"}`, a token signed with the development secret |
 //! | any other path, or `/dev/token` outside development mode | 404 |
 //! | a known path with another method | 405 with `Allow` |
@@ -62,20 +62,30 @@ pub struct WebChat {
     dev_secret: Option<String>,
     /// Longest user id a token may carry (`--max-id-bytes`).
     max_id_bytes: usize,
-    /// Whether the server serves the LongPoll transport. Only then does the page configure
-    /// phoenix.js's `longPollFallbackMs`: phoenix.js falls back on any failed connect,
-    /// including every reconnect attempt while the server restarts, and stays on LongPoll,
-    /// so against a server without it the page would never reconnect.
-    long_poll: bool,
+    /// The transports the server serves.
+    transports: Transports,
+}
+
+/// Which transports the page may use. Only with LongPoll on does the page configure
+/// phoenix.js's `longPollFallbackMs`: phoenix.js falls back on any failed connect, including
+/// every reconnect attempt while the server restarts, and stays on LongPoll, so against a
+/// server without it the page would never reconnect. With WebSocket off it uses LongPoll
+/// from the start.
+#[derive(Clone, Copy, Debug)]
+pub struct Transports {
+    /// `/socket/websocket` is served.
+    pub websocket: bool,
+    /// `/socket/longpoll` is served.
+    pub long_poll: bool,
 }
 
 impl WebChat {
     /// The web chat; `dev_secret` is set only in development mode.
-    pub fn new(dev_secret: Option<String>, max_id_bytes: usize, long_poll: bool) -> WebChat {
+    pub fn new(dev_secret: Option<String>, max_id_bytes: usize, transports: Transports) -> WebChat {
         WebChat {
             dev_secret,
             max_id_bytes,
-            long_poll,
+            transports,
         }
     }
 
@@ -84,7 +94,8 @@ impl WebChat {
             StatusCode::OK,
             &serde_json::json!({
                 "development_mode": self.dev_secret.is_some(),
-                "long_poll_fallback_ms": self.long_poll.then_some(LONG_POLL_FALLBACK_MS),
+                "websocket": self.transports.websocket,
+                "long_poll_fallback_ms": self.transports.long_poll.then_some(LONG_POLL_FALLBACK_MS),
             }),
         );
         resp.headers_mut()

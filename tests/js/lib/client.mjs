@@ -2,10 +2,10 @@
 // recorder that sees every raw WebSocket frame, a raw (non-phoenix.js)
 // WebSocket client, and promise helpers with timeouts.
 
-import { Socket } from "phoenix";
+import { LongPoll, Socket } from "phoenix";
 import WebSocket from "ws";
 
-export { Socket, WebSocket };
+export { LongPoll, Socket, WebSocket };
 
 export const DEFAULT_WAIT_MS = 5_000;
 
@@ -305,6 +305,9 @@ export class FrameRecorder {
  * Options are passed to `new Socket()` when given: params, vsn, authToken,
  * heartbeatIntervalMs, reconnectAfterMs, rejoinAfterMs, timeout, logger.
  * `logger: true` collects phoenix.js log lines into `client.logs`.
+ * `longpoll: true` uses phoenix.js's LongPoll transport (its HTTP requests are not
+ * recorded; use `logger: true` for a trace); `longPollFallbackMs` and `sessionStorage`
+ * are passed through for the WebSocket-to-LongPoll fallback.
  * Defaults differ from phoenix.js in two places to keep tests fast:
  * reconnectAfterMs = 50 ms and the push/join timeout = 5 s.
  */
@@ -317,7 +320,8 @@ export function createClient(url, opts = {}) {
     timeout: opts.timeout ?? 5_000,
     reconnectAfterMs: opts.reconnectAfterMs ?? (() => 50),
   };
-  for (const key of ["params", "vsn", "authToken", "heartbeatIntervalMs", "rejoinAfterMs"]) {
+  if (opts.longpoll) socketOpts.transport = LongPoll;
+  for (const key of ["params", "vsn", "authToken", "heartbeatIntervalMs", "rejoinAfterMs", "longPollFallbackMs", "sessionStorage"]) {
     if (opts[key] !== undefined) socketOpts[key] = opts[key];
   }
   if (opts.logger === true) {

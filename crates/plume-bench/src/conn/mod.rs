@@ -3,11 +3,13 @@
 //! The scenarios only need a few verbs: connect as a user, join a topic (a Phoenix channel or
 //! a Socket.IO room), send a chat message, and read what comes back, classified into the few
 //! [`ConnEvent`]s the runner counts. [`AnyConn`] dispatches to [`phoenix::PhoenixConn`]
-//! (built on `plume-client`) or [`socketio::SioConn`] (Engine.IO v4 over tokio-tungstenite).
+//! (built on `plume-client`), [`longpoll::LongPollConn`] (the same protocol over Plume's
+//! LongPoll transport) or [`socketio::SioConn`] (Engine.IO v4 over tokio-tungstenite).
 //!
 //! [`AnyConn::next_event`] is cancel-safe: dropping it before it completes loses nothing, so
 //! the runner can race it against timers.
 
+pub mod longpoll;
 pub mod phoenix;
 pub mod socketio;
 
@@ -76,6 +78,8 @@ impl From<tokio_tungstenite::tungstenite::Error> for ConnError {
 pub enum AnyConn {
     /// Phoenix Channels V2 JSON.
     Phoenix(phoenix::PhoenixConn),
+    /// Phoenix Channels V2 JSON over LongPoll.
+    LongPoll(longpoll::LongPollConn),
     /// Socket.IO v5 over Engine.IO v4 WebSocket.
     SocketIo(socketio::SioConn),
 }
@@ -94,6 +98,9 @@ impl AnyConn {
             Protocol::SocketIo => {
                 AnyConn::SocketIo(socketio::SioConn::connect(endpoint, token, local_ip).await?)
             }
+            Protocol::LongPoll => {
+                AnyConn::LongPoll(longpoll::LongPollConn::connect(endpoint, token, local_ip).await?)
+            }
         })
     }
 
@@ -101,6 +108,7 @@ impl AnyConn {
     pub async fn join(&mut self, topic: &str) -> Result<(), ConnError> {
         match self {
             AnyConn::Phoenix(c) => c.join(topic).await,
+            AnyConn::LongPoll(c) => c.join(topic).await,
             AnyConn::SocketIo(c) => c.join(topic).await,
         }
     }
@@ -114,6 +122,7 @@ impl AnyConn {
     ) -> Result<(), ConnError> {
         match self {
             AnyConn::Phoenix(c) => c.send_chat(topic, content, mobile_ref_id).await,
+            AnyConn::LongPoll(c) => c.send_chat(topic, content, mobile_ref_id).await,
             AnyConn::SocketIo(c) => c.send_chat(topic, content, mobile_ref_id).await,
         }
     }
@@ -122,23 +131,25 @@ impl AnyConn {
     pub async fn next_event(&mut self) -> Result<ConnEvent, ConnError> {
         match self {
             AnyConn::Phoenix(c) => c.next_event().await,
+            AnyConn::LongPoll(c) => c.next_event().await,
             AnyConn::SocketIo(c) => c.next_event().await,
         }
     }
 
     /// Keeps the connection alive: a Phoenix heartbeat (the server closes a socket silent for
-    /// its idle timeout); nothing for Socket.IO, whose server pings instead.
+    /// its idle timeout); nothing for LongPoll (its polls keep the session, as phoenix.js
+    /// sends no heartbeats there) or Socket.IO, whose server pings instead.
     pub async fn keepalive(&mut self) -> Result<(), ConnError> {
         match self {
             AnyConn::Phoenix(c) => c.heartbeat().await,
-            AnyConn::SocketIo(_) => Ok(()),
+            AnyConn::LongPoll(_) | AnyConn::SocketIo(_) => Ok(()),
         }
     }
 
     /// Answers an Engine.IO ping.
     pub async fn pong(&mut self) -> Result<(), ConnError> {
         match self {
-            AnyConn::Phoenix(_) => Ok(()),
+            AnyConn::Phoenix(_) | AnyConn::LongPoll(_) => Ok(()),
             AnyConn::SocketIo(c) => c.pong().await,
         }
     }

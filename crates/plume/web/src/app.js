@@ -2,7 +2,7 @@
 // (protocol-spec/chat.md) through the npm phoenix client: notifications:{user} for the rooms
 // list and notifications, chat:{id} for one open chat. Bundled by web/build.sh.
 
-import { Socket, Presence } from "phoenix";
+import { LongPoll, Presence, Socket } from "phoenix";
 
 const $ = (id) => document.getElementById(id);
 const HISTORY_PAGE = 50;
@@ -66,7 +66,7 @@ async function pageConfig() {
   } catch {
     // the server is down: sign-in says so when tried
   }
-  return { development_mode: true, long_poll_fallback_ms: null };
+  return { development_mode: true, websocket: true, long_poll_fallback_ms: null };
 }
 
 async function start() {
@@ -157,7 +157,8 @@ function run(token, user) {
   const options = { params: () => ({ token, device_unique_id: deviceId() }) };
   // WebSocket first; LongPoll once a WebSocket has not opened within this time, when the
   // server serves LongPoll (/config.json says).
-  if (state.config.long_poll_fallback_ms) options.longPollFallbackMs = state.config.long_poll_fallback_ms;
+  if (state.config.websocket === false) options.transport = LongPoll;
+  else if (state.config.long_poll_fallback_ms) options.longPollFallbackMs = state.config.long_poll_fallback_ms;
   const socket = new Socket("/socket", options);
   state.socket = socket;
   socket.onOpen(() => {
