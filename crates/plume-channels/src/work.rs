@@ -3,12 +3,12 @@
 //! A callback that waits (a chat send on a store, say) must not stall its socket: the
 //! socket's other channels, its heartbeats and its outbound queue carry on (Phoenix gets
 //! this from a process per channel). So a callback does not borrow the socket: its instance
-//! is taken out of its slot and runs as a [`Work`] future owning everything it needs
-//! ([`Owned`]); the socket polls it once at once (a callback that does not wait finishes
+//! is taken out of its slot and runs as a `Work` future owning everything it needs
+//! (`Owned`); the socket polls it once at once (a callback that does not wait finishes
 //! there, at no extra cost) and otherwise keeps it among its work in flight, which the
 //! connection driver polls beside the network. When it finishes, the instance goes back
 //! with what it pushed ([`Done`]), its reply is written, and what arrived for it meanwhile
-//! ([`Queued`], in arrival order) runs next: one channel handles one message at a time, in
+//! (`Queued`, in arrival order) runs next: one channel handles one message at a time, in
 //! order, as before.
 
 use std::any::Any;
