@@ -11,12 +11,13 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { launchBrowser } from "./lib/browser.mjs";
-import { createClient, joinOk, pushAndReceive, waitForOpen } from "./lib/client.mjs";
+import { createClient, delay, joinOk, pushAndReceive, waitForOpen } from "./lib/client.mjs";
 import { PlumeServer } from "./lib/server.mjs";
 
 const SHOTS = path.join(path.dirname(fileURLToPath(import.meta.url)), "screenshots");
 const DESKTOP = { width: 1280, height: 800 };
-const PHONE = { width: 390, height: 760, isMobile: true, hasTouch: true };
+// Width only: puppeteer reloads a page whose isMobile or hasTouch changes.
+const PHONE = { width: 390, height: 760 };
 const WAIT_MS = 10_000;
 const CHAT = "general";
 
@@ -149,6 +150,8 @@ describe("the web chat in headless Chromium", { timeout: 120_000 }, () => {
     await waitFor(pages.bob, "badge 2", (c) => document.querySelector(`#room-list li[data-chat-id="${c}"] .unread`)?.textContent === "2", CHAT);
     const last = await pages.bob.$eval(`#room-list li[data-chat-id="${CHAT}"] .last`, (e) => e.textContent);
     assert.equal(last, "alice: bob?");
+    // Both members are connected (the rooms list came from list_rooms when bob joined).
+    await waitFor(pages.bob, "the online count", (c) => document.querySelector(`#room-list li[data-chat-id="${c}"] .online`)?.textContent === "2 online", CHAT);
     await shot(pages.bob, "rooms-phone.png");
     await pages.bob.setViewport(DESKTOP);
     await shot(pages.bob, "rooms-desktop.png");
@@ -349,5 +352,105 @@ describe("the web chat over LongPoll when the server serves no WebSocket", { tim
     );
     assert.ok(requests.includes("/socket/longpoll"), JSON.stringify(requests));
     assert.deepEqual(errors, []);
+  });
+});
+
+describe("the web chat: older pages on scrolling up, pending notifications as toasts once, offline", { timeout: 60_000 }, () => {
+  let server;
+  let chromium;
+  let carol;
+
+  before(async () => {
+    server = new PlumeServer({ env: { PLUME_JWT_SECRET: undefined, PLUME_ECHO_CHANNEL: undefined } });
+    await server.start("127.0.0.1:0");
+    chromium = await launchBrowser();
+    const resp = await fetch(`http://${server.addr}/dev/token`, {
+      method: "POST",
+      body: JSON.stringify({ user_id: "carol" }),
+    });
+    const { token } = await resp.json();
+    carol = createClient(server.url, { label: "carol", params: { token } });
+    carol.socket.connect();
+    await waitForOpen(carol.socket);
+  });
+
+  after(async () => {
+    if (carol) carol.socket.disconnect();
+    if (chromium) await chromium.close();
+    if (server) await server.stop();
+  });
+
+  const carolSays = async (chat, contents) => {
+    const channel = carol.socket.channel(`chat:${chat}`, {});
+    await joinOk(channel);
+    for (const content of contents) {
+      const reply = await pushAndReceive(channel, "send_message", { content, mobile_ref_id: `carol-${chat}-${content}` });
+      assert.equal(reply.status, "ok");
+    }
+    channel.leave();
+  };
+  const signedInPage = async (context, user, fragment = "") => {
+    const page = await context.newPage();
+    await page.setViewport(DESKTOP);
+    await page.goto(`http://${server.addr}/${fragment}`);
+    await page.type("#signin-name", user);
+    await page.click("#signin-form button[type=submit]");
+    await page.waitForFunction(() => document.getElementById("banner").dataset.state === "connected", { timeout: WAIT_MS });
+    return page;
+  };
+  const count = (page) => page.$$eval("#messages li[data-seq]", (l) => l.length);
+
+  it("shows the newest 50 messages, and the older ones when scrolled to the top", async () => {
+    await carolSays("long", Array.from({ length: 60 }, (_, i) => `m${i + 1}`));
+    const context = await chromium.browser.createBrowserContext();
+    const page = await signedInPage(context, "frank", "#chat=long");
+    await page.waitForFunction(() => document.querySelectorAll("#messages li[data-seq]").length === 50, { timeout: WAIT_MS });
+    assert.equal(await page.$eval("#messages li[data-seq] .text", (e) => e.textContent), "m11");
+    await page.$eval("#messages-box", (box) => {
+      box.scrollTop = 0;
+    });
+    await page.waitForFunction(() => document.querySelectorAll("#messages li[data-seq]").length === 60, { timeout: WAIT_MS });
+    assert.equal(await page.$eval("#messages li[data-seq] .text", (e) => e.textContent), "m1");
+    assert.equal(await page.$eval("#history-status", (e) => e.textContent), "Start of the chat");
+    assert.equal(await count(page), 60);
+    await context.close();
+  });
+
+  it("shows notifications that waited while the user was away, once", async () => {
+    const context = await chromium.browser.createBrowserContext();
+    // Grace joins "news" (open membership makes her a member), then closes the page.
+    const first = await signedInPage(context, "grace", "#chat=news");
+    await first.waitForFunction(() => !document.getElementById("send").disabled, { timeout: WAIT_MS });
+    await first.close();
+    await carolSays("news", ["the news while you were out"]);
+    const page = await signedInPage(context, "grace");
+    const toasts = () => page.$$eval("#toasts .toast p", (l) => l.map((e) => e.textContent));
+    await page.waitForFunction(() => document.querySelectorAll("#toasts .toast").length > 0, { timeout: WAIT_MS });
+    assert.deepEqual(await toasts(), ["carol in news: the news while you were out"]);
+    await page.waitForFunction(
+      () => document.querySelector('#room-list li[data-chat-id="news"] .unread')?.textContent === "1",
+      { timeout: WAIT_MS },
+    );
+    // Shown once: a reload does not show it again.
+    await page.reload();
+    await page.waitForFunction(() => document.getElementById("banner").dataset.state === "connected", { timeout: WAIT_MS });
+    await page.waitForFunction(() => document.querySelector('#room-list li[data-chat-id="news"]'), { timeout: WAIT_MS });
+    // Pending notifications follow the join reply at once; give them time to show, if any.
+    await delay(500);
+    assert.deepEqual(await toasts(), []);
+    await context.close();
+  });
+
+  it("says offline and disables sending while the browser is offline", async () => {
+    const context = await chromium.browser.createBrowserContext();
+    const page = await signedInPage(context, "heidi", "#chat=offline-test");
+    await page.waitForFunction(() => !document.getElementById("send").disabled, { timeout: WAIT_MS });
+    await page.setOfflineMode(true);
+    await page.waitForFunction(() => document.getElementById("banner").dataset.state === "offline", { timeout: WAIT_MS });
+    assert.equal(await page.$eval("#send", (b) => b.disabled), true);
+    await page.setOfflineMode(false);
+    await page.waitForFunction(() => document.getElementById("banner").dataset.state === "connected", { timeout: WAIT_MS });
+    await page.waitForFunction(() => !document.getElementById("send").disabled, { timeout: WAIT_MS });
+    await context.close();
   });
 });

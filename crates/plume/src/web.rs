@@ -52,8 +52,9 @@ const ASSETS: [(&str, &str, &[u8]); 3] = [
 ];
 
 /// Nothing but this origin: the page's script and style, and its WebSocket (`'self'` covers
-/// `ws:` and `wss:` to the same host in CSP level 3).
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+/// `ws:` and `wss:` to the same host in CSP level 3); `data:` images for the empty favicon
+/// (so the browser does not ask for `/favicon.ico`).
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The web chat, mounted at `/` beside the backend API.

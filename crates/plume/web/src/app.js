@@ -212,6 +212,16 @@ function joinNotifications(socket, user) {
   state.notifications = channel;
 }
 
+// The first page of the rooms list again (a chat just created or joined shows up with its
+// counts); the server's view of each room on it wins.
+function refreshRooms() {
+  if (!state.notifications) return;
+  state.notifications.push("list_rooms", {}).receive("ok", (reply) => {
+    for (const r of reply.rooms) state.rooms.set(r.chat_id, r);
+    renderRooms();
+  });
+}
+
 function blankRoom(chatId) {
   return { chat_id: chatId, last_message: null, unread_count: 0, members_count: null, online_count: null, member: true };
 }
@@ -446,6 +456,7 @@ function openChat(id) {
       chat.joined = true;
       updateComposer();
       if (first) {
+        if (state.rooms.get(id)?.members_count == null) refreshRooms();
         const page = reply.messages || [];
         chat.hasMore = page.length === HISTORY_PAGE;
         addMessages(chat, page);
