@@ -24,8 +24,13 @@
 //! | `/socket/longpoll`       | the LongPoll transport (GET, POST, OPTIONS; see [`longpoll`]) |
 //! | `GET /healthz`           | 200 `{"status":"ok","connections":N}` (liveness) |
 //! | `GET /readyz`            | 200 when the [`Readiness`] checks pass, else 503 |
-//! | the [`HttpApi`] prefix   | the application's API, if one is mounted |
+//! | a mounted [`HttpApi`]'s prefix | that API (the longest matching prefix wins) |
 //! | anything else            | 404 |
+//!
+//! The fixed routes above come first; any other path goes to the mounted [`HttpApi`]
+//! with the longest prefix the path starts with (so `/api/` reaches the backend API and `/`
+//! a web page mounted beside it). Each API still decides on the request head before its body
+//! is read.
 //!
 //! # Admission
 //!
@@ -87,7 +92,7 @@ pub struct Server {
     router: Arc<Router>,
     pubsub: Arc<dyn PubSub>,
     hook: Arc<dyn ConnectHook>,
-    api: Option<Arc<dyn HttpApi>>,
+    apis: Vec<Arc<dyn HttpApi>>,
     readiness: Option<Arc<dyn Readiness>>,
     relay: Option<Arc<dyn NodeRelay>>,
 }
@@ -98,7 +103,8 @@ struct Shared {
     router: Arc<Router>,
     pubsub: Arc<dyn PubSub>,
     hook: Arc<dyn ConnectHook>,
-    api: Option<Arc<dyn HttpApi>>,
+    /// Longest prefix first, so the first match is the longest.
+    apis: Vec<Arc<dyn HttpApi>>,
     readiness: Option<Arc<dyn Readiness>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -128,7 +134,7 @@ impl Server {
             router: Arc::new(router),
             pubsub,
             hook,
-            api: None,
+            apis: Vec::new(),
             readiness: None,
             relay: None,
         }
@@ -147,9 +153,12 @@ impl Server {
         self
     }
 
-    /// Mounts application HTTP routes on the same port.
+    /// Mounts application HTTP routes on the same port. Several may be mounted: a request
+    /// goes to the one with the longest prefix its path starts with (the WebSocket, health and
+    /// readiness paths excepted). Mounting a second API with the same prefix replaces the first.
     pub fn with_http_api(mut self, api: Arc<dyn HttpApi>) -> Server {
-        self.api = Some(api);
+        self.apis.retain(|mounted| mounted.prefix() != api.prefix());
+        self.apis.push(api);
         self
     }
 
@@ -178,6 +187,8 @@ impl Server {
             self.config.overflow_connections,
         );
         let bodies = BodyBudget::new(self.config.max_body_bytes_in_flight);
+        let mut apis = self.apis;
+        apis.sort_by_key(|api| std::cmp::Reverse(api.prefix().len()));
         let longpoll = longpoll::LongPoll::new("local", self.relay);
         let shared = Arc::new(Shared {
             config: self.config,
@@ -185,7 +196,7 @@ impl Server {
             router: self.router,
             pubsub: self.pubsub,
             hook: self.hook,
-            api: self.api,
+            apis,
             readiness: self.readiness,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -392,22 +403,28 @@ async fn route(
     shared: Arc<Shared>,
     slot: Arc<ServedSlot>,
 ) -> Response<Body> {
-    if let Some(api) = &shared.api
-        && req.uri().path().starts_with(api.prefix())
-    {
-        let limits = api::BodyLimits {
-            budget: &shared.bodies,
-            timeout: shared.config.body_timeout,
-        };
-        return api::serve(api.as_ref(), req, limits).await;
-    }
     match req.uri().path() {
-        WEBSOCKET_PATH if shared.config.websocket => upgrade(req, peer, shared, slot),
-        LONGPOLL_PATH => longpoll::serve(req, peer, &shared).await,
-        HEALTH_PATH => health(&shared),
-        READY_PATH => ready(&shared).await,
-        _ => text(StatusCode::NOT_FOUND, ""),
+        // The fixed paths never reach a mounted API, even the WebSocket path while off.
+        WEBSOCKET_PATH if shared.config.websocket => return upgrade(req, peer, shared, slot),
+        WEBSOCKET_PATH => return text(StatusCode::NOT_FOUND, ""),
+        LONGPOLL_PATH => return longpoll::serve(req, peer, &shared).await,
+        HEALTH_PATH => return health(&shared),
+        READY_PATH => return ready(&shared).await,
+        _ => {}
     }
+    let path = req.uri().path();
+    let Some(api) = shared
+        .apis
+        .iter()
+        .find(|api| path.starts_with(api.prefix()))
+    else {
+        return text(StatusCode::NOT_FOUND, "");
+    };
+    let limits = api::BodyLimits {
+        budget: &shared.bodies,
+        timeout: shared.config.body_timeout,
+    };
+    api::serve(api.as_ref(), req, limits).await
 }
 
 fn health(shared: &Shared) -> Response<Body> {

@@ -320,3 +320,74 @@ async fn a_body_that_stalls_gets_408_within_the_body_timeout() {
         (408, r#"{"error":"request body timed out"}"#)
     );
 }
+
+/// A page mounted at `/` beside [`KeyedApi`]: it admits only `GET /` and names itself.
+struct RootPage;
+
+impl HttpApi for RootPage {
+    fn prefix(&self) -> &str {
+        "/"
+    }
+
+    fn admit(&self, head: &ApiHead<'_>) -> Result<(), Box<Response<Full<Bytes>>>> {
+        if head.path == "/" && head.method == http::Method::GET {
+            Ok(())
+        } else {
+            Err(Box::new(json_error(StatusCode::NOT_FOUND, "no page")))
+        }
+    }
+
+    fn handle(&self, _req: ApiRequest) -> ApiFuture {
+        Box::pin(async { json_response(StatusCode::OK, &serde_json::json!({"page": "root"})) })
+    }
+}
+
+#[tokio::test]
+async fn several_apis_are_tried_by_longest_prefix_and_fixed_routes_come_first() {
+    let mut config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
+    config.handshake_timeout = PATIENCE;
+    let pubsub = Arc::new(plume_channels::LocalPubSub::new());
+    // Mounted shortest first: the order of mounting does not decide, the prefix length does.
+    let running = plume_server::Server::new(
+        config,
+        plume_channels::Router::new(),
+        pubsub,
+        Arc::new(AcceptAll),
+    )
+    .with_http_api(Arc::new(RootPage))
+    .with_http_api(Arc::new(KeyedApi))
+    .start()
+    .await
+    .unwrap();
+    let addr = running.local_addr();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close");
+    let ask = |head: String| async move {
+        parse(&read_until_closed(&mut send(addr, &head, b"").await).await)
+    };
+    assert_eq!(ask(get("/")).await, (200, r#"{"page":"root"}"#.into()));
+    assert_eq!(
+        ask(get("/nothing")).await,
+        (404, r#"{"error":"no page"}"#.into())
+    );
+    // `/api/` still reaches the API (its own 401), not the page at `/`.
+    assert_eq!(
+        ask(get("/api/x")).await,
+        (401, r#"{"error":"wrong key"}"#.into())
+    );
+    let mut posted = send(addr, &post(KEY, 3, ""), b"abc").await;
+    assert_eq!(
+        parse(&read_until_closed(&mut posted).await),
+        (200, r#"{"len":3}"#.into())
+    );
+    // The fixed routes are never shadowed by an API mounted at `/`.
+    let (status, body) = ask(get("/healthz")).await;
+    assert_eq!(
+        (status, body.contains(r#""status":"ok""#)),
+        (200, true),
+        "{body}"
+    );
+    running.shutdown().await;
+}

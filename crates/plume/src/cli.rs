@@ -72,6 +72,16 @@ pub enum MembershipArg {
     Open,
 }
 
+/// `--web` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
 /// `--store` values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -225,6 +235,10 @@ pub struct ServeArgs {
     /// Seconds a node counts as alive after its last heartbeat [default: 15].
     #[arg(long, env = "PLUME_NODE_TTL", value_name = "SECS")]
     pub node_ttl: Option<f64>,
+    /// Serve the web chat at GET / (on or off) [default: on for a loopback bind, off
+    /// elsewhere].
+    #[arg(long, env = "PLUME_WEB", value_enum)]
+    pub web: Option<Switch>,
     /// Also mount the sample echo:* channel (runtime diagnostics and the protocol test suite).
     #[arg(long, env = "PLUME_ECHO_CHANNEL")]
     pub echo_channel: bool,

@@ -9,7 +9,7 @@ use plume_redis::RedisConfig;
 use plume_server::ServerConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{JwtAlgorithm, LogFormat, MembershipArg, ServeArgs, StoreKind};
+use crate::cli::{JwtAlgorithm, LogFormat, MembershipArg, ServeArgs, StoreKind, Switch};
 
 /// The HS256 secret used when none is configured and the server only listens on loopback.
 /// It is published here, so tokens signed with it prove nothing: development only.
@@ -60,6 +60,9 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Mount the sample `echo:*` channel too.
     pub echo_channel: bool,
+    /// Serve the web chat at `GET /`. Unset: on for a loopback bind, off elsewhere ([`load`]
+    /// fills in the effective value, which `--print-config` shows).
+    pub web: Option<Switch>,
     /// Connect token verification.
     pub auth: AuthConfig,
     /// The chat service.
@@ -85,6 +88,14 @@ impl Config {
         self.auth.jwt_secret.is_none()
             && self.auth.jwt_public_key.is_none()
             && self.server.bind.ip().is_loopback()
+    }
+
+    /// Whether the web chat is served: as configured, else on for a loopback bind.
+    pub fn web_enabled(&self) -> bool {
+        match self.web {
+            Some(switch) => switch == Switch::On,
+            None => self.server.bind.ip().is_loopback(),
+        }
     }
 
     /// The configuration with secrets replaced, for `--print-config`.
@@ -135,6 +146,13 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         config.api_key = None;
     }
     validate(&config)?;
+    if config.web.is_none() {
+        config.web = Some(if config.server.bind.ip().is_loopback() {
+            Switch::On
+        } else {
+            Switch::Off
+        });
+    }
     let membership_chosen = file_sets_membership || args.membership.is_some();
     if config.development_mode() && !membership_chosen {
         config.chat.membership = Membership::Open;
@@ -279,6 +297,9 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     }
     if args.echo_channel {
         config.echo_channel = true;
+    }
+    if let Some(web) = args.web {
+        config.web = Some(web);
     }
     Ok(())
 }

@@ -5,10 +5,12 @@
 //!
 //! - `cli.rs`: the command line (`serve`, `token`), every flag with its `PLUME_*` variable.
 //! - `config.rs`: layering defaults < config file < env < flags into one validated config.
+//! - `web.rs`: the web chat at `GET /` (embedded files) and development mode's `POST /dev/token`.
 //! - this file: logging, wiring and signal handling.
 
 mod cli;
 mod config;
+mod web;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -216,6 +218,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
     )
     .with_http_api(Arc::new(chat.api(config.api_key.clone())));
+    let server = if config.web_enabled() {
+        let dev_secret = config.development_mode().then(|| DEV_JWT_SECRET.to_owned());
+        tracing::info!(
+            url = %format_args!("http://{}/", config.server.bind),
+            sign_in = if dev_secret.is_some() {
+                "user name (development mode, POST /dev/token)"
+            } else {
+                "a token in the URL fragment: /#token=JWT"
+            },
+            "web chat on (--web off to disable)"
+        );
+        let transports = web::Transports {
+            websocket: config.server.websocket,
+            long_poll: config.server.longpoll.enabled,
+        };
+        server.with_http_api(Arc::new(web::WebChat::new(
+            dev_secret,
+            config.chat.max_id_bytes,
+            transports,
+        )))
+    } else {
+        server
+    };
     let server = match &cluster {
         Some(cluster) => server
             .with_readiness(Arc::new(RedisReadiness(cluster.pubsub.clone())))

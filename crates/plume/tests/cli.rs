@@ -146,10 +146,19 @@ fn serve(extra: &[&str]) -> (std::process::Child, Lines, Vec<String>) {
 }
 
 /// [`serve`] with a prepared command (extra environment).
-fn serve_with(mut cmd: Command, extra: &[&str]) -> (std::process::Child, Lines, Vec<String>) {
+fn serve_with(cmd: Command, extra: &[&str]) -> (std::process::Child, Lines, Vec<String>) {
+    serve_bound(cmd, "127.0.0.1:0", extra)
+}
+
+/// [`serve_with`] bound to `bind`.
+fn serve_bound(
+    mut cmd: Command,
+    bind: &str,
+    extra: &[&str],
+) -> (std::process::Child, Lines, Vec<String>) {
     use std::io::{BufRead, BufReader};
     let mut child = cmd
-        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(["serve", "--bind", bind])
         .args(extra)
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
@@ -567,4 +576,124 @@ fn readyz_on_the_embedded_store_checks_the_database_and_counts_commits() {
     );
     signal(&child, "-TERM");
     let _ = child.wait();
+}
+
+/// One HTTP/1.1 request to `127.0.0.1:port`; the status and the body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+fn port_of(seen: &[String]) -> u16 {
+    let addr = listening_addr(seen);
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn development_mode_serves_the_web_chat_and_signs_tokens_for_it() {
+    let (mut child, _, seen) = serve(&[]);
+    let port = port_of(&seen);
+    assert!(seen.iter().any(|l| l.contains("web chat on")), "{seen:?}");
+    let (status, page) = http(port, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(page.contains("<script src=\"/app.js\""), "{page}");
+    let (status, script) = http(port, "GET", "/app.js", "");
+    assert_eq!(status, 200);
+    assert!(script.contains("phx_join"), "the bundle holds phoenix.js");
+    assert_eq!(http(port, "GET", "/app.css", "").0, 200);
+    assert_eq!(http(port, "GET", "/nothing-here", "").0, 404);
+    assert_eq!(http(port, "POST", "/", "").0, 405);
+    let (status, body) = http(port, "POST", "/dev/token", r#"{"user_id":"alice"}"#);
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["user_id"], "alice");
+    // The token is one the server itself accepts: signed with the development secret.
+    let verifier = plume_chat::JwtVerifier::hs256(b"plume-development-secret-not-for-production");
+    assert_eq!(
+        verifier.verify(body["token"].as_str().unwrap()).unwrap(),
+        "alice"
+    );
+    for bad in [r#"{"user_id":""}"#, r#"{"user_id":7}"#, "[]", "nope"] {
+        assert_eq!(http(port, "POST", "/dev/token", bad).0, 400, "{bad}");
+    }
+    let long = format!(r#"{{"user_id":"{}"}}"#, "a".repeat(129));
+    assert_eq!(http(port, "POST", "/dev/token", &long).0, 400);
+    assert_eq!(http(port, "GET", "/dev/token", "").0, 405);
+    signal(&child, "-TERM");
+    let _ = child.wait();
+}
+
+#[test]
+fn the_token_endpoint_exists_only_in_development_mode() {
+    // A real secret on loopback: the page is there (it takes #token=), the endpoint is not.
+    let (mut child, _, seen) = serve(&["--jwt-secret", "a-real-secret"]);
+    let port = port_of(&seen);
+    assert_eq!(http(port, "GET", "/", "").0, 200);
+    let (status, body) = http(port, "POST", "/dev/token", r#"{"user_id":"alice"}"#);
+    assert_eq!(status, 404, "{body}");
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    // A non-loopback bind (which needs a secret): the web chat is off by default, and on
+    // when asked for, still without the endpoint.
+    for (extra, page) in [(&[][..], 404), (&["--web", "on"][..], 200)] {
+        let mut cmd = plume();
+        cmd.env("PLUME_JWT_SECRET", "a-real-secret");
+        let (mut child, _, seen) = serve_bound(cmd, "0.0.0.0:0", extra);
+        let port = port_of(&seen);
+        assert_eq!(http(port, "GET", "/", "").0, page, "{extra:?}");
+        assert_eq!(
+            http(port, "POST", "/dev/token", r#"{"user_id":"alice"}"#).0,
+            404
+        );
+        signal(&child, "-TERM");
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn web_off_serves_no_page_and_print_config_shows_the_effective_switch() {
+    let (mut child, _, seen) = serve(&["--web", "off"]);
+    let port = port_of(&seen);
+    assert_eq!(http(port, "GET", "/", "").0, 404);
+    assert_eq!(
+        http(port, "POST", "/dev/token", r#"{"user_id":"alice"}"#).0,
+        404
+    );
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    let print = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let loopback = print(plume().args(["serve", "--print-config"]));
+    assert!(loopback.contains("web = \"on\""), "{loopback}");
+    let public = print(
+        plume()
+            .args(["serve", "--print-config", "--bind", "0.0.0.0:4000"])
+            .env("PLUME_JWT_SECRET", "s"),
+    );
+    assert!(public.contains("web = \"off\""), "{public}");
+    let env = print(
+        plume()
+            .args(["serve", "--print-config"])
+            .env("PLUME_WEB", "off"),
+    );
+    assert!(env.contains("web = \"off\""), "{env}");
 }
