@@ -140,6 +140,20 @@ describe("the web chat in headless Chromium", { timeout: 120_000 }, () => {
     await waitFor(pages.bob, "the typing indicator to clear", () => document.getElementById("typing").textContent === "");
   });
 
+  step("the presence list shows who is in the chat, and drops who leaves it", async () => {
+    const listed = (page) => page.$$eval("#presence li", (l) => l.map((e) => e.textContent).sort());
+    for (const name of ["alice", "bob"]) {
+      await waitFor(pages[name], "both users in the presence list", () => document.getElementById("presence-count").textContent === "2");
+      assert.deepEqual(await listed(pages[name]), ["alice", "bob"]);
+    }
+    // Bob goes back to his rooms list (leaving chat:): alice's list follows the presence_diff.
+    await pages.bob.click("#back");
+    await waitFor(pages.alice, "bob to leave the presence list", () => document.getElementById("presence-count").textContent === "1");
+    assert.deepEqual(await listed(pages.alice), ["alice"]);
+    await pages.bob.click(`#room-list li[data-chat-id="${CHAT}"] button`);
+    await waitFor(pages.alice, "bob back in the presence list", () => document.getElementById("presence-count").textContent === "2");
+  });
+
   step("the unread badge rises in bob's rooms list and clears when he opens the chat", async () => {
     await pages.bob.click("#back");
     await waitFor(pages.bob, "the rooms list", () => document.getElementById("chat").hidden);
