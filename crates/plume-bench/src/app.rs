@@ -183,6 +183,7 @@ fn run_config(args: &BenchArgs, connections: usize, offset_shift: usize) -> RunC
         connect_timeout: Duration::from_secs_f64(args.run.connect_timeout),
         heartbeat: Duration::from_secs(30),
         message_bytes: args.load.message_bytes,
+        typing: args.load.typing,
         settle: Duration::from_secs(1),
         progress: !args.run.no_progress,
     }
@@ -220,6 +221,7 @@ async fn measure(
         rate: args.load.rate,
         in_flight: args.load.in_flight,
         message_bytes: args.load.message_bytes,
+        typing: args.load.typing,
         chats: size.chats,
         users_per_chat: size.users,
         workers: cfg.workers,

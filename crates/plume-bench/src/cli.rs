@@ -169,6 +169,10 @@ pub struct LoadArgs {
     /// Bytes of message content.
     #[arg(long, default_value_t = 64)]
     pub message_bytes: usize,
+    /// chat: push `typing` before every message, as a client showing a typing indicator
+    /// does (Plume targets only).
+    #[arg(long)]
+    pub typing: bool,
     /// Users per chat (chat, idle).
     #[arg(long, default_value_t = 10)]
     pub users: usize,

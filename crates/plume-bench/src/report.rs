@@ -48,6 +48,9 @@ pub struct Params {
     pub in_flight: u32,
     /// Bytes of message content.
     pub message_bytes: usize,
+    /// Whether every chat message was preceded by a `typing` push.
+    #[serde(default)]
+    pub typing: bool,
     /// Chats (the `chat` scenario).
     pub chats: usize,
     /// Users per chat.

@@ -249,6 +249,28 @@ impl LongPollConn {
         self.post(frame).await
     }
 
+    /// Pushes `typing` `{"status":"typing"}` on a joined topic without waiting for the reply.
+    pub async fn send_typing(&mut self, topic: &str) -> Result<(), ConnError> {
+        let join_ref = self
+            .joined
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, r)| r.clone())
+            .ok_or_else(|| {
+                ConnError::Protocol(format!("typing on {topic}, which is not joined"))
+            })?;
+        let r = self.next_ref();
+        let frame = serde_json::to_vec(&(
+            &join_ref,
+            &r,
+            topic,
+            "typing",
+            serde_json::json!({"status": "typing"}),
+        ))
+        .map_err(|e| ConnError::Protocol(e.to_string()))?;
+        self.post(frame).await
+    }
+
     /// The next event (cancel-safe: a channel receive).
     pub async fn next_event(&mut self) -> Result<ConnEvent, ConnError> {
         Ok(self.events.recv().await.unwrap_or(ConnEvent::Closed {

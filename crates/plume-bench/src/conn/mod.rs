@@ -127,6 +127,18 @@ impl AnyConn {
         }
     }
 
+    /// Pushes `typing` `{"status":"typing"}` on a joined chat topic without waiting for the
+    /// reply (Plume only: the Socket.IO peer has no typing event).
+    pub async fn send_typing(&mut self, topic: &str) -> Result<(), ConnError> {
+        match self {
+            AnyConn::Phoenix(c) => c.send_typing(topic).await,
+            AnyConn::LongPoll(c) => c.send_typing(topic).await,
+            AnyConn::SocketIo(_) => Err(ConnError::Protocol(
+                "--typing needs a Plume target: the Socket.IO peer has no typing event".into(),
+            )),
+        }
+    }
+
     /// The next event. Cancel-safe.
     pub async fn next_event(&mut self) -> Result<ConnEvent, ConnError> {
         match self {

@@ -82,6 +82,26 @@ impl PhoenixConn {
         Ok(())
     }
 
+    /// Pushes `typing` `{"status":"typing"}` on a joined topic without waiting for the reply.
+    pub async fn send_typing(&mut self, topic: &str) -> Result<(), ConnError> {
+        let join_ref = self
+            .joined
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, r)| r.clone())
+            .ok_or_else(|| {
+                ConnError::Protocol(format!("typing on {topic}, which is not joined"))
+            })?;
+        let payload = Payload::Json(
+            plume_wire::Json::from_text(bytes::Bytes::from_static(br#"{"status":"typing"}"#))
+                .map_err(|e| ConnError::Protocol(e.to_string()))?,
+        );
+        self.client
+            .push(Some(&join_ref), topic, "typing", &payload)
+            .await?;
+        Ok(())
+    }
+
     /// Sends a heartbeat on the `phoenix` topic, as phoenix.js does every 30 seconds.
     pub async fn heartbeat(&mut self) -> Result<(), ConnError> {
         self.client

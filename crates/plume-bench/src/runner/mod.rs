@@ -67,6 +67,8 @@ pub struct RunConfig {
     pub heartbeat: Duration,
     /// Bytes of message content.
     pub message_bytes: usize,
+    /// Push `typing` before every chat message.
+    pub typing: bool,
     /// Pause between the last join and the start (memory is read at its end).
     pub settle: Duration,
     /// Draw a progress bar.

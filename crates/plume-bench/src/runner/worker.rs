@@ -308,6 +308,9 @@ impl Driver<'_> {
             let stamp_ns = self.env.clock.now_ns();
             let content = stamp::content(sender.seq, stamp_ns, self.env.cfg.message_bytes);
             let mobile_ref_id = stamp::mobile_ref_id(sender.seq, stamp_ns);
+            if self.env.cfg.typing {
+                slot.conn.send_typing(&sender.topic).await?;
+            }
             slot.conn
                 .send_chat(&sender.topic, &content, &mobile_ref_id)
                 .await?;
