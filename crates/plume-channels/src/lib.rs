@@ -14,6 +14,7 @@
 //! - [`router`]: topic patterns (`chat:*`) to channels.
 //! - [`pubsub`]: the [`PubSub`] trait and [`LocalPubSub`], the sharded in-process registry.
 //! - [`limit`]: the token bucket behind the per-socket rate limits.
+//! - [`metrics`]: the node's Prometheus metrics, recorded by every crate, served by the server.
 //! - [`outbound`]: the bounded per-socket queue with its overflow policy.
 //! - [`connect`]: what a client presented on connect and the [`ConnectHook`] that judges it.
 //! - [`echo`]: a sample `echo:*` channel that exercises all of the above.
@@ -24,6 +25,7 @@ pub mod connect;
 pub mod duration_secs;
 pub mod echo;
 pub mod limit;
+pub mod metrics;
 pub mod outbound;
 pub mod pubsub;
 pub mod router;
