@@ -119,6 +119,14 @@ struct BuildLabels {
     version: &'static str,
 }
 
+/// The `reason` values of `plume_broadcasts_dropped_total`: the Redis publish queue was full,
+/// a Redis publish failed, a sequenced topic held too many early broadcasts.
+pub const DROP_REASONS: [&str; 3] = ["publish_queue_full", "publish_failed", "held_overflow"];
+
+/// The `source` values of `plume_history_reads_total`: a join's `history`, the `history`
+/// push, the backend API.
+pub const HISTORY_SOURCES: [&str; 3] = ["join", "push", "api"];
+
 /// The `prefix` label of joins to a topic no route matches.
 pub const UNMATCHED_PREFIX: &str = "unmatched";
 
@@ -259,6 +267,17 @@ impl Metrics {
             drain_closes: Counter::default(),
             registry: Registry::default(),
         };
+        // The families with a fixed set of label values show every value from the start
+        // (at zero), so a dashboard's rate() has a series before the first event.
+        for reason in DROP_REASONS {
+            m.broadcasts_dropped.get_or_create(&ReasonLabel { reason });
+        }
+        for result in ["recovered", "too_far_behind"] {
+            m.recoveries.get_or_create(&ResultLabel { result });
+        }
+        for source in HISTORY_SOURCES {
+            m.history_reads.get_or_create(&SourceLabel { source });
+        }
         registry.register(
             "plume_connections",
             "Open client connections, by transport",

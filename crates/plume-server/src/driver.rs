@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use plume_channels::outbound::{Batch, admit_seq};
+use plume_channels::metrics::metrics;
 use plume_channels::{Out, OutboundRx, Socket};
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{DecodeError, Frame};
@@ -60,7 +61,8 @@ fn to_message(frame: Frame) -> Message {
     }
 }
 
-/// Drives one connection until it closes, then ends its channels.
+/// Drives one connection until it closes, then ends its channels. `shutdown` is this
+/// socket's drain token: when it is cancelled the socket closes with 1001.
 ///
 /// Memory note: this future is the whole per-connection task, allocated once and kept for the
 /// connection's life, so it must stay small. The socket's message handling (joins, channel
@@ -83,10 +85,13 @@ pub async fn drive(
                 Some(End::Close(CloseReason::new(close::GOING_AWAY, "server shutting down")))
             }
             status = rx.recv_batch(&mut batch) => match status {
-                Batch::Overflowed => Some(End::Close(CloseReason::new(
-                    close::SLOW_CONSUMER,
-                    "outbound queue overflow: the client reads too slowly",
-                ))),
+                Batch::Overflowed => {
+                    metrics().slow_consumer_closed();
+                    Some(End::Close(CloseReason::new(
+                        close::SLOW_CONSUMER,
+                        "outbound queue overflow: the client reads too slowly",
+                    )))
+                }
                 Batch::Items => {
                     let mut end = None;
                     for item in batch.drain(..) {
@@ -213,6 +218,10 @@ async fn write_frames(ws: &mut Ws, socket: &mut Socket, limit: Duration) -> Resu
             Err(_) => Err(WsError::Io(std::io::ErrorKind::TimedOut.into())),
         };
     }
+    // Counted once per flush, not per frame: two atomic adds however large the batch.
+    let count = frames.len() as u64;
+    let bytes: usize = frames.iter().map(frame_len).sum();
+    metrics().frames_written(count, bytes as u64);
     let work = async {
         for frame in frames.drain(..) {
             ws.feed(to_message(frame)).await?;
@@ -225,9 +234,16 @@ async fn write_frames(ws: &mut Ws, socket: &mut Socket, limit: Duration) -> Resu
     }
 }
 
+fn frame_len(frame: &Frame) -> usize {
+    match frame {
+        Frame::Text(b) | Frame::Binary(b) => b.len(),
+    }
+}
+
 async fn close_with(ws: &mut Ws, socket: u64, reason: CloseReason, limit: Duration) {
     tracing::debug!(socket, code = reason.code, reason = %reason.reason,
         "closing socket");
+    metrics().close_sent(reason.code);
     let frame = CloseFrame {
         code: CloseCode::from(reason.code),
         reason: Utf8Bytes::from(reason.reason.as_ref()),
