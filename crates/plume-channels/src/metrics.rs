@@ -270,13 +270,13 @@ impl Metrics {
         // The families with a fixed set of label values show every value from the start
         // (at zero), so a dashboard's rate() has a series before the first event.
         for reason in DROP_REASONS {
-            m.broadcasts_dropped.get_or_create(&ReasonLabel { reason });
+            m.broadcasts_dropped.get_or_create_owned(&ReasonLabel { reason });
         }
         for result in ["recovered", "too_far_behind"] {
-            m.recoveries.get_or_create(&ResultLabel { result });
+            m.recoveries.get_or_create_owned(&ResultLabel { result });
         }
         for source in HISTORY_SOURCES {
-            m.history_reads.get_or_create(&SourceLabel { source });
+            m.history_reads.get_or_create_owned(&SourceLabel { source });
         }
         registry.register(
             "plume_connections",
