@@ -270,7 +270,8 @@ impl Metrics {
         // The families with a fixed set of label values show every value from the start
         // (at zero), so a dashboard's rate() has a series before the first event.
         for reason in DROP_REASONS {
-            m.broadcasts_dropped.get_or_create_owned(&ReasonLabel { reason });
+            m.broadcasts_dropped
+                .get_or_create_owned(&ReasonLabel { reason });
         }
         for result in ["recovered", "too_far_behind"] {
             m.recoveries.get_or_create_owned(&ResultLabel { result });
@@ -553,7 +554,10 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(
-            sample(&text, "plume_joins_total{prefix=\"test:*\",result=\"refused\"}"),
+            sample(
+                &text,
+                "plume_joins_total{prefix=\"test:*\",result=\"refused\"}"
+            ),
             Some(1.0)
         );
         assert_eq!(
@@ -563,7 +567,10 @@ mod tests {
         assert_eq!(sample(&text, "plume_messages_out_total"), Some(3.0));
         assert_eq!(sample(&text, "plume_written_bytes_total"), Some(120.0));
         assert_eq!(sample(&text, "plume_deliveries_total"), Some(7.0));
-        assert_eq!(sample(&text, "plume_closes_total{code=\"1001\"}"), Some(1.0));
+        assert_eq!(
+            sample(&text, "plume_closes_total{code=\"1001\"}"),
+            Some(1.0)
+        );
         assert_eq!(
             sample(&text, "plume_upgrades_refused_total{reason=\"origin\"}"),
             Some(1.0)

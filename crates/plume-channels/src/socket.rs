@@ -20,9 +20,9 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use prometheus_client::metrics::gauge::Gauge;
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{Frame, Json, Message, Payload, Ref, Serializer, event};
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::channel::{Context, DynChannel, JoinError, Outcome, Reply, SocketShared, Terminate};
 use crate::connect::ConnectInfo;

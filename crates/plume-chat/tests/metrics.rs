@@ -27,7 +27,13 @@ async fn recoveries_history_reads_and_store_latencies_are_counted() {
     config.history_limit = 100;
     let (stores, _) = plume_chat::store::sqlite::open(dir.path(), config.retention()).unwrap();
     let stores: Stores = stores.timed("sqlite");
-    let chat = start_on(config, stores, JwtVerifier::hs256(SECRET), Some(API_KEY.into())).await;
+    let chat = start_on(
+        config,
+        stores,
+        JwtVerifier::hs256(SECRET),
+        Some(API_KEY.into()),
+    )
+    .await;
     let mut alice = chat.connect("alice", "a").await;
     let (jr, _, reply) = join(&mut alice, "chat:m").await;
     let epoch = reply["epoch"].as_str().unwrap().to_owned();
@@ -44,7 +50,10 @@ async fn recoveries_history_reads_and_store_latencies_are_counted() {
     }
     // History: on a join, as a push, through the API.
     let mut carol = chat.connect("carol", "c").await;
-    let (cjr, reply) = carol.join("chat:m", &json(r#"{"history":2}"#)).await.unwrap();
+    let (cjr, reply) = carol
+        .join("chat:m", &json(r#"{"history":2}"#))
+        .await
+        .unwrap();
     assert_eq!(reply.reply_status().as_deref(), Some("ok"));
     let reply = carol
         .call(&cjr, "chat:m", "history", &json(r#"{"limit":3}"#))
@@ -56,14 +65,26 @@ async fn recoveries_history_reads_and_store_latencies_are_counted() {
 
     let (status, text) = http_get(chat.addr(), "/metrics").await;
     assert_eq!(status, 200);
-    assert_eq!(sample(&text, "plume_recoveries_total{result=\"recovered\"}"), 1.0);
+    assert_eq!(
+        sample(&text, "plume_recoveries_total{result=\"recovered\"}"),
+        1.0
+    );
     assert_eq!(
         sample(&text, "plume_recoveries_total{result=\"too_far_behind\"}"),
         1.0
     );
-    assert_eq!(sample(&text, "plume_history_reads_total{source=\"join\"}"), 1.0);
-    assert_eq!(sample(&text, "plume_history_reads_total{source=\"push\"}"), 1.0);
-    assert_eq!(sample(&text, "plume_history_reads_total{source=\"api\"}"), 1.0);
+    assert_eq!(
+        sample(&text, "plume_history_reads_total{source=\"join\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "plume_history_reads_total{source=\"push\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "plume_history_reads_total{source=\"api\"}"),
+        1.0
+    );
     let op = |op: &str| {
         sample(
             &text,
@@ -81,7 +102,10 @@ async fn recoveries_history_reads_and_store_latencies_are_counted() {
         sample(&text, "plume_joins_total{prefix=\"chat:*\",result=\"ok\"}"),
         4.0
     );
-    assert!(!text.contains("alice") && !text.contains("chat:m"), "no ids in labels");
+    assert!(
+        !text.contains("alice") && !text.contains("chat:m"),
+        "no ids in labels"
+    );
 }
 
 /// Plain HTTP/1.1 GET; returns (status, body).
@@ -98,5 +122,8 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (status, text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+    (
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
+    )
 }

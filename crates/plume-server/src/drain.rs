@@ -178,7 +178,10 @@ mod tests {
         assert!(a.token().is_cancelled());
         assert_eq!(start.elapsed(), Duration::ZERO);
         let late = drainer.register();
-        assert!(late.token().is_cancelled(), "a socket opened while draining");
+        assert!(
+            late.token().is_cancelled(),
+            "a socket opened while draining"
+        );
         assert!(drainer.is_empty());
     }
 

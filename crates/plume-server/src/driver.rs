@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use plume_channels::outbound::{Batch, admit_seq};
 use plume_channels::metrics::metrics;
+use plume_channels::outbound::{Batch, admit_seq};
 use plume_channels::{Out, OutboundRx, Socket};
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{DecodeError, Frame};

@@ -89,10 +89,19 @@ async fn metrics_count_connections_joins_messages_deliveries_closes_and_refusals
     ] {
         assert!(text.contains(family), "missing {family:?} in:\n{text}");
     }
-    assert_eq!(sample(&text, "plume_connections{transport=\"websocket\"}"), 2.0);
-    assert_eq!(sample(&text, "plume_connections{transport=\"longpoll\"}"), 0.0);
     assert_eq!(
-        sample(&text, "plume_connections_opened_total{transport=\"websocket\"}"),
+        sample(&text, "plume_connections{transport=\"websocket\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, "plume_connections{transport=\"longpoll\"}"),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "plume_connections_opened_total{transport=\"websocket\"}"
+        ),
         3.0
     );
     assert_eq!(
@@ -100,7 +109,10 @@ async fn metrics_count_connections_joins_messages_deliveries_closes_and_refusals
         3.0
     );
     assert_eq!(
-        sample(&text, "plume_joins_total{prefix=\"unmatched\",result=\"refused\"}"),
+        sample(
+            &text,
+            "plume_joins_total{prefix=\"unmatched\",result=\"refused\"}"
+        ),
         1.0
     );
     assert_eq!(
@@ -111,7 +123,10 @@ async fn metrics_count_connections_joins_messages_deliveries_closes_and_refusals
     // 4 joins, 1 push.
     assert_eq!(sample(&text, "plume_messages_in_total"), 5.0);
     // At least 2 (the `hello` broadcast) + 20 queued to the slow consumer before it overflowed.
-    assert!(sample(&text, "plume_deliveries_total") >= 2.0 + 8.0, "{text}");
+    assert!(
+        sample(&text, "plume_deliveries_total") >= 2.0 + 8.0,
+        "{text}"
+    );
     assert!(sample(&text, "plume_messages_out_total") >= 7.0, "{text}");
     assert!(sample(&text, "plume_written_bytes_total") > 100.0, "{text}");
     assert_eq!(sample(&text, "plume_closes_total{code=\"4008\"}"), 1.0);
@@ -122,11 +137,17 @@ async fn metrics_count_connections_joins_messages_deliveries_closes_and_refusals
     );
     assert_eq!(sample(&text, "plume_draining"), 0.0);
     assert_eq!(
-        sample(&text, "plume_broadcasts_dropped_total{reason=\"held_overflow\"}"),
+        sample(
+            &text,
+            "plume_broadcasts_dropped_total{reason=\"held_overflow\"}"
+        ),
         0.0,
         "fixed label sets are exposed from the start"
     );
-    assert_eq!(sample(&text, "plume_history_reads_total{source=\"api\"}"), 0.0);
+    assert_eq!(
+        sample(&text, "plume_history_reads_total{source=\"api\"}"),
+        0.0
+    );
     let headers = raw_headers(addr).await;
     assert!(
         headers.contains("content-type: application/openmetrics-text; version=1.0.0"),

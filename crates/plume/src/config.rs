@@ -445,7 +445,10 @@ mod tests {
         assert!(validate(&config).is_err());
         let mut config = Config::default();
         config.server.drain_batch_size = 0;
-        assert!(validate(&config).is_err(), "a drain of batches of none never ends");
+        assert!(
+            validate(&config).is_err(),
+            "a drain of batches of none never ends"
+        );
         let mut public = Config::default();
         public.server.bind = "0.0.0.0:4000".parse().unwrap();
         assert!(

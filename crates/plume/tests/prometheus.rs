@@ -45,7 +45,9 @@ fn start_plume() -> (Killed, String) {
     let child = Killed(child);
     for line in lines.by_ref().map_while(Result::ok) {
         if line.contains("listening")
-            && let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("addr="))
+            && let Some(addr) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
         {
             let addr = addr.to_owned();
             std::thread::spawn(move || for _ in lines.by_ref() {});
@@ -92,7 +94,10 @@ fn start_prometheus(dir: &std::path::Path, target: &str) -> (Killed, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(prometheus_binary())
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .arg("--log.level=warn")
         .stdout(Stdio::null())
@@ -130,7 +135,11 @@ fn encode(query: &str) -> String {
 
 /// The value of the single series `query` selects now, through `/api/v1/query`.
 async fn query(prometheus: &str, query: &str) -> Option<f64> {
-    let (status, body) = get(prometheus, &format!("/api/v1/query?query={}", encode(query))).await?;
+    let (status, body) = get(
+        prometheus,
+        &format!("/api/v1/query?query={}", encode(query)),
+    )
+    .await?;
     if status != 200 {
         return None;
     }

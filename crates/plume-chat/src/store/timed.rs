@@ -55,7 +55,8 @@ impl Stores {
 #[async_trait]
 impl MembershipStore for Timed<dyn MembershipStore> {
     async fn add(&self, chat: &str, user: &str) -> Result<(), StoreError> {
-        self.time("membership_add", self.inner.add(chat, user)).await
+        self.time("membership_add", self.inner.add(chat, user))
+            .await
     }
     async fn remove(&self, chat: &str, user: &str) -> Result<bool, StoreError> {
         self.time("membership_remove", self.inner.remove(chat, user))
@@ -198,7 +199,12 @@ mod tests {
             "plume_store_operation_duration_seconds_count{{store=\"{store}\",operation=\"{operation}\"}}"
         );
         text.lines()
-            .find_map(|l| l.strip_prefix(name.as_str())?.strip_prefix(' ')?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(name.as_str())?
+                    .strip_prefix(' ')?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0)
     }
 
@@ -206,7 +212,10 @@ mod tests {
     async fn every_call_is_timed_under_its_store_and_operation_and_answers_as_the_store_does() {
         let stores = Stores::memory(Retention::default()).timed("memory");
         let appended = stores.log.append(&key("r1"), &draft("m1")).await.unwrap();
-        assert!(matches!(appended, Appended::New(ref m) if m.seq == 1), "{appended:?}");
+        assert!(
+            matches!(appended, Appended::New(ref m) if m.seq == 1),
+            "{appended:?}"
+        );
         let again = stores.log.append(&key("r1"), &draft("m1")).await.unwrap();
         assert!(
             matches!(again, Appended::Retry { .. }),
