@@ -180,14 +180,20 @@ pub fn metrics() -> &'static Metrics {
 
 /// Every metric in the OpenMetrics text format (served with [`CONTENT_TYPE`]).
 pub fn encode() -> String {
-    let mut out = String::with_capacity(16 << 10);
-    if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &metrics().registry) {
-        // Encoding into a String only fails if a metric's own encoder does; say so in the
-        // exposition instead of serving half of it silently.
-        out.clear();
-        let _ = writeln!(out, "# metrics encoding failed: {err}\n# EOF");
+    metrics().encode()
+}
+
+impl Metrics {
+    fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            // Encoding into a String only fails if a metric's own encoder does; say so in the
+            // exposition instead of serving half of it silently.
+            out.clear();
+            let _ = writeln!(out, "# metrics encoding failed: {err}\n# EOF");
+        }
+        out
     }
-    out
 }
 
 /// Slots of a [`ShardedCounter`]: more than the worker threads of a typical node, so threads
@@ -590,7 +596,8 @@ mod tests {
 
     #[test]
     fn records_show_in_the_exposition_with_types_and_bounded_labels() {
-        let m = metrics();
+        // A registry of its own: the process-wide one is shared with the other tests.
+        let m = &Metrics::new();
         let guard = m.connection_opened(Transport::LongPoll);
         let route = m.route("test:*");
         route.join(JoinResult::Ok);
@@ -604,7 +611,7 @@ mod tests {
         m.broadcasts_dropped("publish_queue_full", 2);
         m.recovery(false);
         m.history_read("push");
-        let text = encode();
+        let text = m.encode();
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains("# TYPE plume_connections gauge"), "{text}");
         assert!(text.contains("# TYPE plume_joins counter"), "{text}");
@@ -682,7 +689,7 @@ mod tests {
         );
         drop(guard);
         assert_eq!(
-            sample(&encode(), "plume_connections{transport=\"longpoll\"}"),
+            sample(&m.encode(), "plume_connections{transport=\"longpoll\"}"),
             Some(0.0),
             "the guard's drop closes the connection"
         );
