@@ -15,6 +15,7 @@
 //! - [`router`]: topic patterns (`chat:*`) to channels.
 //! - [`pubsub`]: the [`PubSub`] trait and [`LocalPubSub`], the sharded in-process registry.
 //! - [`limit`]: the token bucket behind the per-socket rate limits.
+//! - [`metrics`]: the node's Prometheus metrics, recorded by every crate, served by the server.
 //! - [`outbound`]: the bounded per-socket queue with its overflow policy.
 //! - [`relay`]: [`NodeRelay`], point-to-point messages to one named node of a cluster.
 //! - [`connect`]: what a client presented on connect and the [`ConnectHook`] that judges it.
@@ -26,6 +27,7 @@ pub mod connect;
 pub mod duration_secs;
 pub mod echo;
 pub mod limit;
+pub mod metrics;
 pub mod outbound;
 pub mod pubsub;
 pub mod relay;

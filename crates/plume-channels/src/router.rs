@@ -3,12 +3,16 @@
 //! Patterns are either an exact topic (`lobby`) or a prefix ending in `*` (`chat:*` matches
 //! `chat:42` and `chat:` itself). The first registered match wins, as in a Phoenix socket's
 //! `channel` declarations.
+//!
+//! Each route keeps its [`RouteMetrics`] (joins and joined channels, labelled with the
+//! pattern as registered), resolved when it is registered so a join touches no lock.
 
 use std::sync::Arc;
 
 use plume_wire::Payload;
 
 use crate::channel::{BoxFuture, Channel, Context, DynChannel, JoinError};
+use crate::metrics::{RouteMetrics, UNMATCHED_PREFIX, metrics};
 
 /// What a route's join produces: the new instance and the reply response.
 type JoinFuture<'a> = BoxFuture<'a, Result<(Box<dyn DynChannel>, Payload), JoinError>>;
@@ -63,9 +67,18 @@ impl Pattern {
 }
 
 /// Topic patterns and the channels that serve them.
-#[derive(Default)]
 pub struct Router {
-    routes: Vec<(Pattern, Box<dyn Route>)>,
+    routes: Vec<(Pattern, RouteMetrics, Box<dyn Route>)>,
+    unmatched: RouteMetrics,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router {
+            routes: Vec::new(),
+            unmatched: metrics().route(UNMATCHED_PREFIX),
+        }
+    }
 }
 
 impl Router {
@@ -78,6 +91,7 @@ impl Router {
     pub fn channel<C: Channel>(mut self, pattern: &str, state: Arc<C::State>) -> Router {
         self.routes.push((
             Pattern::parse(pattern),
+            metrics().route(pattern),
             Box::new(ChannelRoute::<C> { state }),
         ));
         self
@@ -85,7 +99,15 @@ impl Router {
 
     /// True when some route serves `topic`.
     pub fn has_route(&self, topic: &str) -> bool {
-        self.routes.iter().any(|(p, _)| p.matches(topic))
+        self.routes.iter().any(|(p, _, _)| p.matches(topic))
+    }
+
+    /// The metrics of the route that serves `topic` (the `unmatched` ones when none does).
+    pub(crate) fn metrics(&self, topic: &str) -> &RouteMetrics {
+        self.routes
+            .iter()
+            .find(|(p, _, _)| p.matches(topic))
+            .map_or(&self.unmatched, |(_, m, _)| m)
     }
 
     pub(crate) fn join<'a>(
@@ -94,7 +116,7 @@ impl Router {
         payload: Payload,
         ctx: &'a mut Context<'_>,
     ) -> Option<JoinFuture<'a>> {
-        let (_, route) = self.routes.iter().find(|(p, _)| p.matches(topic))?;
+        let (_, _, route) = self.routes.iter().find(|(p, _, _)| p.matches(topic))?;
         Some(route.join(topic, payload, ctx))
     }
 }

@@ -31,10 +31,12 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{Frame, Json, Message, Payload, Ref, Serializer, event};
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::channel::{Context, DynChannel, JoinError, Outcome, Reply, SocketShared, Terminate};
 use crate::connect::ConnectInfo;
 use crate::limit::TokenBucket;
+use crate::metrics::{JoinResult, metrics};
 use crate::outbound::{Out, OutboundRx, SocketId, admit_seq, outbound_with_budget};
 use crate::pubsub::{PubSub, Subscriber, SubscriberKind};
 use crate::router::Router;
@@ -146,6 +148,25 @@ struct Joined {
     channel: Option<Box<dyn DynChannel>>,
     /// What arrived for the instance while it was busy, in order.
     backlog: VecDeque<Queued>,
+    /// Counts the channel in its route's `plume_channels` gauge while it exists.
+    _counted: Counted,
+}
+
+/// One joined channel in a route's gauge, for as long as this lives (whichever way the
+/// channel ends).
+struct Counted(Gauge);
+
+impl Counted {
+    fn new(gauge: &Gauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Joined {
@@ -556,6 +577,7 @@ impl Socket {
     /// is never timed out), then the rate limits, then the size limits, then the protocol
     /// cases.
     pub async fn handle_message(&mut self, msg: Message) -> Option<CloseReason> {
+        metrics().message_in();
         if msg.topic == event::PHOENIX_TOPIC && msg.event == event::HEARTBEAT {
             self.reply(None, msg.ref_.as_ref(), &msg.topic, &Reply::ok_empty());
             return None;
@@ -777,6 +799,7 @@ impl Socket {
                 len = msg.topic.len(),
                 "join refused: topic too long"
             );
+            self.router.metrics(&msg.topic).join(JoinResult::Refused);
             let reply = Reply::error_reason(event::REASON_TOPIC_TOO_LONG);
             // The reply names the topic as sent: clients match replies by topic and ref. It
             // is written once and dropped, never kept.
@@ -789,6 +812,7 @@ impl Socket {
         if payload_len > self.config.max_join_payload_bytes {
             tracing::info!(socket = self.shared.id.0, topic = %msg.topic, len = payload_len,
                 "join refused: payload too large");
+            self.router.metrics(&msg.topic).join(JoinResult::Refused);
             let reply = Reply::error_reason(event::REASON_JOIN_PAYLOAD_TOO_LARGE);
             return self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
         }
@@ -817,10 +841,13 @@ impl Socket {
     }
 
     async fn join_new(&mut self, msg: &Message, join_ref: Option<Ref>) {
+        let route = self.router.metrics(&msg.topic).clone();
         if !self.router.has_route(&msg.topic) {
+            route.join(JoinResult::Refused);
             return self.unmatched(msg);
         }
         if self.channels.len() >= self.config.max_channels {
+            route.join(JoinResult::Refused);
             let reply = Reply::error_reason(event::REASON_TOO_MANY_CHANNELS);
             return self.reply(join_ref.as_ref(), msg.ref_.as_ref(), &msg.topic, &reply);
         }
@@ -846,6 +873,7 @@ impl Socket {
             }
         };
         let Some(result) = result else {
+            route.join(JoinResult::Refused);
             return self.unmatched(msg);
         };
         let reply = match result {
@@ -870,19 +898,24 @@ impl Socket {
                     floor,
                     channel: Some(channel),
                     backlog: VecDeque::new(),
+                    _counted: Counted::new(route.channels()),
                 });
+                route.join(JoinResult::Ok);
                 Reply::ok(response)
             }
             Ok(Err(JoinError::Refused(response))) => {
                 tracing::info!(topic = %msg.topic, reason = ?response, "join refused");
+                route.join(JoinResult::Refused);
                 Reply::error(response)
             }
             Ok(Err(JoinError::Failed(err))) => {
                 tracing::error!(topic = %msg.topic, %err, "join failed");
+                route.join(JoinResult::Failed);
                 Reply::error_reason(event::REASON_JOIN_CRASHED)
             }
             Err(panic) => {
                 tracing::error!(topic = %msg.topic, panic = %panic_text(&*panic), "join panicked");
+                route.join(JoinResult::Failed);
                 Reply::error_reason(event::REASON_JOIN_CRASHED)
             }
         };

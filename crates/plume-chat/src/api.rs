@@ -319,6 +319,7 @@ async fn messages(state: &ChatState, chat: &str, query: &str) -> Result<Resp, Ap
             _ => {}
         }
     }
+    plume_channels::metrics::metrics().history_read("api");
     let page = crate::chat::history_page(state, chat, before, limit)
         .await
         .map_err(|e| unavailable(&e))?;

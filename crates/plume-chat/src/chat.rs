@@ -603,6 +603,7 @@ impl ChatChannel {
             Ok(Some(n)) if (1..=MAX_HISTORY_PAGE).contains(&n) => n,
             _ => return Ok(Reply::error_reason(REASON_INVALID_LIMIT).into()),
         };
+        plume_channels::metrics::metrics().history_read("push");
         match history_page(&self.state, &self.chat_id, before, limit).await {
             Ok(page) => Ok(Reply::ok(json(&page)?).into()),
             Err(err) => {
@@ -701,8 +702,10 @@ impl Channel for ChatChannel {
                 }
             }
             recovered = Some(ok);
+            plume_channels::metrics::metrics().recovery(ok);
         }
         let recent = if ask.history > 0 {
+            plume_channels::metrics::metrics().history_read("join");
             log.before(chat_id, Some(floor + 1), ask.history as usize)
                 .await
                 .map_err(|e| unavailable("log", e))?

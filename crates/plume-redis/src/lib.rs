@@ -181,7 +181,12 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let heartbeat = tokio::spawn(heartbeat_loop(state.clone(), config.node_ttl / 3));
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            state.clone(),
+            pubsub.clone(),
+            config.node_ttl / 3,
+            config.command_timeout,
+        ));
         tracing::info!(node, url = %redact_url(&config.url), "joined the redis cluster");
         Ok(Cluster {
             pubsub,
@@ -208,7 +213,15 @@ impl Drop for Cluster {
     }
 }
 
-async fn heartbeat_loop(state: RedisState, every: Duration) {
+/// The node heartbeat, and with it a pub/sub round trip (its latency is the
+/// `plume_redis_pubsub_round_trip_seconds` histogram, measured even when nobody polls
+/// `/readyz`).
+async fn heartbeat_loop(
+    state: RedisState,
+    pubsub: Arc<RedisPubSub>,
+    every: Duration,
+    limit: Duration,
+) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
@@ -225,6 +238,9 @@ async fn heartbeat_loop(state: RedisState, every: Duration) {
                 failing = true;
             }
             Err(_) => {}
+        }
+        if let Err(err) = pubsub.health(limit).await {
+            tracing::debug!(%err, "redis pub/sub round trip failed");
         }
     }
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use plume_channels::metrics::metrics;
 use plume_channels::{
     Broadcast, LocalPubSub, NodeRelay, PubSub, PubSubError, RelayError, RelayFuture, SocketId,
     Subscribed, Subscriber,
@@ -176,7 +177,11 @@ impl RedisPubSub {
             return Err(format!("redis PUBLISH failed: {err}"));
         }
         let result = match tokio::time::timeout(limit, wait).await {
-            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Ok(())) => {
+                let rtt = started.elapsed();
+                metrics().redis_round_trip(rtt);
+                Ok(rtt)
+            }
             _ => Err("pub/sub round trip did not complete".into()),
         };
         self.health_waiters.lock().remove(&nonce);
@@ -251,6 +256,7 @@ impl PubSub for RedisPubSub {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                metrics().broadcasts_dropped("publish_queue_full", 1);
                 Err(PubSubError("redis publish queue full".into()))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -281,11 +287,14 @@ async fn publisher(
         for (channel, data) in batch.drain(..) {
             pipe.cmd("PUBLISH").arg(channel).arg(data.as_ref()).ignore();
         }
+        let started = Instant::now();
         match pipe.query_async::<()>(&mut conn).await {
             Ok(()) => {
+                metrics().redis_published(started.elapsed());
                 stats.published.fetch_add(n, Ordering::Relaxed);
             }
             Err(err) => {
+                metrics().broadcasts_dropped("publish_failed", n);
                 let total = stats.publish_errors.fetch_add(n, Ordering::Relaxed) + n;
                 // One line per second at most while Redis is down.
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {

@@ -569,3 +569,37 @@ async fn node_relay_delivers_to_one_named_node_and_reports_a_missing_one() {
     );
     drop(b);
 }
+
+/// The value of the unlabelled sample `name` in the node's metrics.
+fn metric(name: &str) -> f64 {
+    let text = plume_channels::metrics::encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_and_pubsub_round_trips_are_timed_in_the_metrics() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    let mut on_b = subscribe(b.pubsub.as_ref(), "room:m", 2).await;
+    let publishes = metric("plume_redis_publish_duration_seconds_count");
+    for i in 0..5 {
+        a.pubsub
+            .broadcast(broadcast("room:m", "n", &format!(r#"{{"i":{i}}}"#), None))
+            .unwrap();
+    }
+    assert_eq!(frames(&mut on_b, 5).await.len(), 5);
+    assert!(
+        metric("plume_redis_publish_duration_seconds_count") > publishes,
+        "each pipelined batch of publishes is timed"
+    );
+    assert!(metric("plume_redis_publish_duration_seconds_sum") > 0.0);
+    let trips = metric("plume_redis_pubsub_round_trip_seconds_count");
+    let rtt = a.pubsub.health(Duration::from_secs(2)).await.unwrap();
+    assert!(metric("plume_redis_pubsub_round_trip_seconds_count") >= trips + 1.0);
+    assert!(metric("plume_redis_pubsub_round_trip_seconds_sum") >= rtt.as_secs_f64());
+    // Node b delivered the five to its subscriber (node a has none on the topic).
+    assert!(metric("plume_deliveries_total") >= 5.0);
+}

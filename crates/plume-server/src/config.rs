@@ -31,7 +31,16 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Allowed `Origin`s (Phoenix `check_origin` list syntax); empty = no check. Default empty.
     pub check_origin: Vec<String>,
-    /// How long a graceful shutdown waits for sockets to close. Default 10 s.
+    /// Sockets a stopping node closes (1001) at once; the next batch follows
+    /// `drain_interval` later, so clients reconnect elsewhere spread out instead of all at
+    /// once. Default 1,000.
+    pub drain_batch_size: usize,
+    /// Time between two drain batches. Default 0.5 s: 10,000 sockets are told to close over
+    /// 4.5 s (ten batches).
+    #[serde(with = "plume_channels::duration_secs")]
+    pub drain_interval: Duration,
+    /// How long a graceful shutdown waits for sockets to close after the drain's last batch.
+    /// Default 10 s.
     #[serde(with = "plume_channels::duration_secs")]
     pub shutdown_grace: Duration,
     /// A connection must deliver a complete request head (request line and headers) within
@@ -116,6 +125,8 @@ impl Default for ServerConfig {
             write_buffer_bytes: 16 << 10,
             write_timeout: Duration::from_secs(10),
             check_origin: Vec::new(),
+            drain_batch_size: 1_000,
+            drain_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,

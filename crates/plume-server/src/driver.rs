@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use plume_channels::metrics::metrics;
 use plume_channels::outbound::Batch;
 use plume_channels::{Out, OutboundRx, Socket};
 use plume_wire::close::{self, CloseReason};
@@ -68,7 +69,8 @@ fn to_message(frame: Frame) -> Message {
     }
 }
 
-/// Drives one connection until it closes, then ends its channels.
+/// Drives one connection until it closes, then ends its channels. `shutdown` is this
+/// socket's drain token: when it is cancelled the socket closes with 1001.
 ///
 /// Memory note: this future is the whole per-connection task, allocated once and kept for the
 /// connection's life, so it must stay small. The socket's message handling (joins, channel
@@ -163,6 +165,7 @@ pub async fn drive<S: Stream>(
         // as long as a write would to reach a client that is slow rather than gone. Any
         // other close is sent to a client that reads, and gets at most 2 s.
         let limit = if reason.code == close::SLOW_CONSUMER {
+            metrics().slow_consumer_closed();
             cfg.write_timeout
         } else {
             cfg.write_timeout.min(Duration::from_secs(2))
@@ -252,6 +255,10 @@ async fn write_frames<S: Stream>(
             Err(_) => Err(WsError::Io(std::io::ErrorKind::TimedOut.into())),
         };
     }
+    // Counted once per flush, not per frame: two atomic adds however large the batch.
+    let count = socket.frames().len() as u64;
+    let bytes: usize = socket.frames().iter().map(frame_len).sum();
+    metrics().frames_written(count, bytes as u64);
     let work = async {
         for frame in socket.drain_frames() {
             ws.feed(to_message(frame)).await?;
@@ -264,6 +271,10 @@ async fn write_frames<S: Stream>(
     }
 }
 
+fn frame_len(frame: &Frame) -> usize {
+    frame.len()
+}
+
 async fn close_with<S: Stream>(
     ws: &mut WebSocketStream<S>,
     socket: u64,
@@ -272,6 +283,7 @@ async fn close_with<S: Stream>(
 ) {
     tracing::debug!(socket, code = reason.code, reason = %reason.reason,
         "closing socket");
+    metrics().close_sent(reason.code);
     let frame = CloseFrame {
         code: CloseCode::from(reason.code),
         reason: Utf8Bytes::from(reason.reason.as_ref()),

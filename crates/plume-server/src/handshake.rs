@@ -35,12 +35,28 @@ pub struct Refusal {
     pub status: StatusCode,
     /// What was wrong, for the log (and for the 400 body).
     pub reason: String,
+    /// Which check refused, from a fixed set: the `reason` label of
+    /// `plume_upgrades_refused_total` (`bad_request`, `origin`, `auth_token`, `subprotocol`,
+    /// `vsn`, `connect_refused`).
+    pub label: &'static str,
 }
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
+    let label = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        _ => "connect_refused",
+    };
     Refusal {
         status,
         reason: reason.into(),
+        label,
+    }
+}
+
+impl Refusal {
+    fn labelled(mut self, label: &'static str) -> Refusal {
+        self.label = label;
+        self
     }
 }
 
@@ -128,7 +144,8 @@ pub fn check<B>(
         return Err(refuse(
             StatusCode::FORBIDDEN,
             format!("origin {:?} is not allowed", origin.unwrap_or("")),
-        ));
+        )
+        .labelled("origin"));
     }
 
     // Subprotocols: Phoenix reads the first header only; so do we.
@@ -152,7 +169,8 @@ pub fn check<B>(
                 return Err(refuse(
                     StatusCode::FORBIDDEN,
                     "the auth token subprotocol is not valid base64 UTF-8",
-                ));
+                )
+                .labelled("auth_token"));
             }
         }
     } else {
@@ -163,7 +181,8 @@ pub fn check<B>(
         return Err(refuse(
             StatusCode::FORBIDDEN,
             format!("no supported subprotocol in {remaining:?}"),
-        ));
+        )
+        .labelled("subprotocol"));
     }
 
     let params = parse_query(req.uri().query().unwrap_or(""));
@@ -193,8 +212,8 @@ pub(crate) fn negotiate(
     match params.get("vsn") {
         None => Ok(Serializer::V1),
         Some(serde_json::Value::String(vsn)) => Serializer::from_vsn(Some(vsn))
-            .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string())),
-        Some(_) => Err(refuse(StatusCode::FORBIDDEN, "vsn must be a string")),
+            .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string()).labelled("vsn")),
+        Some(_) => Err(refuse(StatusCode::FORBIDDEN, "vsn must be a string").labelled("vsn")),
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`origin`]: the optional `Origin` check.
 //! - [`driver`]: the per-connection loop between the network and the socket state machine.
 //! - [`longpoll`]: the LongPoll transport (sessions, signed tokens, cross-node relay).
+//! - [`drain`]: [`drain::Drainer`], closing the sockets in batches when the node stops.
 //! - this file: [`Server`] (accept loop, HTTP routing, shutdown).
 //!
 //! # HTTP routes
@@ -23,7 +24,8 @@
 //! | `GET /socket/websocket`  | the WebSocket upgrade (or 400/403, see [`handshake`]; 404 when `websocket` is off) |
 //! | `/socket/longpoll`       | the LongPoll transport (GET, POST, OPTIONS; see [`longpoll`]) |
 //! | `GET /healthz`           | 200 `{"status":"ok","connections":N}` (liveness) |
-//! | `GET /readyz`            | 200 when the [`Readiness`] checks pass, else 503 |
+//! | `GET /readyz`            | 200 when the [`Readiness`] checks pass, else 503 (503 at once when stopping) |
+//! | `GET /metrics`           | the node's metrics, OpenMetrics text (see [`plume_channels::metrics`]) |
 //! | a mounted [`HttpApi`]'s prefix | that API (the longest matching prefix wins) |
 //! | anything else            | 404 |
 //!
@@ -38,10 +40,19 @@
 //! `handshake_timeout` (or be closed without an answer), and at most `max_connections` are
 //! served at once; one over the cap gets 503 `{"error":"too many connections"}` (or 200 for
 //! `GET /healthz`) and is closed. See [`admission`].
+//!
+//! # Stopping
+//!
+//! [`Running::shutdown`] (SIGTERM in the binary) first turns `/readyz` to 503 and refuses new
+//! sockets (503 `{"error":"server shutting down"}`, which a load balancer can retry on another
+//! node) while health, readiness and metrics are still answered; then the [`drain::Drainer`]
+//! closes the sockets with 1001 in batches (`drain_batch_size` every `drain_interval`); then
+//! the listener closes and the server waits up to `shutdown_grace` for connections to end.
 
 pub mod admission;
 pub mod api;
 pub mod config;
+pub mod drain;
 pub mod driver;
 pub mod handshake;
 pub mod longpoll;
@@ -74,6 +85,7 @@ pub use config::{LongPollConfig, ServerConfig};
 pub use longpoll::LONGPOLL_PATH;
 
 use crate::admission::{AcceptBackoff, Admission, BodyBudget, ServedSlot, Ticket};
+use crate::drain::Drainer;
 use crate::driver::DriverConfig;
 use crate::origin::OriginPattern;
 
@@ -83,6 +95,8 @@ pub const WEBSOCKET_PATH: &str = "/socket/websocket";
 pub const HEALTH_PATH: &str = "/healthz";
 /// The readiness endpoint.
 pub const READY_PATH: &str = "/readyz";
+/// The metrics endpoint (Prometheus scrapes it).
+pub const METRICS_PATH: &str = "/metrics";
 
 type Body = Full<Bytes>;
 
@@ -106,7 +120,11 @@ struct Shared {
     /// Longest prefix first, so the first match is the longest.
     apis: Vec<Arc<dyn HttpApi>>,
     readiness: Option<Arc<dyn Readiness>>,
+    /// Cancelled when the node starts stopping: readiness 503, no new sockets, drain.
+    stopping: CancellationToken,
+    /// Cancelled after the drain: the listener and HTTP connections close.
     shutdown: CancellationToken,
+    drainer: Arc<Drainer>,
     tracker: TaskTracker,
     connections: AtomicUsize,
     admission: Admission,
@@ -198,7 +216,9 @@ impl Server {
             hook: self.hook,
             apis,
             readiness: self.readiness,
+            stopping: CancellationToken::new(),
             shutdown: CancellationToken::new(),
+            drainer: Drainer::new(),
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
             admission,
@@ -243,10 +263,26 @@ impl Running {
         self.shared.bodies.refused()
     }
 
-    /// Stops gracefully: stop accepting, close every socket with 1001 so clients reconnect
-    /// elsewhere, and wait (up to the configured grace period) for them to finish.
+    /// Stops gracefully: `/readyz` turns 503 and new sockets are refused at once, the open
+    /// sockets are closed with 1001 in batches (`drain_batch_size` every `drain_interval`) so
+    /// clients reconnect elsewhere spread out, then the listener closes and the server waits
+    /// (up to `shutdown_grace`) for connections to finish.
     pub async fn shutdown(self) {
-        tracing::info!("shutting down");
+        let cfg = &self.shared.config;
+        tracing::info!(
+            sockets = self.shared.drainer.len(),
+            batch = cfg.drain_batch_size,
+            interval_ms = cfg.drain_interval.as_millis() as u64,
+            "stopping: draining sockets"
+        );
+        self.shared.stopping.cancel();
+        plume_channels::metrics::metrics().set_draining(true);
+        let told = self
+            .shared
+            .drainer
+            .drain(cfg.drain_batch_size, cfg.drain_interval)
+            .await;
+        tracing::info!(told, "drain done; shutting down");
         self.shared.shutdown.cancel();
         let _ = self.accept.await;
         self.shared.tracker.close();
@@ -376,6 +412,7 @@ async fn serve_overflow(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             let resp = if req.method() == http::Method::GET && req.uri().path() == HEALTH_PATH {
                 health(&shared)
             } else {
+                plume_channels::metrics::metrics().upgrade_refused("too_many_connections");
                 api::json_error(StatusCode::SERVICE_UNAVAILABLE, "too many connections")
             };
             Ok::<_, Infallible>(resp)
@@ -410,6 +447,7 @@ async fn route(
         LONGPOLL_PATH => return longpoll::serve(req, peer, &shared).await,
         HEALTH_PATH => return health(&shared),
         READY_PATH => return ready(&shared).await,
+        METRICS_PATH => return metrics_response(),
         _ => {}
     }
     let path = req.uri().path();
@@ -440,8 +478,17 @@ fn health(shared: &Shared) -> Response<Body> {
     resp
 }
 
+fn metrics_response() -> Response<Body> {
+    let mut resp = text(StatusCode::OK, plume_channels::metrics::encode());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(plume_channels::metrics::CONTENT_TYPE),
+    );
+    resp
+}
+
 async fn ready(shared: &Shared) -> Response<Body> {
-    if shared.shutdown.is_cancelled() {
+    if shared.stopping.is_cancelled() {
         let body = serde_json::json!({"status": "stopping"});
         return api::json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
     }
@@ -466,11 +513,16 @@ fn upgrade(
     shared: Arc<Shared>,
     slot: Arc<ServedSlot>,
 ) -> Response<Body> {
+    if shared.stopping.is_cancelled() {
+        plume_channels::metrics::metrics().upgrade_refused("draining");
+        return api::json_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
     let up = match handshake::check(&req, Some(peer), &shared.origins, shared.hook.as_ref()) {
         Ok(up) => up,
         Err(refusal) => {
             tracing::info!(%peer, status = refusal.status.as_u16(), reason = %refusal.reason,
                 "upgrade refused");
+            plume_channels::metrics::metrics().upgrade_refused(refusal.label);
             let body = if refusal.status == StatusCode::BAD_REQUEST {
                 Bytes::from(refusal.reason)
             } else {
@@ -541,6 +593,9 @@ async fn run_socket(
         cfg.socket,
     );
     let id = socket.id();
+    let registration = shared.drainer.register();
+    let _counted = plume_channels::metrics::metrics()
+        .connection_opened(plume_channels::metrics::Transport::WebSocket);
     shared.connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(socket = id.0, %peer, "socket connected");
     let driver_cfg = DriverConfig {
@@ -548,7 +603,7 @@ async fn run_socket(
         write_timeout: cfg.write_timeout,
         max_frame_bytes: cfg.max_frame_bytes,
     };
-    driver::drive(ws, socket, rx, driver_cfg, shared.shutdown.clone()).await;
+    driver::drive(ws, socket, rx, driver_cfg, registration.token().clone()).await;
     shared.connections.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(socket = id.0, %peer, "socket closed");
 }

@@ -124,6 +124,12 @@ pub struct ServeArgs {
     /// Connections served at once; more get 503 "too many connections" [default: 10000].
     #[arg(long, env = "PLUME_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Sockets a stopping node (SIGTERM) closes with 1001 at once, per batch [default: 1000].
+    #[arg(long, env = "PLUME_DRAIN_BATCH_SIZE", value_name = "N")]
+    pub drain_batch_size: Option<usize>,
+    /// Seconds between two drain batches of a stopping node [default: 0.5].
+    #[arg(long, env = "PLUME_DRAIN_INTERVAL", value_name = "SECS")]
+    pub drain_interval: Option<f64>,
     /// Close a connection that has not sent a complete request head within this many seconds
     /// (before the WebSocket upgrade, and between keep-alive requests) [default: 10].
     #[arg(long, env = "PLUME_HANDSHAKE_TIMEOUT", value_name = "SECS")]

@@ -185,6 +185,13 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_connections {
         server.max_connections = n;
     }
+    if let Some(n) = args.drain_batch_size {
+        server.drain_batch_size = n;
+    }
+    if let Some(secs) = args.drain_interval {
+        server.drain_interval =
+            Duration::try_from_secs_f64(secs).context("--drain-interval must be >= 0")?;
+    }
     if let Some(secs) = args.handshake_timeout {
         server.handshake_timeout =
             Duration::try_from_secs_f64(secs).context("--handshake-timeout must be >= 0")?;
@@ -380,6 +387,12 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if !s.websocket && !s.longpoll.enabled {
         bail!("websocket and longpoll are both off: clients could not connect");
     }
+    if s.drain_batch_size == 0 {
+        bail!("drain batch size must be at least 1");
+    }
+    if s.drain_interval > Duration::from_secs(60) {
+        bail!("drain interval must be at most 60 seconds");
+    }
     if s.handshake_timeout.is_zero() {
         bail!("handshake timeout must be more than 0 seconds");
     }
@@ -459,6 +472,8 @@ mod tests {
             max_frame_bytes: Some(8192),
             max_connections: Some(50),
             handshake_timeout: Some(2.5),
+            drain_batch_size: Some(250),
+            drain_interval: Some(0.25),
             membership: Some(MembershipArg::Strict),
             ..ServeArgs::default()
         };
@@ -467,6 +482,8 @@ mod tests {
         assert_eq!(config.server.max_frame_bytes, 8192);
         assert_eq!(config.server.max_connections, 50);
         assert_eq!(config.server.handshake_timeout, Duration::from_millis(2500));
+        assert_eq!(config.server.drain_batch_size, 250);
+        assert_eq!(config.server.drain_interval, Duration::from_millis(250));
         assert_eq!(config.chat.membership, Membership::Strict);
         assert!(validate(&config).is_ok());
     }
@@ -483,6 +500,12 @@ mod tests {
         let mut config = Config::default();
         config.server.idle_timeout = Duration::ZERO;
         assert!(validate(&config).is_err());
+        let mut config = Config::default();
+        config.server.drain_batch_size = 0;
+        assert!(
+            validate(&config).is_err(),
+            "a drain of batches of none never ends"
+        );
         let mut public = Config::default();
         public.server.bind = "0.0.0.0:4000".parse().unwrap();
         assert!(

@@ -177,13 +177,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let cluster = Cluster::connect(&config.redis, local)
                 .await
                 .context("joining the redis cluster")?;
-            let stores = plume_chat::store::redis::stores(cluster.state.clone(), retention);
+            let stores =
+                plume_chat::store::redis::stores(cluster.state.clone(), retention).timed("redis");
             (cluster.pubsub.clone(), stores, Some(cluster))
         } else {
             match config.store.kind {
                 StoreKind::Memory => {
                     tracing::warn!("store: memory (chat state is lost when this process stops)");
-                    (local, Stores::memory(retention), None)
+                    (local, Stores::memory(retention).timed("memory"), None)
                 }
                 StoreKind::Embedded => {
                     let dir = &config.store.data_dir;
@@ -195,7 +196,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                         log: stores.log.clone(),
                         stats,
                     }));
-                    (local, stores, None)
+                    (local, stores.timed("sqlite"), None)
                 }
             }
         };

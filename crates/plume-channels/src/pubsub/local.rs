@@ -21,6 +21,7 @@ use plume_wire::{Frame, Payload, Serializer, event};
 use super::{
     Broadcast, PubSub, PubSubError, Seq, Subscribed, Subscriber, SubscriberKind, subscribed_now,
 };
+use crate::metrics::metrics;
 use crate::outbound::{Out, SendError, SocketId};
 
 const SHARDS: usize = 64;
@@ -189,18 +190,14 @@ impl LocalPubSub {
             }
         }
         let Some(last) = state.last else {
-            if state.held.len() < MAX_HELD {
-                state.held.insert(seq.seq, msg.clone());
-            }
+            hold(state, seq.seq, msg);
             return (0, None);
         };
         if seq.seq <= last {
             return (0, None);
         }
         if seq.seq > last + 1 && self.repair.get().is_some() {
-            if state.held.len() < MAX_HELD {
-                state.held.insert(seq.seq, msg.clone());
-            }
+            hold(state, seq.seq, msg);
             return (0, ask_once(state, last));
         }
         let delivered = self.fan_out(&topic.subs, msg);
@@ -370,6 +367,8 @@ impl LocalPubSub {
                 Err(SendError::Closed) => {}
             }
         }
+        // Once per broadcast, not per subscriber: one atomic add on the fan-out path.
+        metrics().delivered(delivered as u64);
         delivered
     }
 
@@ -392,6 +391,16 @@ impl LocalPubSub {
     /// Subscribers closed as slow consumers since start.
     pub fn overflowed_total(&self) -> u64 {
         self.stats.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds a broadcast that arrived ahead of its turn, unless [`MAX_HELD`] are held already
+/// (then it is dropped, and counted: the repair reads it from the log again).
+fn hold(state: &mut SeqState, seq: u64, msg: &Broadcast) {
+    if state.held.len() < MAX_HELD {
+        state.held.insert(seq, msg.clone());
+    } else {
+        metrics().broadcasts_dropped("held_overflow", 1);
     }
 }
 

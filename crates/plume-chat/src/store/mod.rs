@@ -4,11 +4,14 @@
 //!
 //! Every method is async and returns [`StoreError`] when the backend cannot answer; the
 //! channels turn that into an error reply (`storage_unavailable`) instead of dropping data.
+//!
+//! [`timed`] wraps any of them to record each operation's latency in the node's metrics.
 
 pub mod memory;
 pub mod redis;
 pub mod roster;
 pub mod sqlite;
+pub mod timed;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -349,6 +349,9 @@ fn open_session(parts: &Parts, peer: SocketAddr, shared: &Arc<Shared>) -> Answer
     };
     let lp = &shared.longpoll;
     let (id, token) = lp.signer.issue();
+    // Drained like a WebSocket (in its batch), and counted as a LongPoll connection while it
+    // lives.
+    let registration = shared.drainer.register();
     match session::start(
         &lp.registry,
         id,
@@ -356,10 +359,15 @@ fn open_session(parts: &Parts, peer: SocketAddr, shared: &Arc<Shared>) -> Answer
         rx,
         session_cfg,
         cfg.longpoll.max_sessions,
-        shared.shutdown.clone(),
+        registration.token().clone(),
     ) {
         Ok(run) => {
-            shared.tracker.spawn(run);
+            let counted = plume_channels::metrics::metrics()
+                .connection_opened(plume_channels::metrics::Transport::LongPoll);
+            shared.tracker.spawn(async move {
+                let _held = (registration, counted);
+                run.await;
+            });
             tracing::debug!(socket = socket_id, %peer, "long-poll session started");
             Answer::json(
                 StatusCode::OK,

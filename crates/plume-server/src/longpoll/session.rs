@@ -235,6 +235,8 @@ async fn run(
                 // Only binary frames: nothing to answer with yet.
                 held = Some(reply);
             } else {
+                let bytes: usize = texts.iter().map(Bytes::len).sum();
+                plume_channels::metrics::metrics().frames_written(texts.len() as u64, bytes as u64);
                 let _ = reply.send(Polled::Messages(texts));
             }
         }
