@@ -288,12 +288,12 @@ async fn close_with<S: Stream>(
         code: CloseCode::from(reason.code),
         reason: Utf8Bytes::from(reason.reason.as_ref()),
     };
-    let closing = async {
-        if ws.close(Some(frame)).await.is_err() {
-            return;
-        }
-        // Wait for the client's close frame so the close handshake completes cleanly.
-        while let Some(Ok(_)) = ws.next().await {}
-    };
-    let _ = timeout(limit, closing).await;
+    // The close frame gets `limit` to go out (behind whatever the stream still holds)...
+    match timeout(limit, ws.close(Some(frame))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) | Err(_) => return,
+    }
+    // ...then the client's own close frame, so the handshake completes cleanly, at most 2 s.
+    let answer = async { while let Some(Ok(_)) = ws.next().await {} };
+    let _ = timeout(limit.min(Duration::from_secs(2)), answer).await;
 }
