@@ -143,6 +143,14 @@ async fn feed_close(s: &mut Socket, text: &str) -> (Vec<String>, Option<CloseRea
     (texts(s), close)
 }
 
+/// Feeds a message that must produce nothing yet (it waits behind a busy channel).
+async fn waits(s: &mut Socket, text: &str) {
+    assert!(
+        feed(s, text).await.is_empty(),
+        "{text} was answered at once"
+    );
+}
+
 /// Moves everything queued for the socket through `handle_out`, as the driver does.
 async fn drain_outbound(s: &mut Socket, rx: &mut OutboundRx) {
     let mut batch = Vec::new();
@@ -368,11 +376,7 @@ async fn a_waiting_callback_holds_up_only_its_own_channel() {
     );
     feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
     feed(&mut s, r#"["2","2","p:yes","phx_join",{}]"#).await;
-    assert!(
-        feed(&mut s, r#"["1","3","g:1","wait",{}]"#)
-            .await
-            .is_empty()
-    );
+    waits(&mut s, r#"["1","3","g:1","wait",{}]"#).await;
     assert!(s.busy());
     // The heartbeat and the other channel are answered while g:1 waits.
     assert_eq!(
@@ -384,21 +388,9 @@ async fn a_waiting_callback_holds_up_only_its_own_channel() {
         [r#"["2","5","p:yes","phx_reply",{"response":{},"status":"ok"}]"#]
     );
     // What arrives for g:1 waits behind its callback, in order.
-    assert!(
-        feed(&mut s, r#"["1","6","g:1","quick",{}]"#)
-            .await
-            .is_empty()
-    );
-    assert!(
-        feed(&mut s, r#"["1","7","g:1","phx_leave",{}]"#)
-            .await
-            .is_empty()
-    );
-    assert!(
-        feed(&mut s, r#"["1","8","g:1","quick",{}]"#)
-            .await
-            .is_empty()
-    );
+    waits(&mut s, r#"["1","6","g:1","quick",{}]"#).await;
+    waits(&mut s, r#"["1","7","g:1","phx_leave",{}]"#).await;
+    waits(&mut s, r#"["1","8","g:1","quick",{}]"#).await;
     gate.notify_one();
     let done = tokio::time::timeout(Duration::from_secs(5), s.next_done())
         .await
@@ -430,21 +422,9 @@ async fn a_join_of_a_busy_topic_replaces_it_once_the_callback_is_done() {
         gate.clone(),
     );
     feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
-    assert!(
-        feed(&mut s, r#"["1","2","g:1","wait",{}]"#)
-            .await
-            .is_empty()
-    );
-    assert!(
-        feed(&mut s, r#"["3","3","g:1","phx_join",{}]"#)
-            .await
-            .is_empty()
-    );
-    assert!(
-        feed(&mut s, r#"["3","4","g:1","quick",{}]"#)
-            .await
-            .is_empty()
-    );
+    waits(&mut s, r#"["1","2","g:1","wait",{}]"#).await;
+    waits(&mut s, r#"["3","3","g:1","phx_join",{}]"#).await;
+    waits(&mut s, r#"["3","4","g:1","quick",{}]"#).await;
     gate.notify_one();
     let done = s.next_done().await;
     s.finish(done).await;

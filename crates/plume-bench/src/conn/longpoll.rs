@@ -226,6 +226,15 @@ impl LongPollConn {
         }
     }
 
+    /// The join_ref of a joined topic.
+    fn join_ref(&self, topic: &str) -> Result<String, ConnError> {
+        self.joined
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, r)| r.clone())
+            .ok_or_else(|| ConnError::Protocol(format!("{topic} is not joined")))
+    }
+
     /// Queues `send_message` on a joined topic for the next POST.
     pub async fn send_chat(
         &mut self,
@@ -233,12 +242,7 @@ impl LongPollConn {
         content: &str,
         mobile_ref_id: &str,
     ) -> Result<(), ConnError> {
-        let join_ref = self
-            .joined
-            .iter()
-            .find(|(t, _)| t == topic)
-            .map(|(_, r)| r.clone())
-            .ok_or_else(|| ConnError::Protocol(format!("send on {topic}, which is not joined")))?;
+        let join_ref = self.join_ref(topic)?;
         let r = self.next_ref();
         let payload = SendMessage {
             content,
@@ -251,14 +255,7 @@ impl LongPollConn {
 
     /// Pushes `typing` `{"status":"typing"}` on a joined topic without waiting for the reply.
     pub async fn send_typing(&mut self, topic: &str) -> Result<(), ConnError> {
-        let join_ref = self
-            .joined
-            .iter()
-            .find(|(t, _)| t == topic)
-            .map(|(_, r)| r.clone())
-            .ok_or_else(|| {
-                ConnError::Protocol(format!("typing on {topic}, which is not joined"))
-            })?;
+        let join_ref = self.join_ref(topic)?;
         let r = self.next_ref();
         let frame = serde_json::to_vec(&(
             &join_ref,

@@ -58,6 +58,15 @@ impl PhoenixConn {
         Ok(())
     }
 
+    /// The join_ref of a joined topic.
+    fn join_ref(&self, topic: &str) -> Result<Ref, ConnError> {
+        self.joined
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, r)| r.clone())
+            .ok_or_else(|| ConnError::Protocol(format!("{topic} is not joined")))
+    }
+
     /// Pushes `send_message` on a joined topic.
     pub async fn send_chat(
         &mut self,
@@ -65,12 +74,7 @@ impl PhoenixConn {
         content: &str,
         mobile_ref_id: &str,
     ) -> Result<(), ConnError> {
-        let join_ref = self
-            .joined
-            .iter()
-            .find(|(t, _)| t == topic)
-            .map(|(_, r)| r.clone())
-            .ok_or_else(|| ConnError::Protocol(format!("send on {topic}, which is not joined")))?;
+        let join_ref = self.join_ref(topic)?;
         let payload = Payload::json(&SendMessage {
             content,
             mobile_ref_id,
@@ -84,14 +88,7 @@ impl PhoenixConn {
 
     /// Pushes `typing` `{"status":"typing"}` on a joined topic without waiting for the reply.
     pub async fn send_typing(&mut self, topic: &str) -> Result<(), ConnError> {
-        let join_ref = self
-            .joined
-            .iter()
-            .find(|(t, _)| t == topic)
-            .map(|(_, r)| r.clone())
-            .ok_or_else(|| {
-                ConnError::Protocol(format!("typing on {topic}, which is not joined"))
-            })?;
+        let join_ref = self.join_ref(topic)?;
         let payload = Payload::Json(
             plume_wire::Json::from_text(bytes::Bytes::from_static(br#"{"status":"typing"}"#))
                 .map_err(|e| ConnError::Protocol(e.to_string()))?,
