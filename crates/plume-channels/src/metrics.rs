@@ -183,6 +183,13 @@ pub fn encode() -> String {
     metrics().encode()
 }
 
+/// The value of the sample `name` (the metric name with its labels, exactly as encoded, e.g.
+/// `plume_closes_total{code="4008"}`) in an OpenMetrics `text`: what a scraper would read.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 impl Metrics {
     fn encode(&self) -> String {
         let mut out = String::with_capacity(16 << 10);

@@ -94,6 +94,14 @@ fn socket_with(
     )
 }
 
+/// A socket and the gate its `g:*` channels wait on, joined to `g:1`.
+async fn gated(config: SocketConfig) -> (Socket, OutboundRx, Arc<tokio::sync::Notify>) {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (mut s, rx) = socket_gated(config, None, Arc::new(LocalPubSub::new()), gate.clone());
+    feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
+    (s, rx, gate)
+}
+
 /// A socket whose `g:*` channels wait on `gate`.
 fn socket_gated(
     config: SocketConfig,
@@ -367,14 +375,7 @@ async fn null_join_ref_on_v2_join_uses_the_ref() {
 
 #[tokio::test]
 async fn a_waiting_callback_holds_up_only_its_own_channel() {
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let (mut s, _rx) = socket_gated(
-        SocketConfig::default(),
-        None,
-        Arc::new(LocalPubSub::new()),
-        gate.clone(),
-    );
-    feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
+    let (mut s, _rx, gate) = gated(SocketConfig::default()).await;
     feed(&mut s, r#"["2","2","p:yes","phx_join",{}]"#).await;
     waits(&mut s, r#"["1","3","g:1","wait",{}]"#).await;
     assert!(s.busy());
@@ -414,14 +415,7 @@ async fn a_waiting_callback_holds_up_only_its_own_channel() {
 
 #[tokio::test]
 async fn a_join_of_a_busy_topic_replaces_it_once_the_callback_is_done() {
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let (mut s, _rx) = socket_gated(
-        SocketConfig::default(),
-        None,
-        Arc::new(LocalPubSub::new()),
-        gate.clone(),
-    );
-    feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
+    let (mut s, _rx, gate) = gated(SocketConfig::default()).await;
     waits(&mut s, r#"["1","2","g:1","wait",{}]"#).await;
     waits(&mut s, r#"["3","3","g:1","phx_join",{}]"#).await;
     waits(&mut s, r#"["3","4","g:1","quick",{}]"#).await;
@@ -442,17 +436,11 @@ async fn a_join_of_a_busy_topic_replaces_it_once_the_callback_is_done() {
 
 #[tokio::test]
 async fn a_client_that_queues_too_much_behind_a_busy_channel_is_not_read() {
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let (mut s, _rx) = socket_gated(
-        SocketConfig {
-            max_pushes_per_second: 0,
-            ..SocketConfig::default()
-        },
-        None,
-        Arc::new(LocalPubSub::new()),
-        gate.clone(),
-    );
-    feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
+    let (mut s, _rx, gate) = gated(SocketConfig {
+        max_pushes_per_second: 0,
+        ..SocketConfig::default()
+    })
+    .await;
     feed(&mut s, r#"["1","2","g:1","wait",{}]"#).await;
     for i in 0..plume_channels::socket::MAX_QUEUED_MESSAGES {
         assert!(s.accepting(), "after {i}");
@@ -471,14 +459,7 @@ async fn a_client_that_queues_too_much_behind_a_busy_channel_is_not_read() {
 
 #[tokio::test]
 async fn a_closing_socket_lets_its_callbacks_finish_before_terminate() {
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let (mut s, _rx) = socket_gated(
-        SocketConfig::default(),
-        None,
-        Arc::new(LocalPubSub::new()),
-        gate.clone(),
-    );
-    feed(&mut s, r#"["1","1","g:1","phx_join",{}]"#).await;
+    let (mut s, _rx, gate) = gated(SocketConfig::default()).await;
     feed(&mut s, r#"["1","2","g:1","wait",{}]"#).await;
     let opener = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -11,9 +11,12 @@ use plume_chat::store::Stores;
 use plume_chat::{JwtVerifier, Membership};
 
 fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+    plume_channels::metrics::sample(text, name).unwrap_or_else(|| {
+        panic!(
+            "no sample {name} in:
+{text}"
+        )
+    })
 }
 
 #[tokio::test]

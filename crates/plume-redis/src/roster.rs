@@ -22,7 +22,7 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use crate::state::{NODES, RedisState, Result, StateError};
+use crate::state::{LIVE_LUA, NODES, RedisState, Result, StateError};
 
 const ROSTER_NODES: &str = "plume:roster-nodes";
 
@@ -42,21 +42,9 @@ fn online_users_key(node: &str) -> String {
     format!("plume:online-users:{node}")
 }
 
-/// Lua prelude: `live(node)` is true while the node's expiry in KEYS[1] (`plume:nodes`) has
-/// not passed (Redis clock), cached per script run.
-const LIVE_LUA: &str = r"
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local alive = {}
-local function live(node)
-  local known = alive[node]
-  if known == nil then
-    local expiry = redis.call('ZSCORE', KEYS[1], node)
-    known = (expiry and tonumber(expiry) >= now_ms) and true or false
-    alive[node] = known
-  end
-  return known
-end
+/// Lua prelude after the shared [`LIVE_LUA`]: `others_live(key, me)` is true when a live
+/// node other than `me` has a field in hash `key`.
+const OTHERS_LIVE_LUA: &str = r"
 local function others_live(key, me)
   for _, n in ipairs(redis.call('HKEYS', key)) do
     if n ~= me and live(n) then return true end
@@ -137,7 +125,7 @@ return out
 ";
 
 fn with_live(body: &str) -> Script {
-    Script::new(&format!("{LIVE_LUA}{body}"))
+    Script::new(&format!("{LIVE_LUA}{OTHERS_LIVE_LUA}{body}"))
 }
 
 static LIST: LazyLock<Script> = LazyLock::new(|| with_live(LIST_LUA));

@@ -108,10 +108,9 @@ fn node_users_key(node: &str) -> String {
     format!("plume:node-users:{node}")
 }
 
-/// For each presence hash (KEYS[2..]) and each target (ARGV), `1` when a live node has a
-/// positive count for it: the answers for every user and target in one round trip, row by
-/// row. KEYS[1]: the nodes zset.
-const PRESENT_MANY_LUA: &str = r"
+/// Lua prelude of every script that asks whether a node is alive: `live(node)` is true while
+/// the node's expiry in KEYS[1] (`plume:nodes`) has not passed (Redis clock), cached per run.
+pub(crate) const LIVE_LUA: &str = r"
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local alive = {}
@@ -124,6 +123,17 @@ local function live(node)
   end
   return known
 end
+";
+
+/// `body` after [`LIVE_LUA`], as one script.
+pub(crate) fn with_live(body: &str) -> Script {
+    Script::new(&format!("{LIVE_LUA}{body}"))
+}
+
+/// For each presence hash (KEYS[2..]) and each target (ARGV), `1` when a live node has a
+/// positive count for it: the answers for every user and target in one round trip, row by
+/// row. KEYS[1]: the nodes zset. (After [`LIVE_LUA`].)
+const PRESENT_MANY_LUA: &str = r"
 local out = {}
 for k = 2, #KEYS do
   local found = {}
@@ -275,7 +285,7 @@ redis.call('DEL', KEYS[1])
 return #users
 ";
 
-static PRESENT_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(PRESENT_MANY_LUA));
+static PRESENT_MANY: LazyLock<Script> = LazyLock::new(|| with_live(PRESENT_MANY_LUA));
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_LUA));
 static HEAD: LazyLock<Script> = LazyLock::new(|| Script::new(HEAD_LUA));
 static MARK_DELIVERED: LazyLock<Script> = LazyLock::new(|| {

@@ -573,8 +573,7 @@ async fn node_relay_delivers_to_one_named_node_and_reports_a_missing_one() {
 /// The value of the unlabelled sample `name` in the node's metrics.
 fn metric(name: &str) -> f64 {
     let text = plume_channels::metrics::encode();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    plume_channels::metrics::sample(&text, name)
         .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
 }
 

@@ -14,9 +14,12 @@ use plume_wire::Payload;
 
 /// The value of the sample `name` (exact label text) in the exposition.
 fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+    plume_channels::metrics::sample(text, name).unwrap_or_else(|| {
+        panic!(
+            "no sample {name} in:
+{text}"
+        )
+    })
 }
 
 #[tokio::test]

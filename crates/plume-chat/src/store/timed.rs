@@ -225,14 +225,7 @@ mod tests {
         let name = format!(
             "plume_store_operation_duration_seconds_count{{store=\"{store}\",operation=\"{operation}\"}}"
         );
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name.as_str())?
-                    .strip_prefix(' ')?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
+        plume_channels::metrics::sample(&text, &name).map_or(0, |v| v as u64)
     }
 
     #[tokio::test]

@@ -162,7 +162,9 @@ async fn run(
             () = shutdown.cancelled() => {
                 Some(CloseReason::new(close::GOING_AWAY, "server shutting down"))
             }
-            cmd = cmds.recv() => match cmd {
+            // Not taken while too many messages wait for busy channels (as the WebSocket
+            // driver stops reading): posts then wait in the bounded command queue.
+            cmd = cmds.recv(), if socket.accepting() => match cmd {
                 // Unreachable while the registry holds a sender; end quietly if it happens.
                 None => Some(CloseReason::new(close::GOING_AWAY, "session removed")),
                 Some(Command::Poll(reply)) => {
