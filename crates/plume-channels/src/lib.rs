@@ -36,7 +36,7 @@ pub mod socket;
 pub mod work;
 
 pub use channel::{
-    Channel, ChannelError, ChannelHandle, Context, JoinError, Outcome, Reply, Terminate,
+    BoxError, Channel, ChannelError, ChannelHandle, Context, JoinError, Outcome, Reply, Terminate,
 };
 pub use connect::{AcceptAll, Accepted, ConnectHook, ConnectInfo, ConnectRequest, Refused};
 pub use outbound::{Out, OutboundRx, OutboundTx, SocketId};

@@ -628,7 +628,7 @@ impl PubSub for RemoteFails {
     }
     fn broadcast(&self, msg: plume_channels::Broadcast) -> Result<(), plume_channels::PubSubError> {
         self.0.dispatch(&msg);
-        Err(plume_channels::PubSubError("publish queue full".into()))
+        Err(plume_channels::PubSubError::QueueFull { capacity: 0 })
     }
     fn registry(&self) -> &LocalPubSub {
         &self.0
