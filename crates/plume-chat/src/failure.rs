@@ -57,8 +57,6 @@ pub fn store_status(err: &StoreError) -> (StatusCode, &'static str) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a panic is how a test fails
 mod tests {
-    use std::sync::Arc;
-
     use plume_redis::StateError;
 
     use super::*;
@@ -74,8 +72,8 @@ mod tests {
         let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
         vec![
             StoreError::Sqlite(sqlite()),
-            StoreError::Begin(Arc::new(sqlite())),
-            StoreError::Commit(Arc::new(sqlite())),
+            StoreError::Begin(sqlite()),
+            StoreError::Commit(sqlite()),
             StoreError::ThreadGone("writer"),
             StoreError::Redis(StateError::Command {
                 op: "append",

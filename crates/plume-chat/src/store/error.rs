@@ -7,8 +7,6 @@
 //! variant is decided in one place, [`crate::failure`], and listed in
 //! `protocol-spec/errors.md` ("Server-side failures").
 
-use std::sync::Arc;
-
 use plume_redis::StateError;
 
 /// A cause of any type, kept whole for `source()`.
@@ -23,13 +21,13 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[source] rusqlite::Error),
     /// The write batch the operation was queued in could not begin its transaction; none of
-    /// the batch was run. Shared by every operation of the batch, hence the `Arc`.
+    /// the batch was run. (Every operation of the batch gets a copy of the one error.)
     #[error("sqlite: cannot begin the write transaction: {0}")]
-    Begin(#[source] Arc<rusqlite::Error>),
+    Begin(#[source] rusqlite::Error),
     /// The write batch the operation was part of failed to commit and was rolled back:
-    /// nothing of the batch was written. Shared by every operation of the batch.
+    /// nothing of the batch was written. (Every operation of the batch gets a copy.)
     #[error("sqlite: the write batch failed to commit: {0}")]
-    Commit(#[source] Arc<rusqlite::Error>),
+    Commit(#[source] rusqlite::Error),
     /// The thread that owns an SQLite connection (`writer` or `reader`) has stopped: it
     /// panicked, or the store is being dropped.
     #[error("sqlite: the {0} thread has stopped")]
@@ -104,6 +102,22 @@ impl StoreError {
     }
 }
 
+/// A copy of `err` for one more of the operations a failed batch answers (`rusqlite::Error`
+/// is not `Clone`). SQLite's own failures, which is what `BEGIN` and `COMMIT` fail with, are
+/// copied exactly (code, extended code, message); anything else keeps its message under
+/// `SQLITE_ERROR`.
+pub(crate) fn copy_sqlite_error(err: &rusqlite::Error) -> rusqlite::Error {
+    match err {
+        rusqlite::Error::SqliteFailure(code, msg) => {
+            rusqlite::Error::SqliteFailure(*code, msg.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
 /// SQLite gave up waiting for a lock (`busy_timeout`).
 fn is_busy(err: &rusqlite::Error) -> bool {
     matches!(
@@ -132,20 +146,17 @@ mod tests {
         assert_eq!(err.kind(), "sqlite");
         assert!(!err.is_timeout());
 
-        let shared = Arc::new(sqlite_failure(
-            rusqlite::ffi::SQLITE_IOERR,
-            "disk I/O error",
-        ));
-        let err = StoreError::Commit(shared.clone());
+        let commit = sqlite_failure(rusqlite::ffi::SQLITE_IOERR, "disk I/O error");
+        let err = StoreError::Commit(copy_sqlite_error(&commit));
         assert_eq!(
             err.to_string(),
             "sqlite: the write batch failed to commit: disk I/O error"
         );
-        assert!(
-            err.source()
-                .unwrap()
-                .downcast_ref::<rusqlite::Error>()
-                .is_some()
+        let source = err.source().unwrap().downcast_ref::<rusqlite::Error>();
+        assert_eq!(
+            source.and_then(rusqlite::Error::sqlite_error),
+            commit.sqlite_error(),
+            "the copy keeps the code and extended code"
         );
 
         let json = serde_json::from_str::<u64>("x").unwrap_err();

@@ -36,6 +36,7 @@ use super::{
     PendingLimits, PendingStore, ReadStore, Retention, SendKey, SentRecord, StoreError, Stores,
     UserChat, new_epoch,
 };
+use crate::store::error::copy_sqlite_error;
 use crate::time::now_millis;
 
 /// The schema this build writes.
@@ -141,15 +142,14 @@ pub struct SqliteStats {
 }
 
 /// What a write job leaves for after the commit: its answer, given the commit's error if the
-/// commit failed (shared by every job of the batch).
-type Finish = Box<dyn FnOnce(Result<(), Arc<rusqlite::Error>>) + Send>;
+/// commit failed (the same for every job of the batch).
+type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 /// A write job: runs inside the batch transaction; returns whether its statements
 /// succeeded (otherwise its savepoint is rolled back) and what to answer after the commit.
 /// Given the `BEGIN`'s error when the batch could not start: the job then only answers
 /// with a failure.
 type WriteJob = Box<
-    dyn FnOnce(Result<(&Connection, &mut WriterCache), Arc<rusqlite::Error>>) -> (bool, Finish)
-        + Send,
+    dyn FnOnce(Result<(&Connection, &mut WriterCache), &rusqlite::Error>) -> (bool, Finish) + Send,
 >;
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
@@ -377,16 +377,16 @@ impl Sqlite {
             let (conn, cache) = match ctx {
                 Ok(ctx) => ctx,
                 Err(began) => {
-                    let _ = tx.send(Err(StoreError::Begin(began)));
+                    let _ = tx.send(Err(StoreError::Begin(copy_sqlite_error(began))));
                     return (false, Box::new(|_| {}));
                 }
             };
             let result = f(conn, cache);
             let ok = result.is_ok();
-            let finish: Finish = Box::new(move |committed| {
-                let answer = match committed {
-                    Ok(()) => result.map_err(StoreError::Sqlite),
-                    Err(commit) => Err(StoreError::Commit(commit)),
+            let finish: Finish = Box::new(move |commit_failed| {
+                let answer = match commit_failed {
+                    None => result.map_err(StoreError::Sqlite),
+                    Some(err) => Err(StoreError::Commit(copy_sqlite_error(err))),
                 };
                 let _ = tx.send(answer);
             });
@@ -470,10 +470,9 @@ fn write_loop(
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         if let Err(err) = began {
             tracing::error!(%err, "sqlite: cannot begin a transaction");
-            let err = Arc::new(err);
             for job in jobs {
                 // The job answers with the error itself; it has nothing to finish.
-                let _ = job(Err(err.clone()));
+                let _ = job(Err(&err));
             }
             continue;
         }
@@ -496,21 +495,21 @@ fn write_loop(
                 tracing::warn!(%err, "sqlite: sweeping expired rows failed");
             }
         }
-        let committed = match conn.execute_batch("COMMIT") {
-            Ok(()) => Ok(()),
+        let commit_failed = match conn.execute_batch("COMMIT") {
+            Ok(()) => None,
             Err(err) => {
                 tracing::error!(%err, jobs = n, "sqlite: commit failed; the batch is refused");
                 let _ = conn.execute_batch("ROLLBACK");
                 cache.last_seq.clear();
-                Err(Arc::new(err))
+                Some(err)
             }
         };
-        if committed.is_ok() {
+        if commit_failed.is_none() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.jobs.fetch_add(n, Ordering::Relaxed);
         }
         for finish in finishes {
-            finish(committed.clone());
+            finish(commit_failed.as_ref());
         }
     }
 }
