@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use plume_wire::{Frame, Payload, Ref, Serializer, event};
 
 use crate::connect::ConnectInfo;
+pub use crate::error::{BoxError, ChannelError, JoinError};
 use crate::outbound::{Out, OutboundTx, SendError, SocketId};
 use crate::pubsub::{Broadcast, PubSub, PubSubError, Subscriber, SubscriberKind};
 
@@ -84,98 +85,6 @@ pub enum Outcome {
 impl From<Reply> for Outcome {
     fn from(reply: Reply) -> Outcome {
         Outcome::Reply(reply)
-    }
-}
-
-/// What a failure of a channel may carry as its cause: any error, kept whole so that
-/// `source()` still reaches it (a store's backend error, for example).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// A channel failure. The socket answers it with `phx_error` `{"reason":"channel_crash"}`
-/// and drops the channel (see `protocol-spec/errors.md`, "Server-side failures"); the message
-/// is logged with the topic and socket.
-///
-/// The message names what the channel was doing and includes its cause's text, so one log
-/// line says everything; the cause stays reachable through `source()`.
-#[derive(Debug, thiserror::Error)]
-pub enum ChannelError {
-    /// A payload could not be encoded as JSON.
-    #[error("encoding {what}: {source}")]
-    Encode {
-        /// What was being encoded.
-        what: &'static str,
-        /// The encoder's error.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A message from the channel to itself ([`Context::send_info`]) could not be queued:
-    /// the socket is closing or its outbound queue overflowed.
-    #[error("queueing {what}: {source}")]
-    Queue {
-        /// What was being queued.
-        what: &'static str,
-        /// Why the queue refused it.
-        #[source]
-        source: SendError,
-    },
-    /// Something the channel depends on failed (a store, another service).
-    #[error("{what}: {source}")]
-    Failed {
-        /// What the channel was doing.
-        what: &'static str,
-        /// The dependency's error.
-        #[source]
-        source: BoxError,
-    },
-    /// The channel found itself somewhere it cannot go on from (a bug, a misconfiguration,
-    /// or on purpose, as the echo channel's `crash`), with no underlying error.
-    #[error("{0}")]
-    Internal(&'static str),
-}
-
-impl ChannelError {
-    /// A failure of something the channel depends on, while doing `what`.
-    pub fn failed(what: &'static str, source: impl Into<BoxError>) -> ChannelError {
-        ChannelError::Failed {
-            what,
-            source: source.into(),
-        }
-    }
-
-    /// A `map_err` adapter for [`ChannelError::Encode`]:
-    /// `Payload::json(&v).map_err(ChannelError::encode("the reply"))`.
-    pub fn encode(what: &'static str) -> impl FnOnce(serde_json::Error) -> ChannelError {
-        move |source| ChannelError::Encode { what, source }
-    }
-
-    /// A `map_err` adapter for [`ChannelError::Queue`].
-    pub fn queue(what: &'static str) -> impl FnOnce(SendError) -> ChannelError {
-        move |source| ChannelError::Queue { what, source }
-    }
-}
-
-/// Why a join did not succeed.
-#[derive(Debug)]
-pub enum JoinError {
-    /// The channel refused the join: an `error` reply with this response
-    /// (conventionally `{"reason": …}`).
-    Refused(Payload),
-    /// The join failed unexpectedly: `error` reply `{"reason":"join crashed"}`, the error
-    /// logged.
-    Failed(ChannelError),
-}
-
-impl JoinError {
-    /// A refusal with `{"reason": reason}`.
-    pub fn reason(reason: &str) -> JoinError {
-        JoinError::Refused(reason_payload(reason))
-    }
-}
-
-impl From<ChannelError> for JoinError {
-    /// An unexpected failure: [`JoinError::Failed`].
-    fn from(err: ChannelError) -> JoinError {
-        JoinError::Failed(err)
     }
 }
 

@@ -550,7 +550,8 @@ impl Tracker {
                     from: None,
                     seq: None,
                 });
-                // Delivered on this node; the backend counted the rest. The others go on.
+                // Delivered on this node (the backend counted the copy other nodes missed);
+                // the next targets still get theirs.
                 if let Err(err) = sent {
                     tracing::debug!(user, online, %err,
                         "user_online_changed not forwarded to other nodes");

@@ -166,3 +166,31 @@ pub trait PubSub: Send + Sync + 'static {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PubSubError;
+    use crate::metrics::DROP_REASONS;
+
+    #[test]
+    fn each_variant_is_counted_under_its_documented_drop_reason() {
+        let source: Box<dyn std::error::Error + Send + Sync> = "event too long".into();
+        let cases = [
+            (
+                PubSubError::QueueFull { capacity: 65536 },
+                "publish_queue_full",
+            ),
+            (PubSubError::PublisherStopped, "publisher_stopped"),
+            (PubSubError::Encode { source }, "encode_failed"),
+        ];
+        for (err, reason) in cases {
+            assert_eq!(err.drop_reason(), reason, "{err}");
+            assert!(DROP_REASONS.contains(&reason), "{reason} is pre-registered");
+            // Every message says the broadcast was delivered here but not forwarded.
+            assert!(
+                err.to_string().starts_with("not forwarded to other nodes"),
+                "{err}"
+            );
+        }
+    }
+}
