@@ -1,5 +1,5 @@
-//! What the benchmark reads from `/proc`: a process's resident memory and CPU time, its open
-//! file limit, and a description of the machine. The parsers are pure functions over the
+//! What the benchmark reads from `/proc`: a process's resident memory, CPU time and open file
+//! descriptors, its open file limit, the load average, and a description of the machine. The parsers are pure functions over the
 //! file text; the readers are thin wrappers.
 
 use std::fs;
@@ -51,6 +51,39 @@ pub fn parse_max_open_files(limits: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The 1, 5 and 15 minute load averages from the text of `/proc/loadavg`.
+pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
+    let mut words = text.split_whitespace();
+    let mut next = || words.next()?.parse::<f64>().ok().filter(|v| v.is_finite());
+    Some([next()?, next()?, next()?])
+}
+
+/// The machine's 1, 5 and 15 minute load averages.
+pub fn load_average() -> Option<[f64; 3]> {
+    parse_loadavg(&fs::read_to_string("/proc/loadavg").ok()?)
+}
+
+/// The warning for a machine too busy to measure on, if it is: a 1-minute load average above
+/// half the CPUs means another process is already using about one core of two, and every
+/// latency and CPU figure of the run shares the machine with it.
+pub fn load_warning(load: [f64; 3], cpus: usize) -> Option<String> {
+    let limit = cpus.max(1) as f64 / 2.0;
+    (load[0] > limit).then(|| {
+        format!(
+            "the machine is loaded (load average {:.2} {:.2} {:.2} on {cpus} CPUs, above {limit}): \
+             other work shares the cores, so the latencies and CPU figures are not those of a \
+             quiet machine",
+            load[0], load[1], load[2]
+        )
+    })
+}
+
+/// The number of open file descriptors of a process (entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> Option<u64> {
+    let dir = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(dir.count() as u64)
 }
 
 /// The resident set of a process in KiB.
@@ -159,8 +192,23 @@ mod tests {
     }
 
     #[test]
+    fn loadavg_and_the_busy_machine_warning() {
+        assert_eq!(
+            parse_loadavg("0.52 1.07 2.00 3/412 9999\n"),
+            Some([0.52, 1.07, 2.0])
+        );
+        assert_eq!(parse_loadavg("0.52 1.07"), None);
+        assert_eq!(parse_loadavg("x y z"), None);
+        assert_eq!(load_warning([0.9, 3.0, 3.0], 2), None);
+        let w = load_warning([1.5, 0.2, 0.1], 2).unwrap();
+        assert!(w.contains("1.50 0.20 0.10") && w.contains("2 CPUs"), "{w}");
+        assert!(load_warning([0.1, 0.0, 0.0], 0).is_none());
+    }
+
+    #[test]
     fn own_process_is_readable() {
         let pid = std::process::id();
+        assert!(open_fds(pid).unwrap() >= 3);
         assert!(rss_kib(pid).unwrap() > 0);
         assert!(cpu_secs(pid).is_some());
         assert!(max_open_files(pid).unwrap() > 0);

@@ -124,6 +124,10 @@ pub struct PlumeLaunch {
     pub jwt_secret: String,
     /// Extra `serve` arguments, appended as given.
     pub extra_args: Vec<String>,
+    /// Keep the server's per-socket push and join rate limits. Off for the load scenarios
+    /// (their sockets send far more than any client may: that is their job); on for
+    /// `attack`, which measures those limits.
+    pub rate_limits: bool,
 }
 
 /// Starts `plume serve` on `port` with open membership (and Redis when given); returns once
@@ -154,10 +158,12 @@ pub async fn spawn_plume(
     let _ = std::fs::remove_dir_all(&data_dir);
     cmd.env("PLUME_DATA_DIR", &data_dir);
     // A load generator's socket sends (and joins) far more than any client may: that is its
-    // job, so the per-socket limits are off; an extra `--max-pushes-per-second` or
-    // `--max-joins-per-second` wins over this.
-    cmd.env("PLUME_MAX_PUSHES_PER_SECOND", "0");
-    cmd.env("PLUME_MAX_JOINS_PER_SECOND", "0");
+    // job, so the per-socket limits are off unless asked for; an extra
+    // `--max-pushes-per-second` or `--max-joins-per-second` wins over this.
+    if !launch.rate_limits {
+        cmd.env("PLUME_MAX_PUSHES_PER_SECOND", "0");
+        cmd.env("PLUME_MAX_JOINS_PER_SECOND", "0");
+    }
     cmd.args(&launch.extra_args);
     // One log line per connection would cost the server more than the benchmark measures.
     if std::env::var_os("RUST_LOG").is_none() {
