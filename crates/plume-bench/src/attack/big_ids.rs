@@ -125,6 +125,23 @@ impl Case {
         }
     }
 
+    /// Its name in tables (as serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::MobileRefId => "mobile_ref_id",
+            Case::Content => "content",
+            Case::Topic => "topic",
+            Case::ChatId => "chat_id",
+            Case::Event => "event",
+            Case::JoinPayload => "join_payload",
+            Case::TokenSub => "token_sub",
+            Case::DeviceId => "device_id",
+            Case::DeviceIdHuge => "device_id_huge",
+            Case::ApiChatId => "api_chat_id",
+            Case::ApiChatIdHuge => "api_chat_id_huge",
+        }
+    }
+
     /// Bytes of its oversize field.
     pub fn bytes(self, id_bytes: usize) -> usize {
         match self {
@@ -366,7 +383,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<Outcome<BigIdsFindings>> {
     let mut checks = Vec::new();
     for c in &cases {
         rows.push((
-            format!("{:?} ({} bytes)", c.case, c.bytes),
+            format!("{} ({} bytes)", c.case.name(), c.bytes),
             format!(
                 "{} in {:.1} / {:.1} ms (p50 / max)",
                 counts_cell(&c.seen),
@@ -375,7 +392,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<Outcome<BigIdsFindings>> {
             ),
         ));
         checks.push(Check::new(
-            &format!("{:?}: every attempt answered {}", c.case, c.expected),
+            &format!("{}: every attempt answered {}", c.case.name(), c.expected),
             c.attempts > 0 && c.as_expected == c.attempts,
             format!(
                 "{} of {}: {}",
@@ -421,6 +438,11 @@ mod tests {
         // The chat id case fits the topic limit exactly.
         assert_eq!("chat:".len() + Case::ChatId.bytes(900_000), 255);
         assert_eq!(Case::Topic.bytes(900_000), 900_000);
+        // Table names are the serialized names.
+        for case in CASES {
+            let json = serde_json::to_string(&case).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", case.name()));
+        }
     }
 
     #[test]

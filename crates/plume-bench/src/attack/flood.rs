@@ -368,7 +368,7 @@ fn outcome(findings: FloodFindings) -> Outcome<FloodFindings> {
     ];
     let mut checks = vec![
         Check::new(
-            "the flooder was refused rate_limited",
+            "the flooder got rate_limited replies before its close",
             f.replies.get("rate_limited").is_some_and(|&n| n > 0),
             counts_cell(&f.replies),
         ),

@@ -187,7 +187,12 @@ impl AttackArgs {
                 Err(format!("{name} must be in [{lo}, 3600] seconds"))
             }
         };
-        secs(self.duration().as_secs_f64(), "--duration", 0.1)?;
+        secs(
+            self.duration
+                .unwrap_or_else(|| self.kind.default_duration()),
+            "--duration",
+            0.1,
+        )?;
         secs(self.baseline, "--baseline", 0.0)?;
         secs(self.sample_every, "--sample-every", 0.01)?;
         secs(self.heartbeat_every, "--heartbeat-every", 0.05)?;
@@ -398,4 +403,91 @@ where
         .collect();
     drop(server);
     Ok(Finished { json, failed })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser as _;
+
+    fn parse(args: &[&str]) -> AttackArgs {
+        let cli = Cli::try_parse_from(["plume-bench", "attack"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Attack(a) => a,
+            _ => panic!("not attack"),
+        }
+    }
+
+    #[test]
+    fn defaults_per_kind() {
+        let a = parse(&["--kind", "slowloris"]);
+        assert_eq!((a.connections(), a.duration().as_secs()), (3_000, 32));
+        assert_eq!(a.server.store, target::Store::Embedded);
+        assert!(a.validate().is_ok());
+        let a = parse(&["--kind", "body-stall"]);
+        assert_eq!(a.connections(), 2_000);
+        assert_eq!(a.body_stall.content_length, 1_000_000);
+        let a = parse(&["--kind", "flood", "--connections", "7"]);
+        assert_eq!((a.connections(), a.flood.flooders), (7, 1));
+        let a = parse(&["--kind", "stalled-reader"]);
+        assert_eq!(
+            (a.stalled.stalled, a.stalled.broadcast_bytes),
+            (10, 262_144)
+        );
+        // Below the server's write timeout, so the stalled sockets read their close.
+        assert!(a.duration().as_secs_f64() < 10.0);
+        assert_eq!(parse(&["--kind", "big-ids"]).big_ids.id_bytes, 900_000);
+        assert!(Cli::try_parse_from(["plume-bench", "attack"]).is_err());
+        assert!(Cli::try_parse_from(["plume-bench", "attack", "--kind", "ddos"]).is_err());
+        // --server-pid only with --url.
+        assert!(
+            Cli::try_parse_from([
+                "plume-bench",
+                "attack",
+                "--kind",
+                "flood",
+                "--server-pid",
+                "1"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn unbounded_or_remote_attacks_are_refused() {
+        for args in [
+            &["--kind", "slowloris", "--connections", "0"][..],
+            &["--kind", "flood", "--connections", "20000"],
+            &["--kind", "flood", "--duration", "NaN"],
+            &["--kind", "flood", "--baseline=-1"],
+            &["--kind", "flood", "--bystander-rate", "500"],
+            &["--kind", "big-ids", "--id-bytes", "2000000"],
+            &["--kind", "stalled-reader", "--broadcast-bytes", "2000000"],
+            &[
+                "--kind",
+                "body-stall",
+                "--content-length",
+                "8",
+                "--body-sent",
+                "8",
+            ],
+            &[
+                "--kind",
+                "slowloris",
+                "--url",
+                "ws://10.0.0.1:4000/socket/websocket",
+            ],
+        ] {
+            assert!(parse(args).validate().is_err(), "{args:?}");
+        }
+        let ok = parse(&[
+            "--kind",
+            "slowloris",
+            "--url",
+            "ws://127.0.0.1:4000/socket/websocket",
+        ]);
+        assert!(ok.validate().is_ok());
+    }
 }

@@ -174,10 +174,16 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<Outcome<SlowlorisFindings>> {
     }
     drop(tx);
     let (mut failed, mut first_error) = (0u64, None);
-    while let Some(result) = rx.recv().await {
-        if let Err(e) = result {
-            failed += 1;
-            first_error.get_or_insert(e);
+    // Each connection reports once, right after its connect (it keeps its sender while it
+    // is held, so the channel does not close).
+    for _ in 0..n {
+        match rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+            None => break,
         }
     }
     let open_s = ctx.now_s();
