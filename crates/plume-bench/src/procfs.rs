@@ -86,6 +86,73 @@ pub fn open_fds(pid: u32) -> Option<u64> {
     Some(dir.count() as u64)
 }
 
+/// A counter of `/proc/net/netstat` (`group` `TcpExt`, `name` `ListenOverflows`): a line of
+/// names followed by a line of values for each group.
+pub fn parse_netstat_field(text: &str, group: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let at = names.split_whitespace().skip(1).position(|n| n == name)?;
+    values.split_whitespace().skip(1).nth(at)?.parse().ok()
+}
+
+/// How often, machine-wide, a completed TCP handshake was dropped because a listener's
+/// accept queue was full (`TcpExt ListenOverflows`).
+pub fn listen_overflows() -> Option<u64> {
+    parse_netstat_field(
+        &fs::read_to_string("/proc/net/netstat").ok()?,
+        "TcpExt",
+        "ListenOverflows",
+    )
+}
+
+/// TCP sockets of one local port, by the states that hold a connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSockets {
+    /// `ESTABLISHED` (accepted or waiting in the accept queue).
+    pub established: u64,
+    /// `SYN_RECV` (a handshake not yet completed).
+    pub syn_recv: u64,
+}
+
+/// Counts the sockets whose local port is `port` in the text of `/proc/net/tcp` (or
+/// `tcp6`): field 2 is `ADDR:PORT` in hex, field 4 the state (`01` established, `03`
+/// SYN_RECV).
+pub fn parse_port_sockets(text: &str, port: u16, into: &mut PortSockets) {
+    for line in text.lines().skip(1) {
+        let mut fields = line.split_whitespace();
+        let (Some(local), Some(state)) = (fields.nth(1), fields.nth(1)) else {
+            continue;
+        };
+        let local_port = local
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        if local_port != Some(port) {
+            continue;
+        }
+        match state {
+            "01" => into.established += 1,
+            "03" => into.syn_recv += 1,
+            _ => {}
+        }
+    }
+}
+
+/// The kernel's view of a listening port: every connection it holds for it, accepted by the
+/// process or not.
+pub fn port_sockets(port: u16) -> Option<PortSockets> {
+    let mut counts = PortSockets::default();
+    let mut any = false;
+    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = fs::read_to_string(path) {
+            parse_port_sockets(&text, port, &mut counts);
+            any = true;
+        }
+    }
+    any.then_some(counts)
+}
+
 /// The resident set of a process in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     parse_vm_rss_kib(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
@@ -203,6 +270,30 @@ mod tests {
         let w = load_warning([1.5, 0.2, 0.1], 2).unwrap();
         assert!(w.contains("1.50 0.20 0.10") && w.contains("2 CPUs"), "{w}");
         assert!(load_warning([0.1, 0.0, 0.0], 0).is_none());
+    }
+
+    #[test]
+    fn netstat_and_port_sockets() {
+        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 1 639 640\nIpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(
+            parse_netstat_field(netstat, "TcpExt", "ListenOverflows"),
+            Some(639)
+        );
+        assert_eq!(parse_netstat_field(netstat, "TcpExt", "Nope"), None);
+        assert_eq!(parse_netstat_field(netstat, "MPTcpExt", "X"), None);
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue\n   0: 0100007F:8C89 00000000:0000 0A 00000000:00000000\n   1: 0100007F:8C89 0100007F:D2A4 01 00000000:00000000\n   2: 0100007F:8C89 0100007F:D2A5 03 00000000:00000000\n   3: 0100007F:D2A6 0100007F:8C89 01 00000000:00000000\n   4: 0100007F:8C89 0100007F:D2A7 06 00000000:00000000\n";
+        let mut counts = PortSockets::default();
+        parse_port_sockets(tcp, 0x8C89, &mut counts);
+        // The client end (local port D2A6) and TIME_WAIT do not count; LISTEN neither.
+        assert_eq!(
+            counts,
+            PortSockets {
+                established: 1,
+                syn_recv: 1
+            }
+        );
+        assert!(port_sockets(1).is_some());
+        assert!(listen_overflows().is_some());
     }
 
     #[test]
