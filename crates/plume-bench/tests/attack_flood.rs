@@ -42,6 +42,8 @@ async fn a_short_flood_reports_the_flooder_and_closes_no_bystander() {
         "5",
         "--heartbeat-every",
         "0.2",
+        "--warmup",
+        "0.5",
         "--baseline",
         "2",
         "--duration",

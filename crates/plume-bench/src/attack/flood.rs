@@ -4,8 +4,8 @@
 //! `--other-chats` chats of `--other-users` users elsewhere, each sending
 //! `--bystander-rate` messages a second.
 //!
-//! Phases: `--baseline` seconds with everyone but the flooder, then `--duration` seconds of
-//! flood. A flooder the server closes reconnects after `--reconnect-after` seconds (10 ms
+//! Phases, after `--warmup` seconds (default 2) that are not measured: `--baseline`
+//! seconds with everyone but the flooder, then `--duration` seconds of flood. A flooder the server closes reconnects after `--reconnect-after` seconds (10 ms
 //! by default: what phoenix.js waits after a connection that had opened) and floods again,
 //! so the flood lasts the whole phase. Every bystander times the deliveries of the other
 //! bystanders' messages and its own heartbeats, by the phase they were sent in.
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::Ctx;
 use super::reply::{close_label, reply_label};
 use super::report::{Check, Counts, Millis, Outcome, bump, counts_cell};
-use super::watch::{self, PhasedMillis, Plan, Watched};
+use super::watch::{self, PhasedMillis, Phases, Plan, Watched};
 
 /// flood flags.
 #[derive(Args, Debug, Clone)]
@@ -152,6 +152,8 @@ fn group(sockets: usize, senders: usize, watched: &[Watched]) -> Group {
 /// The flood figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct FloodFindings {
+    /// Seconds of warm-up before the baseline, not measured.
+    pub warmup_s: f64,
     /// Seconds of baseline.
     pub baseline_s: f64,
     /// Seconds of flood.
@@ -278,8 +280,12 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<Outcome<FloodFindings>> {
         );
         sockets.push((c, topic.clone(), join_ref, *sends));
     }
-    let attack_from = ctx.origin.elapsed() + Duration::from_secs_f64(ctx.args.baseline);
-    let attack_from_ns = u64::try_from(attack_from.as_nanos()).unwrap_or(u64::MAX);
+    let phases = Phases::after(
+        ctx.origin.elapsed(),
+        Duration::from_secs_f64(ctx.args.warmup),
+        Duration::from_secs_f64(ctx.args.baseline),
+    );
+    let attack_from = phases.attack_from();
     let count = sockets.len().max(1) as u32;
     let stop = CancellationToken::new();
     let mut watchers = Vec::new();
@@ -292,7 +298,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<Outcome<FloodFindings>> {
             // Spread the sends and heartbeats evenly over one interval.
             offset: every.min(heartbeat) / count * i as u32,
             heartbeat,
-            attack_from_ns,
+            phases,
         };
         watchers.push(tokio::spawn(watch::watch(
             c,
@@ -302,8 +308,9 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<Outcome<FloodFindings>> {
         )));
     }
     eprintln!(
-        "{} bystanders joined; baseline {:.0} s, then flood {:.0} s",
+        "{} bystanders joined; warm-up {:.0} s, baseline {:.0} s, then flood {:.0} s",
         topics.len(),
+        ctx.args.warmup,
         ctx.args.baseline,
         ctx.args.duration().as_secs_f64()
     );
@@ -331,6 +338,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<Outcome<FloodFindings>> {
     }
     let (here, elsewhere) = watched.split_at(receivers);
     let findings = FloodFindings {
+        warmup_s: ctx.args.warmup,
         baseline_s: ctx.args.baseline,
         flood_s,
         flooder: f,

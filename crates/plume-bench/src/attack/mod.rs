@@ -119,6 +119,10 @@ pub struct AttackArgs {
     /// big-ids at most 120 (its rounds end it), flood 15, stalled-reader 8 [default: per kind].
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Seconds after the bystanders joined whose latencies are not recorded (new chats, first
+    /// store writes), before the baseline (flood, stalled-reader).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
     /// Seconds of baseline before the attack, same sockets, no attacker (flood,
     /// stalled-reader).
     #[arg(long, default_value_t = 10.0)]
@@ -194,6 +198,7 @@ impl AttackArgs {
             0.1,
         )?;
         secs(self.baseline, "--baseline", 0.0)?;
+        secs(self.warmup, "--warmup", 0.0)?;
         secs(self.sample_every, "--sample-every", 0.01)?;
         secs(self.heartbeat_every, "--heartbeat-every", 0.05)?;
         secs(self.probe_every, "--probe-every", 0.1)?;

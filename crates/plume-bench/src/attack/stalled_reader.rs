@@ -2,8 +2,8 @@
 //! through `POST /api/broadcast`, `--broadcast-rate` a second) into `chat:stall`, where
 //! `--connections` readers (default 20) read everything.
 //!
-//! Phases: `--baseline` seconds with the readers alone, then `--duration` seconds (default
-//! 8) in which `--stalled` sockets (default 10) join and then stop reading. At the end of
+//! Phases, after `--warmup` seconds (default 2) that are not measured: `--baseline`
+//! seconds with the readers alone, then `--duration` seconds (default 8) in which `--stalled` sockets (default 10) join and then stop reading. At the end of
 //! the attack they read again, until the server's close frame arrives or 5 s pass without a
 //! frame. The attack is shorter than the server's write timeout (10 s) on purpose: a socket
 //! whose queue overflowed gets that long for its close frame to go out behind what its
@@ -25,7 +25,7 @@ use super::Ctx;
 use super::http::{self, Ending};
 use super::reply::close_label;
 use super::report::{Check, Counts, Outcome, bump, counts_cell};
-use super::watch::{self, Phased, PhasedMillis, Plan, Watched, ns_since};
+use super::watch::{self, Phased, PhasedMillis, Phases, Plan, Watched, ns_since};
 
 /// stalled-reader flags.
 #[derive(Args, Debug, Clone)]
@@ -94,6 +94,8 @@ pub struct StalledFindings {
     pub broadcast_bytes: usize,
     /// Broadcasts per second.
     pub broadcast_rate: f64,
+    /// Seconds of warm-up before the baseline, not measured.
+    pub warmup_s: f64,
     /// Seconds of baseline.
     pub baseline_s: f64,
     /// Seconds of stall.
@@ -119,7 +121,7 @@ fn broadcast_body(stamp_ns: u64, bytes: usize) -> Vec<u8> {
     body
 }
 
-async fn broadcaster(ctx: Ctx, attack_from_ns: u64, stop: CancellationToken) -> (Counts, Phased) {
+async fn broadcaster(ctx: Ctx, phases: Phases, stop: CancellationToken) -> (Counts, Phased) {
     let a = &ctx.args.stalled;
     let auth = format!("Bearer {}", ctx.target.api_key);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.broadcast_rate));
@@ -149,7 +151,7 @@ async fn broadcaster(ctx: Ctx, attack_from_ns: u64, stop: CancellationToken) -> 
             },
             Err(e) => format!("failed: {e}"),
         };
-        latency.record(sent, ns_since(ctx.origin), attack_from_ns);
+        latency.record(sent, ns_since(ctx.origin), phases);
         bump(&mut answers, label);
     }
     (answers, latency)
@@ -189,8 +191,12 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<Outcome<StalledFindings>> {
         );
         readers.push((c, join_ref));
     }
-    let attack_from = ctx.origin.elapsed() + Duration::from_secs_f64(ctx.args.baseline);
-    let attack_from_ns = u64::try_from(attack_from.as_nanos()).unwrap_or(u64::MAX);
+    let phases = Phases::after(
+        ctx.origin.elapsed(),
+        Duration::from_secs_f64(ctx.args.warmup),
+        Duration::from_secs_f64(ctx.args.baseline),
+    );
+    let attack_from = phases.attack_from();
     let heartbeat = Duration::from_secs_f64(ctx.args.heartbeat_every);
     let stop = CancellationToken::new();
     let watchers: Vec<_> = readers
@@ -204,19 +210,16 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<Outcome<StalledFindings>> {
                 send: None,
                 offset: heartbeat / n.max(1) as u32 * i as u32,
                 heartbeat,
-                attack_from_ns,
+                phases,
             };
             tokio::spawn(watch::watch(c, plan, ctx.origin, stop.clone()))
         })
         .collect();
     let broadcast_stop = CancellationToken::new();
-    let broadcasts = tokio::spawn(broadcaster(
-        ctx.clone(),
-        attack_from_ns,
-        broadcast_stop.clone(),
-    ));
+    let broadcasts = tokio::spawn(broadcaster(ctx.clone(), phases, broadcast_stop.clone()));
     eprintln!(
-        "{n} readers joined; baseline {:.0} s, then {} stalled sockets for {:.0} s",
+        "{n} readers joined; warm-up {:.0} s, baseline {:.0} s, then {} stalled sockets for {:.0} s",
+        ctx.args.warmup,
         ctx.args.baseline,
         a.stalled,
         ctx.args.duration().as_secs_f64()
@@ -269,6 +272,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<Outcome<StalledFindings>> {
     let findings = StalledFindings {
         broadcast_bytes: a.broadcast_bytes,
         broadcast_rate: a.broadcast_rate,
+        warmup_s: ctx.args.warmup,
         baseline_s: ctx.args.baseline,
         stall_s,
         broadcasts: answers,

@@ -21,6 +21,33 @@ pub fn ns_since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// When the measured phases start, in ns after the attack's origin: nothing sent before
+/// `measure_from_ns` is recorded (the warm-up: new chats, first store writes, TCP windows),
+/// then the baseline runs until `attack_from_ns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phases {
+    /// The end of the warm-up.
+    pub measure_from_ns: u64,
+    /// The start of the attack.
+    pub attack_from_ns: u64,
+}
+
+impl Phases {
+    /// Phases for sockets ready at `ready` after the origin: `warmup`, then `baseline`.
+    pub fn after(ready: Duration, warmup: Duration, baseline: Duration) -> Phases {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Phases {
+            measure_from_ns: ns(ready + warmup),
+            attack_from_ns: ns(ready + warmup + baseline),
+        }
+    }
+
+    /// The start of the attack, after the origin.
+    pub fn attack_from(self) -> Duration {
+        Duration::from_nanos(self.attack_from_ns)
+    }
+}
+
 /// Latencies of the two phases.
 #[derive(Clone, Debug, Default)]
 pub struct Phased {
@@ -31,9 +58,13 @@ pub struct Phased {
 }
 
 impl Phased {
-    /// Records one latency by the phase its start (`sent_ns`) fell in.
-    pub fn record(&mut self, sent_ns: u64, now_ns: u64, attack_from_ns: u64) {
-        let phase = if sent_ns < attack_from_ns {
+    /// Records one latency by the phase its start (`sent_ns`) fell in; nothing during the
+    /// warm-up.
+    pub fn record(&mut self, sent_ns: u64, now_ns: u64, phases: Phases) {
+        if sent_ns < phases.measure_from_ns {
+            return;
+        }
+        let phase = if sent_ns < phases.attack_from_ns {
             &mut self.baseline
         } else {
             &mut self.attack
@@ -121,8 +152,8 @@ pub struct Plan {
     pub offset: Duration,
     /// Time between heartbeats.
     pub heartbeat: Duration,
-    /// The start of the attack phase, ns after `origin`.
-    pub attack_from_ns: u64,
+    /// The phases.
+    pub phases: Phases,
 }
 
 #[derive(Serialize)]
@@ -176,7 +207,7 @@ pub async fn watch(
                     let now = ns_since(origin);
                     if m.event == plan.event {
                         match m.payload.as_json().and_then(|j| stamp::extract(j.as_bytes())) {
-                            Some(sent) => w.delivery.record(sent, now, plan.attack_from_ns),
+                            Some(sent) => w.delivery.record(sent, now, plan.phases),
                             None => w.unstamped += 1,
                         }
                     } else if m.event == plume_wire::event::PHX_REPLY && m.topic == "phoenix" {
@@ -184,7 +215,7 @@ pub async fn watch(
                             // Older heartbeats without a reply are dropped with it: replies
                             // come back in order.
                             let sent = heartbeats.drain(..=pos).next_back().map_or(now, |(_, s)| s);
-                            w.heartbeat.record(sent, now, plan.attack_from_ns);
+                            w.heartbeat.record(sent, now, plan.phases);
                         }
                     } else if m.event == plume_wire::event::PHX_REPLY && m.topic == plan.topic {
                         bump(&mut w.sends, reply_label(&m));
@@ -212,12 +243,22 @@ mod tests {
     #[test]
     fn latencies_go_to_the_phase_they_were_sent_in() {
         let mut p = Phased::default();
-        // Sent at 1 ms, attack from 5 ms: baseline, 2 ms.
-        p.record(1_000_000, 3_000_000, 5_000_000);
+        let ms = Duration::from_millis;
+        // Ready at 0.5 ms, warm-up until 1 ms, baseline until 5 ms.
+        let phases = Phases::after(
+            Duration::from_micros(500),
+            Duration::from_micros(500),
+            ms(4),
+        );
+        assert_eq!(phases.attack_from(), ms(5));
+        // Sent during the warm-up: not recorded.
+        p.record(900_000, 2_000_000, phases);
+        // Sent at 1 ms: baseline, 2 ms.
+        p.record(1_000_000, 3_000_000, phases);
         // Sent at 4.9 ms, arrived during the attack: still baseline.
-        p.record(4_900_000, 9_900_000, 5_000_000);
+        p.record(4_900_000, 9_900_000, phases);
         // Sent at 5 ms: attack, 20 ms.
-        p.record(5_000_000, 25_000_000, 5_000_000);
+        p.record(5_000_000, 25_000_000, phases);
         let s = p.summary();
         assert_eq!(s.baseline.as_ref().unwrap().count, 2);
         assert_eq!(s.attack.as_ref().unwrap().count, 1);
