@@ -31,7 +31,7 @@ pub enum ParseError {
     /// A `Content-Length` that is not a number.
     #[error("bad content-length")]
     ContentLength,
-    /// No blank line within [`MAX_HEAD_BYTES`].
+    /// No blank line within the first 16 KiB.
     #[error("response head over {MAX_HEAD_BYTES} bytes")]
     TooLong,
 }
