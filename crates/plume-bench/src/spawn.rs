@@ -21,6 +21,8 @@ pub struct Proc {
     pub pid: u32,
     /// Where its output goes, when the benchmark started it.
     pub log: Option<PathBuf>,
+    /// A directory the process writes (a fresh embedded store), removed once it is killed.
+    scratch: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -31,6 +33,7 @@ impl Proc {
             name: name.to_owned(),
             pid,
             log: None,
+            scratch: None,
             child: None,
         }
     }
@@ -70,6 +73,7 @@ impl Proc {
             name: name.to_owned(),
             pid: child.id(),
             log: Some(log),
+            scratch: None,
             child: Some(child),
         })
     }
@@ -80,6 +84,11 @@ impl Drop for Proc {
         if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A flood run leaves over 100 MB of embedded store behind: the results are in the
+        // report, the data is of no further use.
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -175,6 +184,7 @@ pub async fn spawn_plume(
             launch.bin.display()
         )
     })?;
+    proc_.scratch = Some(data_dir);
     wait_listening(&mut proc_, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
     Ok(proc_)
 }
