@@ -35,6 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => compare(args, &stop).await,
         Command::Recovery(args) => crate::recovery::run(args).await,
         Command::Presence(args) => crate::presence::run(args).await,
+        Command::Attack(args) => crate::attack::run(args).await,
     }
 }
 
@@ -148,6 +149,7 @@ fn plume_launch(args: &BenchArgs) -> PlumeLaunch {
         bin: args.target.server_bin.clone(),
         jwt_secret: args.target.jwt_secret.clone(),
         extra_args: args.target.server_args.clone(),
+        rate_limits: false,
     }
 }
 

@@ -50,6 +50,9 @@ pub enum Command {
     Recovery(crate::recovery::RecoveryArgs),
     /// Many sockets joining one chat with presence: time until every socket lists everyone.
     Presence(crate::presence::PresenceArgs),
+    /// An attack from outside (issue 9): slowloris, body-stall, big-ids, flood or
+    /// stalled-reader, with the server's memory, descriptors and an ordinary client's view.
+    Attack(crate::attack::AttackArgs),
 }
 
 /// Which server kind a single run targets.
@@ -379,6 +382,7 @@ mod tests {
             Command::Compare(c) => c.bench,
             Command::Recovery(_) => panic!("recovery has no bench arguments"),
             Command::Presence(_) => panic!("presence has no bench arguments"),
+            Command::Attack(_) => panic!("attack has no bench arguments"),
         }
     }
 

@@ -13,6 +13,8 @@
 //! - [`scenario`]: `idle`, `fanout` and `chat` as plans of connections; [`recovery`] is its
 //!   own scenario (many sockets rejoining at once, each some messages behind), and so is
 //!   [`presence`] (a presence join storm on one chat).
+//! - [`attack`]: the attacks from outside of issue 9 (slowloris, stalled bodies, oversize
+//!   identifiers, a flood, stalled readers), each measured against a server with its limits on.
 //! - [`runner`]: worker tasks driving many connections each; phases connect, settle, send,
 //!   drain; measurement.
 //! - [`conn`]: one connection, Phoenix ([`conn::phoenix`]) or Socket.IO ([`conn::socketio`]).
@@ -24,6 +26,7 @@
 //!   and CPU time; [`target`] holds endpoints and the loopback check; [`token`] signs JWTs.
 
 pub mod app;
+pub mod attack;
 pub mod cli;
 pub mod conn;
 pub mod presence;

@@ -1,5 +1,5 @@
-//! What the benchmark reads from `/proc`: a process's resident memory and CPU time, its open
-//! file limit, and a description of the machine. The parsers are pure functions over the
+//! What the benchmark reads from `/proc`: a process's resident memory, CPU time and open file
+//! descriptors, its open file limit, the load average, and a description of the machine. The parsers are pure functions over the
 //! file text; the readers are thin wrappers.
 
 use std::fs;
@@ -51,6 +51,106 @@ pub fn parse_max_open_files(limits: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The 1, 5 and 15 minute load averages from the text of `/proc/loadavg`.
+pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
+    let mut words = text.split_whitespace();
+    let mut next = || words.next()?.parse::<f64>().ok().filter(|v| v.is_finite());
+    Some([next()?, next()?, next()?])
+}
+
+/// The machine's 1, 5 and 15 minute load averages.
+pub fn load_average() -> Option<[f64; 3]> {
+    parse_loadavg(&fs::read_to_string("/proc/loadavg").ok()?)
+}
+
+/// The warning for a machine too busy to measure on, if it is: a 1-minute load average above
+/// half the CPUs means another process is already using about one core of two, and every
+/// latency and CPU figure of the run shares the machine with it.
+pub fn load_warning(load: [f64; 3], cpus: usize) -> Option<String> {
+    let limit = cpus.max(1) as f64 / 2.0;
+    (load[0] > limit).then(|| {
+        format!(
+            "the machine is loaded (load average {:.2} {:.2} {:.2} on {cpus} CPUs, above {limit}): \
+             other work shares the cores, so the latencies and CPU figures are not those of a \
+             quiet machine",
+            load[0], load[1], load[2]
+        )
+    })
+}
+
+/// The number of open file descriptors of a process (entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> Option<u64> {
+    let dir = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(dir.count() as u64)
+}
+
+/// A counter of `/proc/net/netstat` (`group` `TcpExt`, `name` `ListenOverflows`): a line of
+/// names followed by a line of values for each group.
+pub fn parse_netstat_field(text: &str, group: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let at = names.split_whitespace().skip(1).position(|n| n == name)?;
+    values.split_whitespace().skip(1).nth(at)?.parse().ok()
+}
+
+/// How often, machine-wide, a completed TCP handshake was dropped because a listener's
+/// accept queue was full (`TcpExt ListenOverflows`).
+pub fn listen_overflows() -> Option<u64> {
+    parse_netstat_field(
+        &fs::read_to_string("/proc/net/netstat").ok()?,
+        "TcpExt",
+        "ListenOverflows",
+    )
+}
+
+/// TCP sockets of one local port, by the states that hold a connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSockets {
+    /// `ESTABLISHED` (accepted or waiting in the accept queue).
+    pub established: u64,
+    /// `SYN_RECV` (a handshake not yet completed).
+    pub syn_recv: u64,
+}
+
+/// Counts the sockets whose local port is `port` in the text of `/proc/net/tcp` (or
+/// `tcp6`): field 2 is `ADDR:PORT` in hex, field 4 the state (`01` established, `03`
+/// SYN_RECV).
+pub fn parse_port_sockets(text: &str, port: u16, into: &mut PortSockets) {
+    for line in text.lines().skip(1) {
+        let mut fields = line.split_whitespace();
+        let (Some(local), Some(state)) = (fields.nth(1), fields.nth(1)) else {
+            continue;
+        };
+        let local_port = local
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        if local_port != Some(port) {
+            continue;
+        }
+        match state {
+            "01" => into.established += 1,
+            "03" => into.syn_recv += 1,
+            _ => {}
+        }
+    }
+}
+
+/// The kernel's view of a listening port: every connection it holds for it, accepted by the
+/// process or not.
+pub fn port_sockets(port: u16) -> Option<PortSockets> {
+    let mut counts = PortSockets::default();
+    let mut any = false;
+    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = fs::read_to_string(path) {
+            parse_port_sockets(&text, port, &mut counts);
+            any = true;
+        }
+    }
+    any.then_some(counts)
 }
 
 /// The resident set of a process in KiB.
@@ -159,8 +259,47 @@ mod tests {
     }
 
     #[test]
+    fn loadavg_and_the_busy_machine_warning() {
+        assert_eq!(
+            parse_loadavg("0.52 1.07 2.00 3/412 9999\n"),
+            Some([0.52, 1.07, 2.0])
+        );
+        assert_eq!(parse_loadavg("0.52 1.07"), None);
+        assert_eq!(parse_loadavg("x y z"), None);
+        assert_eq!(load_warning([0.9, 3.0, 3.0], 2), None);
+        let w = load_warning([1.5, 0.2, 0.1], 2).unwrap();
+        assert!(w.contains("1.50 0.20 0.10") && w.contains("2 CPUs"), "{w}");
+        assert!(load_warning([0.1, 0.0, 0.0], 0).is_none());
+    }
+
+    #[test]
+    fn netstat_and_port_sockets() {
+        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 1 639 640\nIpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(
+            parse_netstat_field(netstat, "TcpExt", "ListenOverflows"),
+            Some(639)
+        );
+        assert_eq!(parse_netstat_field(netstat, "TcpExt", "Nope"), None);
+        assert_eq!(parse_netstat_field(netstat, "MPTcpExt", "X"), None);
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue\n   0: 0100007F:8C89 00000000:0000 0A 00000000:00000000\n   1: 0100007F:8C89 0100007F:D2A4 01 00000000:00000000\n   2: 0100007F:8C89 0100007F:D2A5 03 00000000:00000000\n   3: 0100007F:D2A6 0100007F:8C89 01 00000000:00000000\n   4: 0100007F:8C89 0100007F:D2A7 06 00000000:00000000\n";
+        let mut counts = PortSockets::default();
+        parse_port_sockets(tcp, 0x8C89, &mut counts);
+        // The client end (local port D2A6) and TIME_WAIT do not count; LISTEN neither.
+        assert_eq!(
+            counts,
+            PortSockets {
+                established: 1,
+                syn_recv: 1
+            }
+        );
+        assert!(port_sockets(1).is_some());
+        assert!(listen_overflows().is_some());
+    }
+
+    #[test]
     fn own_process_is_readable() {
         let pid = std::process::id();
+        assert!(open_fds(pid).unwrap() >= 3);
         assert!(rss_kib(pid).unwrap() > 0);
         assert!(cpu_secs(pid).is_some());
         assert!(max_open_files(pid).unwrap() > 0);

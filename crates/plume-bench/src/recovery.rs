@@ -120,6 +120,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
         bin: args.server_bin.clone(),
         jwt_secret: SECRET.to_owned(),
         extra_args: extra,
+        rate_limits: false,
     };
     let server = spawn::spawn_plume(&launch, "plume", port, None).await?;
     let pid = server.pid;

@@ -21,6 +21,8 @@ pub struct Proc {
     pub pid: u32,
     /// Where its output goes, when the benchmark started it.
     pub log: Option<PathBuf>,
+    /// A directory the process writes (a fresh embedded store), removed once it is killed.
+    scratch: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -31,6 +33,7 @@ impl Proc {
             name: name.to_owned(),
             pid,
             log: None,
+            scratch: None,
             child: None,
         }
     }
@@ -70,6 +73,7 @@ impl Proc {
             name: name.to_owned(),
             pid: child.id(),
             log: Some(log),
+            scratch: None,
             child: Some(child),
         })
     }
@@ -80,6 +84,11 @@ impl Drop for Proc {
         if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A flood run leaves over 100 MB of embedded store behind: the results are in the
+        // report, the data is of no further use.
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -124,6 +133,10 @@ pub struct PlumeLaunch {
     pub jwt_secret: String,
     /// Extra `serve` arguments, appended as given.
     pub extra_args: Vec<String>,
+    /// Keep the server's per-socket push and join rate limits. Off for the load scenarios
+    /// (their sockets send far more than any client may: that is their job); on for
+    /// `attack`, which measures those limits.
+    pub rate_limits: bool,
 }
 
 /// Starts `plume serve` on `port` with open membership (and Redis when given); returns once
@@ -154,10 +167,12 @@ pub async fn spawn_plume(
     let _ = std::fs::remove_dir_all(&data_dir);
     cmd.env("PLUME_DATA_DIR", &data_dir);
     // A load generator's socket sends (and joins) far more than any client may: that is its
-    // job, so the per-socket limits are off; an extra `--max-pushes-per-second` or
-    // `--max-joins-per-second` wins over this.
-    cmd.env("PLUME_MAX_PUSHES_PER_SECOND", "0");
-    cmd.env("PLUME_MAX_JOINS_PER_SECOND", "0");
+    // job, so the per-socket limits are off unless asked for; an extra
+    // `--max-pushes-per-second` or `--max-joins-per-second` wins over this.
+    if !launch.rate_limits {
+        cmd.env("PLUME_MAX_PUSHES_PER_SECOND", "0");
+        cmd.env("PLUME_MAX_JOINS_PER_SECOND", "0");
+    }
     cmd.args(&launch.extra_args);
     // One log line per connection would cost the server more than the benchmark measures.
     if std::env::var_os("RUST_LOG").is_none() {
@@ -169,6 +184,7 @@ pub async fn spawn_plume(
             launch.bin.display()
         )
     })?;
+    proc_.scratch = Some(data_dir);
     wait_listening(&mut proc_, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
     Ok(proc_)
 }
