@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use plume_wire::{Frame, Payload, Ref, Serializer, event};
 
 use crate::connect::ConnectInfo;
+pub use crate::error::{BoxError, ChannelError, JoinError};
 use crate::outbound::{Out, OutboundTx, SendError, SocketId};
 use crate::pubsub::{Broadcast, PubSub, PubSubError, Subscriber, SubscriberKind};
 
@@ -84,35 +85,6 @@ pub enum Outcome {
 impl From<Reply> for Outcome {
     fn from(reply: Reply) -> Outcome {
         Outcome::Reply(reply)
-    }
-}
-
-/// A channel failure. The socket answers it with `phx_error` and drops the channel.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct ChannelError(pub String);
-
-impl ChannelError {
-    /// A failure with a message for the log.
-    pub fn new(msg: impl Into<String>) -> ChannelError {
-        ChannelError(msg.into())
-    }
-}
-
-/// Why a join did not succeed.
-#[derive(Debug, Clone)]
-pub enum JoinError {
-    /// The channel refused the join: an `error` reply with this response
-    /// (conventionally `{"reason": …}`).
-    Refused(Payload),
-    /// The join failed unexpectedly: `error` reply `{"reason":"join crashed"}`.
-    Failed(String),
-}
-
-impl JoinError {
-    /// A refusal with `{"reason": reason}`.
-    pub fn reason(reason: &str) -> JoinError {
-        JoinError::Refused(reason_payload(reason))
     }
 }
 

@@ -26,6 +26,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::channel::{Channel, ChannelError, Context, JoinError, Outcome, Reply};
+use crate::pubsub::PubSubError;
+
+/// A broadcast reached this node's subscribers but not the other nodes': the sender is not
+/// told (the backend counted it), only the log says so.
+fn fan_out_failed(ctx: &Context<'_>, err: &PubSubError) {
+    tracing::warn!(topic = ctx.topic(), %err, "echo broadcast not forwarded to other nodes");
+}
 
 /// The sample `echo:*` channel (see the module docs for its contract).
 pub struct EchoChannel;
@@ -55,7 +62,7 @@ impl Channel for EchoChannel {
             return Err(JoinError::reason(&reason));
         }
         if params.crash {
-            return Err(JoinError::Failed("echo join asked to crash".into()));
+            return Err(ChannelError::Internal("echo join asked to crash").into());
         }
         let info = ctx.connect_info();
         let vsn = match ctx.serializer() {
@@ -67,7 +74,7 @@ impl Channel for EchoChannel {
             "params": Value::Object(info.request.params.clone()),
             "vsn": vsn,
         });
-        let response = Payload::json(&response).map_err(|e| JoinError::Failed(e.to_string()))?;
+        let response = Payload::json(&response).map_err(ChannelError::encode("the join reply"))?;
         Ok((EchoChannel, response))
     }
 
@@ -84,24 +91,26 @@ impl Channel for EchoChannel {
                 Ok(Reply::ok_empty().into())
             }
             "broadcast_from" => {
-                ctx.broadcast_from("broadcast_from", payload)
-                    .map_err(|e| ChannelError::new(e.to_string()))?;
+                if let Err(err) = ctx.broadcast_from("broadcast_from", payload) {
+                    fan_out_failed(ctx, &err);
+                }
                 Ok(Reply::ok_empty().into())
             }
-            "crash" => Err(ChannelError::new("echo channel asked to crash")),
+            "crash" => Err(ChannelError::Internal("echo channel asked to crash")),
             "panic" => panic!("echo channel asked to panic"),
             "close" => Ok(Outcome::Stop(Some(Reply::ok_empty()))),
             "info" => {
                 ctx.send_info(Box::new(payload))
-                    .map_err(|e| ChannelError::new(e.to_string()))?;
+                    .map_err(ChannelError::queue("the info message"))?;
                 Ok(Reply::ok_empty().into())
             }
             // Control events belong to the protocol; a client must not make the server send
             // them to everyone.
             _ if event.starts_with("phx_") => Ok(Reply::error_reason("reserved event").into()),
             _ => {
-                ctx.broadcast(event, payload)
-                    .map_err(|e| ChannelError::new(e.to_string()))?;
+                if let Err(err) = ctx.broadcast(event, payload) {
+                    fan_out_failed(ctx, &err);
+                }
                 Ok(Reply::ok_empty().into())
             }
         }

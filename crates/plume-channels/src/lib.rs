@@ -12,6 +12,7 @@
 //! - [`work`]: channel callbacks in flight, so one that waits never stalls its socket.
 //! - [`channel`]: the [`Channel`] trait, its [`Context`] (reply, push, broadcast,
 //!   broadcast_from, handle_info messages) and outcomes.
+//! - [`error`]: how a channel fails ([`ChannelError`], [`JoinError`]).
 //! - [`router`]: topic patterns (`chat:*`) to channels.
 //! - [`pubsub`]: the [`PubSub`] trait and [`LocalPubSub`], the sharded in-process registry.
 //! - [`limit`]: the token bucket behind the per-socket rate limits.
@@ -26,6 +27,7 @@ pub mod channel;
 pub mod connect;
 pub mod duration_secs;
 pub mod echo;
+pub mod error;
 pub mod limit;
 pub mod metrics;
 pub mod outbound;
@@ -36,7 +38,7 @@ pub mod socket;
 pub mod work;
 
 pub use channel::{
-    Channel, ChannelError, ChannelHandle, Context, JoinError, Outcome, Reply, Terminate,
+    BoxError, Channel, ChannelError, ChannelHandle, Context, JoinError, Outcome, Reply, Terminate,
 };
 pub use connect::{AcceptAll, Accepted, ConnectHook, ConnectInfo, ConnectRequest, Refused};
 pub use outbound::{Out, OutboundRx, OutboundTx, SocketId};

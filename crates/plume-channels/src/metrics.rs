@@ -120,13 +120,27 @@ struct StoreOpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreErrorLabels {
+    store: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
 
 /// The `reason` values of `plume_broadcasts_dropped_total`: the Redis publish queue was full,
-/// a Redis publish failed, a sequenced topic held too many early broadcasts.
-pub const DROP_REASONS: [&str; 3] = ["publish_queue_full", "publish_failed", "held_overflow"];
+/// a Redis publish failed, a sequenced topic held too many early broadcasts, the publisher
+/// task had stopped, a broadcast could not be encoded for other nodes. The first, fourth and
+/// fifth are [`crate::PubSubError::drop_reason`]'s.
+pub const DROP_REASONS: [&str; 5] = [
+    "publish_queue_full",
+    "publish_failed",
+    "held_overflow",
+    "publisher_stopped",
+    "encode_failed",
+];
 
 /// The `source` values of `plume_history_reads_total`: a join's `history`, the `history`
 /// push, the backend API.
@@ -162,6 +176,7 @@ pub struct Metrics {
     upgrades_refused: Family<ReasonLabel, Counter>,
     slow_consumer_closes: Counter,
     store_operations: HistogramFamily<StoreOpLabels>,
+    store_errors: Family<StoreErrorLabels, Counter>,
     redis_publish: Histogram,
     redis_round_trip: Histogram,
     broadcasts_dropped: Family<ReasonLabel, Counter>,
@@ -330,6 +345,7 @@ impl Metrics {
             upgrades_refused: Family::default(),
             slow_consumer_closes: Counter::default(),
             store_operations: Family::new_with_constructor(latency_histogram),
+            store_errors: Family::default(),
             redis_publish: latency_histogram(),
             redis_round_trip: latency_histogram(),
             broadcasts_dropped: Family::default(),
@@ -410,6 +426,11 @@ impl Metrics {
             "plume_store_operation_duration_seconds",
             "Chat store operation latency, by store and operation",
             m.store_operations.clone(),
+        );
+        registry.register(
+            "plume_store_errors",
+            "Chat store operations that failed, by store and kind of failure",
+            m.store_errors.clone(),
         );
         registry.register(
             "plume_redis_publish_duration_seconds",
@@ -527,6 +548,14 @@ impl Metrics {
         self.store_operations
             .get_or_create(&StoreOpLabels { store, operation })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A chat store operation on `store` failed with an error of `kind` (a closed set: the
+    /// chat service's `StoreError::kind`).
+    pub fn store_error(&self, store: &'static str, kind: &'static str) {
+        self.store_errors
+            .get_or_create(&StoreErrorLabels { store, kind })
+            .inc();
     }
 
     /// A pipelined batch of Redis PUBLISHes took `elapsed`.

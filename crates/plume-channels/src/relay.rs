@@ -18,10 +18,23 @@ use std::pin::Pin;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-/// Why a message could not be sent.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("node relay: {0}")]
-pub struct RelayError(pub String);
+/// Why a message could not be sent: the backend's error (for Redis, the failed `PUBLISH`).
+#[derive(Debug, thiserror::Error)]
+#[error("node relay: {source}")]
+pub struct RelayError {
+    /// The backend's error.
+    #[source]
+    pub source: crate::channel::BoxError,
+}
+
+impl RelayError {
+    /// A relay failure caused by `source`.
+    pub fn new(source: impl Into<crate::channel::BoxError>) -> RelayError {
+        RelayError {
+            source: source.into(),
+        }
+    }
+}
 
 /// What [`NodeRelay::send_to`] returns: `Ok(true)` when a live node with that id took the
 /// message, `Ok(false)` when no node by that id is listening.

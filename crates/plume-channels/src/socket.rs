@@ -404,12 +404,12 @@ impl Socket {
                     );
                     self.redispatch(backlog).await;
                 }
-                Ok(Err(err)) => self.crash(idx, &err.0).await,
+                Ok(Err(err)) => self.crash(idx, &err.to_string()).await,
                 Err(panic) => self.crash(idx, &panic_text(&*panic)).await,
             },
             DoneWhat::Info(result) => match result {
                 Ok(Ok(())) => {}
-                Ok(Err(err)) => self.crash(idx, &err.0).await,
+                Ok(Err(err)) => self.crash(idx, &err.to_string()).await,
                 Err(panic) => self.crash(idx, &panic_text(&*panic)).await,
             },
         }

@@ -39,6 +39,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::events::{CHAT_PREFIX, user_socket_topic};
+use crate::failure::store_status;
 use crate::state::ChatState;
 use crate::store::{Notification, StoreError};
 use crate::time::now_rfc3339;
@@ -210,7 +211,8 @@ async fn route(state: &Arc<ChatState>, req: ApiRequest) -> Resp {
 
 fn unavailable(err: &StoreError) -> ApiError {
     tracing::error!(%err, "API: store unavailable");
-    ApiError(StatusCode::SERVICE_UNAVAILABLE, "store unavailable".into())
+    let (status, text) = store_status(err);
+    ApiError(status, text.into())
 }
 
 fn bad_request(msg: &str) -> ApiError {
@@ -417,16 +419,18 @@ fn broadcast_body(body: &[u8]) -> Result<(String, String, Json), ApiError> {
 
 fn broadcast(state: &ChatState, body: &Bytes) -> Result<Resp, ApiError> {
     let (topic, event, payload) = broadcast_body(body)?;
-    state
-        .pubsub
-        .broadcast(Broadcast {
-            topic: topic.into(),
-            event: event.into(),
-            payload: Payload::Json(payload),
-            from: None,
-            seq: None,
-        })
-        .map_err(|e| unavailable(&StoreError(e.to_string())))?;
+    let sent = state.pubsub.broadcast(Broadcast {
+        topic: topic.as_str().into(),
+        event: event.into(),
+        payload: Payload::Json(payload),
+        from: None,
+        seq: None,
+    });
+    // This node's subscribers have it; a retry would send it to them twice. The backend
+    // counted the broadcast the other nodes did not get.
+    if let Err(err) = sent {
+        tracing::warn!(%topic, %err, "API broadcast not forwarded to other nodes");
+    }
     Ok(json_response(
         StatusCode::ACCEPTED,
         &json!({"status": "accepted"}),

@@ -41,6 +41,7 @@ use serde_json::{Map, Value};
 use crate::auth::UserSession;
 use crate::config::Membership;
 use crate::events::*;
+use crate::failure::store_reason;
 use crate::state::{ChatState, Subject};
 use crate::store::{
     Appended, Draft, LogHead, LoggedMessage, SendKey, SentRecord, StoreError, epoch_text,
@@ -145,12 +146,12 @@ struct MessageSent<'a> {
 }
 
 fn json<T: Serialize>(value: &T) -> Result<Payload, ChannelError> {
-    Payload::json(value).map_err(|e| ChannelError::new(e.to_string()))
+    Payload::json(value).map_err(ChannelError::encode("a chat payload"))
 }
 
 /// The payload of `receive_message` for a logged message.
 pub fn receive_payload(m: &LoggedMessage) -> Result<Payload, StoreError> {
-    Payload::json(&MessageView::of(m)).map_err(|e| StoreError(e.to_string()))
+    Payload::json(&MessageView::of(m)).map_err(StoreError::encode("receive_message"))
 }
 
 /// The sequenced broadcast of a logged message on its chat topic.
@@ -177,7 +178,9 @@ pub fn receive_broadcast(
 pub(crate) fn session_user(ctx: &Context<'_>) -> Result<String, JoinError> {
     ctx.assigns::<UserSession>()
         .map(|s| s.user_id.clone())
-        .ok_or_else(|| JoinError::Failed("socket has no authenticated user".into()))
+        .ok_or(JoinError::Failed(ChannelError::Internal(
+            "the socket has no authenticated user",
+        )))
 }
 
 /// A validated `send_message`.
@@ -384,7 +387,7 @@ impl ChatChannel {
             Err(err) => {
                 tracing::error!(chat = %self.chat_id, user = %self.user, %err,
                     "send_message: membership unavailable");
-                return self.refuse_send(ctx, REASON_STORAGE_UNAVAILABLE, &send.mobile_ref_id);
+                return self.refuse_send(ctx, store_reason(&err), &send.mobile_ref_id);
             }
         }
         let key = SendKey {
@@ -401,8 +404,8 @@ impl ChatChannel {
             Ok(appended) => appended,
             Err(err) => {
                 tracing::error!(chat = %self.chat_id, user = %self.user, %err,
-                    "send_message: the log refused the append");
-                return self.refuse_send(ctx, REASON_STORAGE_UNAVAILABLE, &key.mobile_ref_id);
+                    timeout = err.is_timeout(), "send_message: the log refused the append");
+                return self.refuse_send(ctx, store_reason(&err), &key.mobile_ref_id);
             }
         };
         // From here the message is committed: whatever happens to its delivery, the sender
@@ -546,7 +549,7 @@ impl ChatChannel {
         let stores = &self.state.stores;
         let unavailable = |err: StoreError| {
             tracing::error!(chat = %self.chat_id, %err, "mark_read: store unavailable");
-            Ok(Reply::error_reason(REASON_STORAGE_UNAVAILABLE).into())
+            Ok(Reply::error_reason(store_reason(&err)).into())
         };
         let head = match stores.log.head(&self.chat_id).await {
             Ok(head) => head,
@@ -583,7 +586,7 @@ impl ChatChannel {
             .presence
             .state(&self.chat_id)
             .await
-            .map_err(|e| ChannelError::new(e.to_string()))?;
+            .map_err(|e| ChannelError::failed("reading the presence state", e))?;
         ctx.push(PRESENCE_STATE, &state);
         Ok(())
     }
@@ -608,7 +611,7 @@ impl ChatChannel {
             Ok(page) => Ok(Reply::ok(json(&page)?).into()),
             Err(err) => {
                 tracing::error!(chat = %self.chat_id, %err, "history: log unavailable");
-                Ok(Reply::error_reason(REASON_STORAGE_UNAVAILABLE).into())
+                Ok(Reply::error_reason(store_reason(&err)).into())
             }
         }
     }
@@ -666,7 +669,7 @@ impl Channel for ChatChannel {
         };
         let unavailable = |what: &str, err: StoreError| {
             tracing::error!(chat = chat_id, %user, %err, "join: {what} unavailable");
-            JoinError::reason(REASON_STORAGE_UNAVAILABLE)
+            JoinError::reason(store_reason(&err))
         };
         match allowed {
             Ok(true) => {}
@@ -717,14 +720,14 @@ impl Channel for ChatChannel {
             .registry()
             .start_seq(topic, head.epoch, head.last_seq);
         ctx.send_info(Box::new(AfterJoin))
-            .map_err(|e| JoinError::Failed(e.to_string()))?;
+            .map_err(ChannelError::queue("the after-join step"))?;
         let reply = JoinReply {
             last_seq: head.last_seq,
             epoch: epoch_text(head.epoch),
             recovered,
             messages: (ask.history > 0).then(|| recent.iter().map(MessageView::of).collect()),
         };
-        let reply = Payload::json(&reply).map_err(|e| JoinError::Failed(e.to_string()))?;
+        let reply = Payload::json(&reply).map_err(ChannelError::encode("the join reply"))?;
         let channel = ChatChannel {
             state: state.clone(),
             chat_id: chat_id.to_owned(),
@@ -804,7 +807,7 @@ impl Channel for ChatChannel {
                 .presence
                 .enter_chat(&self.user, &self.chat_id, ctx.socket_id().0)
                 .await
-                .map_err(|e| ChannelError::new(e.to_string()))?;
+                .map_err(|e| ChannelError::failed("recording the user in the chat", e))?;
             self.present = true;
             // Tracked before the state is read, so the joiner finds itself in it.
             let device = match ctx.assigns::<UserSession>() {
@@ -816,7 +819,7 @@ impl Channel for ChatChannel {
                 .presence
                 .track(&self.chat_id, &self.user, &device, ctx.handle())
                 .await
-                .map_err(|e| ChannelError::new(e.to_string()))?;
+                .map_err(|e| ChannelError::failed("tracking presence", e))?;
             self.presence_ref = Some(meta.phx_ref);
             self.push_presence_state(ctx).await?;
         }

@@ -71,7 +71,9 @@ pub const REASON_INVALID_MOBILE_REF_ID: &str = "invalid_mobile_ref_id";
 pub const REASON_MOBILE_REF_ID_TOO_LONG: &str = "mobile_ref_id_too_long";
 /// Join of `chat:{id}` with an id longer than the configured maximum.
 pub const REASON_CHAT_ID_TOO_LONG: &str = "chat_id_too_long";
-/// A store could not be reached; nothing was delivered.
+/// A store did not answer (any `StoreError`, see [`crate::failure::store_reason`]); nothing
+/// was delivered. After a timeout a send may be in the log all the same: a retry with the
+/// same `mobile_ref_id` is answered with it.
 pub const REASON_STORAGE_UNAVAILABLE: &str = "storage_unavailable";
 /// Join `last_seq` (or history `before_seq`) that is not a non-negative integer.
 pub const REASON_INVALID_LAST_SEQ: &str = "invalid_last_seq";

@@ -17,6 +17,7 @@
 //! - [`store`]: the store traits (message log, membership, pending, presence) and their
 //!   embedded (SQLite), in-memory and Redis implementations.
 //! - [`api`]: the backend HTTP API.
+//! - [`failure`]: what a client gets when a store or the fan-out fails (the one table).
 //! - [`config`], [`events`], [`time`]: settings, wire names, timestamps.
 //! - [`ChatService`] (this file): wires it all into a router, a connect hook and an API.
 
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod events;
+pub mod failure;
 pub mod notifications;
 pub mod presence;
 pub mod repair;

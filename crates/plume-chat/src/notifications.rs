@@ -21,6 +21,7 @@ use plume_wire::Payload;
 
 use crate::chat::session_user;
 use crate::events::*;
+use crate::failure::store_reason;
 use crate::rooms::{Cursor, ROOMS_PAGE};
 use crate::state::ChatState;
 use crate::store::{Notification, PendingItem};
@@ -118,11 +119,11 @@ impl Channel for NotificationsChannel {
             .await
             .map_err(|err| {
                 tracing::error!(%user, %err, "notifications join: rooms unavailable");
-                JoinError::reason(REASON_STORAGE_UNAVAILABLE)
+                JoinError::reason(store_reason(&err))
             })?;
-        let reply = Payload::json(&rooms).map_err(|e| JoinError::Failed(e.to_string()))?;
+        let reply = Payload::json(&rooms).map_err(ChannelError::encode("the join reply"))?;
         ctx.send_info(Box::new(AfterJoin))
-            .map_err(|e| JoinError::Failed(e.to_string()))?;
+            .map_err(ChannelError::queue("the after-join step"))?;
         let channel = NotificationsChannel {
             state: state.clone(),
             user,
@@ -150,12 +151,12 @@ impl Channel for NotificationsChannel {
             .await
         {
             Ok(page) => Ok(Reply::ok(
-                Payload::json(&page).map_err(|e| ChannelError::new(e.to_string()))?,
+                Payload::json(&page).map_err(ChannelError::encode("the rooms page"))?,
             )
             .into()),
             Err(err) => {
                 tracing::error!(user = %self.user, %err, "list_rooms: store unavailable");
-                Ok(Reply::error_reason(REASON_STORAGE_UNAVAILABLE).into())
+                Ok(Reply::error_reason(store_reason(&err)).into())
             }
         }
     }
@@ -166,16 +167,20 @@ impl Channel for NotificationsChannel {
         ctx: &mut Context<'_>,
     ) -> Result<(), ChannelError> {
         let stores = &self.state.stores;
-        let fail = |e: crate::store::StoreError| ChannelError::new(e.to_string());
+        let fail = |what| move |e| ChannelError::failed(what, e);
         if let Some(PendingWritten(upto)) = info.downcast_ref::<PendingWritten>() {
-            return stores.pending.remove(&self.user, *upto).await.map_err(fail);
+            return stores
+                .pending
+                .remove(&self.user, *upto)
+                .await
+                .map_err(fail("removing written pending notifications"));
         }
         if let Some(LiveWritten(item)) = info.downcast_ref::<LiveWritten>() {
             return stores
                 .pending
                 .remove_item(&self.user, item)
                 .await
-                .map_err(fail);
+                .map_err(fail("removing a notification written live"));
         }
         let info = match info.downcast::<Broadcast>() {
             Ok(broadcast) => {
@@ -184,7 +189,7 @@ impl Channel for NotificationsChannel {
                     && let Some(item) = item_of(&broadcast.payload)
                 {
                     ctx.send_info(Box::new(LiveWritten(item)))
-                        .map_err(|e| ChannelError::new(e.to_string()))?;
+                        .map_err(ChannelError::queue("the live notification's removal"))?;
                 }
                 return Ok(());
             }
@@ -199,25 +204,34 @@ impl Channel for NotificationsChannel {
             .presence
             .enter_notifications(&self.user, ctx.socket_id().0)
             .await
-            .map_err(fail)?;
+            .map_err(fail("recording the notifications topic as joined"))?;
         self.present = true;
-        let items = stores.pending.list(&self.user).await.map_err(fail)?;
+        let items = stores
+            .pending
+            .list(&self.user)
+            .await
+            .map_err(fail("listing pending notifications"))?;
         let Some((upto, _)) = items.last() else {
             return Ok(());
         };
         let upto = *upto;
-        let pending = self.state.resolve_pending(&items).await.map_err(fail)?;
+        let pending = self
+            .state
+            .resolve_pending(&items)
+            .await
+            .map_err(fail("reading pending notifications from the log"))?;
         for n in &pending {
-            let payload = Payload::json(n).map_err(|e| ChannelError::new(e.to_string()))?;
+            let payload = Payload::json(n).map_err(ChannelError::encode("pending_notification"))?;
             ctx.push(PENDING_NOTIFICATION, &payload);
         }
         if !pending.is_empty() {
             let all = serde_json::json!({ "notifications": pending });
-            let payload = Payload::json(&all).map_err(|e| ChannelError::new(e.to_string()))?;
+            let payload =
+                Payload::json(&all).map_err(ChannelError::encode("pending_notifications"))?;
             ctx.push(PENDING_NOTIFICATIONS, &payload);
         }
         ctx.send_info(Box::new(PendingWritten(upto)))
-            .map_err(|e| ChannelError::new(e.to_string()))?;
+            .map_err(ChannelError::queue("the pending notifications' removal"))?;
         Ok(())
     }
 

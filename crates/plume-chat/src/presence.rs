@@ -118,7 +118,7 @@ fn diff_payload(joins: &[PresenceMeta], leaves: &[PresenceMeta]) -> Result<Paylo
         joins: grouped(joins),
         leaves: grouped(leaves),
     };
-    Payload::json(&diff).map_err(|e| StoreError(e.to_string()))
+    Payload::json(&diff).map_err(StoreError::encode("presence_diff"))
 }
 
 /// URL-safe base64 without padding (12 bytes in, 16 characters out).
@@ -406,7 +406,7 @@ impl Tracker {
                 Payload::json(&map)
             }
         };
-        encoded.map_err(|e| StoreError(e.to_string()))
+        encoded.map_err(StoreError::encode("presence_state"))
     }
 
     /// How many metas `chat` has on this node (tests, benchmarks).
@@ -537,21 +537,25 @@ impl Tracker {
         let targets: Vec<String> = targets.into_iter().collect();
         let located = self.stores.presence.locate(&targets, None).await?;
         let payload = Payload::json(&serde_json::json!({"user_id": user, "online": online}))
-            .map_err(|e| StoreError(e.to_string()))?;
+            .map_err(StoreError::encode("user_online_changed"))?;
         for (target, at) in targets.iter().zip(&located) {
             if !at.notifications {
                 continue;
             }
             for prefix in [NOTIFICATIONS_PREFIX, NOTIFICATION_ALIAS_PREFIX] {
-                self.pubsub
-                    .broadcast(Broadcast {
-                        topic: format!("{prefix}{target}").into(),
-                        event: USER_ONLINE_CHANGED.into(),
-                        payload: payload.clone(),
-                        from: None,
-                        seq: None,
-                    })
-                    .map_err(|e| StoreError(e.to_string()))?;
+                let sent = self.pubsub.broadcast(Broadcast {
+                    topic: format!("{prefix}{target}").into(),
+                    event: USER_ONLINE_CHANGED.into(),
+                    payload: payload.clone(),
+                    from: None,
+                    seq: None,
+                });
+                // Delivered on this node (the backend counted the copy other nodes missed);
+                // the next targets still get theirs.
+                if let Err(err) = sent {
+                    tracing::debug!(user, online, %err,
+                        "user_online_changed not forwarded to other nodes");
+                }
             }
         }
         Ok(())

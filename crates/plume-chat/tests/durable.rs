@@ -628,15 +628,15 @@ impl PubSub for RemoteFails {
     }
     fn broadcast(&self, msg: plume_channels::Broadcast) -> Result<(), plume_channels::PubSubError> {
         self.0.dispatch(&msg);
-        Err(plume_channels::PubSubError("publish queue full".into()))
+        Err(plume_channels::PubSubError::QueueFull { capacity: 0 })
     }
     fn registry(&self) -> &LocalPubSub {
         &self.0
     }
 }
 
-#[tokio::test]
-async fn delivered_locally_with_the_remote_fan_out_failing_is_still_sent() {
+/// A chat server (with the backend API) whose every broadcast fails to reach other nodes.
+async fn start_remote_fails() -> Chat {
     let config = ChatConfig {
         membership: Membership::Open,
         ..ChatConfig::default()
@@ -658,10 +658,16 @@ async fn delivered_locally_with_the_remote_fan_out_failing_is_still_sent() {
             plume_chat::JwtVerifier::hs256(SECRET),
         )),
     )
+    .with_http_api(Arc::new(service.api(Some(API_KEY.into()))))
     .start()
     .await
     .unwrap();
-    let chat = Chat { running };
+    Chat { running }
+}
+
+#[tokio::test]
+async fn delivered_locally_with_the_remote_fan_out_failing_is_still_sent() {
+    let chat = start_remote_fails().await;
     let mut alice = chat.connect("alice", "a").await;
     let mut bob = chat.connect("bob", "b").await;
     let jr = join_ok(&mut alice, "chat:pf").await;
@@ -678,4 +684,35 @@ async fn delivered_locally_with_the_remote_fan_out_failing_is_still_sent() {
     let (_, again, _) = send(&mut alice, &jr, "pf", body).await;
     assert_eq!(again, reply);
     assert_no(&mut bob, "receive_message").await;
+}
+
+/// A notification to a user whose notifications topic is joined on this node, and a backend
+/// broadcast, both with the fan-out to other nodes failing: each reached this node's socket
+/// and the backend hears success (a 503 would have it retry, and the local socket get it
+/// twice).
+#[tokio::test]
+async fn the_api_with_the_remote_fan_out_failing_is_answered_as_delivered() {
+    let chat = start_remote_fails().await;
+    let body = r#"{"user_id":"bob","chat_id":"c9","sender_id":"system","content":"hi"}"#;
+    let (code, resp) = chat.api("POST", "/api/notify", Some(body)).await;
+    assert_eq!((code, &resp["status"]), (200, &json!("pending")), "{resp}");
+    let mut bob = chat.connect("bob", "b").await;
+    join_ok(&mut bob, "notifications:bob").await;
+    // Sent once bob's topic counts as joined: from here a notification is live.
+    next_event(&mut bob, "pending_notifications").await;
+    join_ok(&mut bob, "chat:pf").await;
+    let (code, resp) = chat.api("POST", "/api/notify", Some(body)).await;
+    assert_eq!(
+        (code, &resp["status"]),
+        (200, &json!("delivered")),
+        "{resp}"
+    );
+    assert_eq!(
+        next_event(&mut bob, "new_notification").await["message_id"],
+        resp["message_id"]
+    );
+    let body = r#"{"topic":"chat:pf","event":"announce","payload":{"n":1}}"#;
+    let (code, resp) = chat.api("POST", "/api/broadcast", Some(body)).await;
+    assert_eq!((code, resp), (202, json!({"status": "accepted"})));
+    assert_eq!(next_event(&mut bob, "announce").await, json!({"n": 1}));
 }

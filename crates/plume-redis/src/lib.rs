@@ -28,7 +28,7 @@ use plume_channels::LocalPubSub;
 use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 
-pub use pubsub::RedisPubSub;
+pub use pubsub::{HealthError, RedisPubSub};
 pub use state::{RedisState, StateError};
 
 /// Redis settings.
@@ -109,10 +109,54 @@ pub struct Cluster {
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
-/// The cluster could not be joined at start-up.
+/// The cluster could not be joined at start-up (`plume serve` then exits with it).
+///
+/// Only ever shown by the binary, which prints the chain of causes (anyhow), so each message
+/// says what failed and leaves the cause to `source()` instead of repeating it.
 #[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct ClusterError(pub String);
+pub enum ClusterError {
+    /// The configured node id cannot be used.
+    #[error("node id {0:?} must be 1-64 characters of A-Z a-z 0-9 . _ -")]
+    InvalidNodeId(String),
+    /// The URL is not a Redis URL.
+    #[error("bad redis url {url:?}")]
+    Url {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// No connection within twice the command timeout.
+    #[error("connecting to {url} timed out after {after:?}")]
+    ConnectTimeout {
+        /// The URL, credentials redacted.
+        url: String,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// The connection was refused or failed.
+    #[error("connecting to {url}")]
+    Connect {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A first command on the new connection failed.
+    #[error("{what}")]
+    Setup {
+        /// What it was doing.
+        what: &'static str,
+        /// The command's error.
+        #[source]
+        source: StateError,
+    },
+    /// The pub/sub connection did not come up in time.
+    #[error("the pub/sub connection did not come up within {0:?}")]
+    PubSubTimeout(Duration),
+}
 
 impl Cluster {
     /// Connects to Redis (failing if it is unreachable now: a node should not start blind),
@@ -128,38 +172,42 @@ impl Cluster {
             config.node_id.clone()
         };
         if !valid_node_id(&node) {
-            return Err(ClusterError(format!(
-                "node id {node:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
-            )));
+            return Err(ClusterError::InvalidNodeId(node));
         }
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| ClusterError(format!("bad url {:?}: {e}", redact_url(&config.url))))?;
+        let url = redact_url(&config.url);
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|source| ClusterError::Url {
+                url: url.clone(),
+                source,
+            })?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.command_timeout))
             .set_response_timeout(Some(config.command_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
+        let wait = config.command_timeout * 2;
         let conn = tokio::time::timeout(
-            config.command_timeout * 2,
+            wait,
             client.get_connection_manager_with_config(manager_config),
         )
         .await
-        .map_err(|_| {
-            ClusterError(format!(
-                "connecting to {} timed out",
-                redact_url(&config.url)
-            ))
+        .map_err(|_| ClusterError::ConnectTimeout {
+            url: url.clone(),
+            after: wait,
         })?
-        .map_err(|e| ClusterError(format!("connecting to {}: {e}", redact_url(&config.url))))?;
+        .map_err(|source| ClusterError::Connect {
+            url: url.clone(),
+            source,
+        })?;
         let state = RedisState::new(conn.clone(), node.clone(), config.node_ttl);
-        state
-            .clear_node(&node)
-            .await
-            .map_err(|e| ClusterError(e.to_string()))?;
+        let setup = |what| move |source| ClusterError::Setup { what, source };
+        state.clear_node(&node).await.map_err(setup(
+            "clearing what an earlier process with this node id left",
+        ))?;
         state
             .heartbeat()
             .await
-            .map_err(|e| ClusterError(e.to_string()))?;
+            .map_err(setup("the first node heartbeat"))?;
         let pubsub = Arc::new(RedisPubSub::start(
             client,
             conn,
@@ -168,16 +216,14 @@ impl Cluster {
             config.publish_queue,
         ));
         // Ready means subscribed: wait (briefly) for the pub/sub connection.
-        let deadline = tokio::time::Instant::now() + config.command_timeout * 2;
+        let deadline = tokio::time::Instant::now() + wait;
         while !pubsub
             .stats()
             .connected
             .load(std::sync::atomic::Ordering::Relaxed)
         {
             if tokio::time::Instant::now() > deadline {
-                return Err(ClusterError(
-                    "the pub/sub connection did not come up".into(),
-                ));
+                return Err(ClusterError::PubSubTimeout(wait));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -187,7 +233,7 @@ impl Cluster {
             config.node_ttl / 3,
             config.command_timeout,
         ));
-        tracing::info!(node, url = %redact_url(&config.url), "joined the redis cluster");
+        tracing::info!(node, %url, "joined the redis cluster");
         Ok(Cluster {
             pubsub,
             state,

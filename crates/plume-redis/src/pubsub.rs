@@ -63,6 +63,28 @@ pub fn node_channel(node: &str) -> String {
 /// Where point-to-point messages for this node go (set by [`NodeRelay::set_inbox`]).
 type Inbox = Arc<parking_lot::Mutex<Option<mpsc::Sender<Bytes>>>>;
 
+/// Why [`RedisPubSub::health`] found the link unhealthy.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// A command of the check failed.
+    #[error("redis {op} failed: {source}")]
+    Command {
+        /// `PING` or `PUBLISH`.
+        op: &'static str,
+        /// The client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A step of the check did not complete within the limit.
+    #[error("redis {op} did not complete within {limit:?}")]
+    Timeout {
+        /// `PING`, or the `pub/sub round trip` (published, not received back).
+        op: &'static str,
+        /// The limit.
+        limit: Duration,
+    },
+}
+
 /// Counters of the Redis link, for `/readyz` and the logs.
 #[derive(Default, Debug)]
 pub struct Stats {
@@ -154,15 +176,15 @@ impl RedisPubSub {
 
     /// Checks the Redis link: a PING on the command connection and a message round trip
     /// through this node's pub/sub subscription. Returns the round-trip time.
-    pub async fn health(&self, limit: Duration) -> Result<Duration, String> {
+    pub async fn health(&self, limit: Duration) -> Result<Duration, HealthError> {
         let started = Instant::now();
         let mut conn = self.conn.clone();
         let ping =
             tokio::time::timeout(limit, redis::cmd("PING").query_async::<String>(&mut conn)).await;
         match ping {
             Ok(Ok(_)) => {}
-            Ok(Err(err)) => return Err(format!("redis PING failed: {err}")),
-            Err(_) => return Err("redis PING timed out".into()),
+            Ok(Err(source)) => return Err(HealthError::Command { op: "PING", source }),
+            Err(_) => return Err(HealthError::Timeout { op: "PING", limit }),
         }
         let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
         let (done, wait) = oneshot::channel();
@@ -172,9 +194,12 @@ impl RedisPubSub {
             .arg(nonce.to_string())
             .query_async::<i64>(&mut conn)
             .await;
-        if let Err(err) = published {
+        if let Err(source) = published {
             self.health_waiters.lock().remove(&nonce);
-            return Err(format!("redis PUBLISH failed: {err}"));
+            return Err(HealthError::Command {
+                op: "PUBLISH",
+                source,
+            });
         }
         let result = match tokio::time::timeout(limit, wait).await {
             Ok(Ok(())) => {
@@ -182,7 +207,10 @@ impl RedisPubSub {
                 metrics().redis_round_trip(rtt);
                 Ok(rtt)
             }
-            _ => Err("pub/sub round trip did not complete".into()),
+            _ => Err(HealthError::Timeout {
+                op: "pub/sub round trip",
+                limit,
+            }),
         };
         self.health_waiters.lock().remove(&nonce);
         result
@@ -203,7 +231,7 @@ impl NodeRelay for RedisPubSub {
                 .arg(msg.as_ref())
                 .query_async::<i64>(&mut conn)
                 .await
-                .map_err(|e| RelayError(e.to_string()))?;
+                .map_err(RelayError::new)?;
             Ok(receivers > 0)
         })
     }
@@ -250,19 +278,24 @@ impl PubSub for RedisPubSub {
     fn broadcast(&self, msg: Broadcast) -> Result<(), PubSubError> {
         self.local.dispatch(&msg);
         let from = msg.from.map_or(0, |s| s.0);
-        let data = envelope::encode(&self.node, from, msg.seq, &msg.event, &msg.payload)
-            .map_err(|e| PubSubError(e.to_string()))?;
-        match self.publish.try_send((topic_channel(&msg.topic), data)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-                metrics().broadcasts_dropped("publish_queue_full", 1);
-                Err(PubSubError("redis publish queue full".into()))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(PubSubError("redis publisher stopped".into()))
-            }
-        }
+        let failed = match envelope::encode(&self.node, from, msg.seq, &msg.event, &msg.payload) {
+            Err(err) => PubSubError::Encode {
+                source: Box::new(err),
+            },
+            Ok(data) => match self.publish.try_send((topic_channel(&msg.topic), data)) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                    PubSubError::QueueFull {
+                        capacity: self.publish.max_capacity(),
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => PubSubError::PublisherStopped,
+            },
+        };
+        // Delivered on this node only: counted here, once per broadcast, whoever sent it.
+        metrics().broadcasts_dropped(failed.drop_reason(), 1);
+        Err(failed)
     }
 
     fn registry(&self) -> &LocalPubSub {

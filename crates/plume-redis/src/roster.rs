@@ -157,7 +157,7 @@ impl RedisState {
             .ignore()
             .sadd(ROSTER_NODES, &self.node)
             .ignore();
-        self.run(|mut c| {
+        self.run("roster_track", |mut c| {
             let pipe = pipe.clone();
             async move { pipe.query_async::<()>(&mut c).await }
         })
@@ -173,7 +173,7 @@ impl RedisState {
         if last {
             pipe.srem(roster_topics_key(&self.node), topic).ignore();
         }
-        self.run(|mut c| {
+        self.run("roster_untrack", |mut c| {
             let pipe = pipe.clone();
             async move { pipe.query_async::<()>(&mut c).await }
         })
@@ -183,7 +183,7 @@ impl RedisState {
     /// The entries of `topic`'s roster held by live nodes, in no particular order.
     pub async fn roster_list(&self, topic: &str) -> Result<Vec<String>> {
         let key = roster_key(topic);
-        self.run(|mut c| {
+        self.run("roster_list", |mut c| {
             let mut call = LIST.key(NODES);
             call.key(&key);
             async move { call.invoke_async(&mut c).await }
@@ -200,7 +200,7 @@ impl RedisState {
             ROSTER_NODES.to_owned(),
         ];
         let first: i64 = self
-            .run(|mut c| {
+            .run("online_up", |mut c| {
                 let mut call = ONLINE_UP.key(NODES);
                 call.key(&keys[0])
                     .key(&keys[1])
@@ -218,7 +218,7 @@ impl RedisState {
     pub async fn online_down(&self, user: &str) -> Result<bool> {
         let keys = [online_key(user), online_users_key(&self.node)];
         let last: i64 = self
-            .run(|mut c| {
+            .run("online_down", |mut c| {
                 let mut call = ONLINE_DOWN.key(NODES);
                 call.key(&keys[0]).key(&keys[1]).arg(&self.node).arg(user);
                 async move { call.invoke_async(&mut c).await }
@@ -242,17 +242,17 @@ impl RedisState {
 
     async fn sweep_with(&self, own: &str) -> Result<Swept> {
         let flat: Vec<String> = self
-            .run(|mut c| {
+            .run("roster_sweep", |mut c| {
                 let mut call = SWEEP.key(NODES);
                 call.key(ROSTER_NODES).arg(own);
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
         if !flat.len().is_multiple_of(3) {
-            return Err(StateError(format!(
-                "sweep script returned {} values, not triples",
-                flat.len()
-            )));
+            return Err(StateError::reply(
+                "roster_sweep",
+                format!("{} values, not triples", flat.len()),
+            ));
         }
         let mut swept = Swept::default();
         let mut it = flat.into_iter();
@@ -267,7 +267,7 @@ impl RedisState {
 
     /// Whether Redis still lists this node as having records.
     pub async fn roster_registered(&self) -> Result<bool> {
-        self.run(|mut c| async move {
+        self.run("roster_registered", |mut c| async move {
             redis::cmd("SISMEMBER")
                 .arg(ROSTER_NODES)
                 .arg(&self.node)
@@ -300,7 +300,7 @@ impl RedisState {
                 .sadd(online_users_key(&self.node), user)
                 .ignore();
         }
-        self.run(|mut c| {
+        self.run("roster_restore", |mut c| {
             let pipe = pipe.clone();
             async move { pipe.query_async::<()>(&mut c).await }
         })

@@ -40,20 +40,67 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError, Script};
 
-/// A Redis operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct StateError(pub String);
-
-impl From<RedisError> for StateError {
-    fn from(err: RedisError) -> Self {
-        StateError(err.to_string())
-    }
+/// A Redis operation failed. `op` names the [`RedisState`] method (`append`, `log_head`,
+/// `presence_enter`, …); the message includes the cause's text, and `source()` reaches the
+/// [`RedisError`] where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The command did not get an answer, or Redis answered with an error: connection
+    /// refused or dropped, the command timeout (`redis.command_timeout`) passed
+    /// ([`StateError::is_timeout`]), a script error, a reply of the wrong type.
+    #[error("redis {op}: {source}")]
+    Command {
+        /// The operation.
+        op: &'static str,
+        /// The client's error.
+        #[source]
+        source: RedisError,
+    },
+    /// Redis answered, but not with what the operation's script or command returns: a
+    /// value of the wrong shape, or a stored value that is not a number.
+    #[error("redis {op}: unexpected reply: {detail}")]
+    Reply {
+        /// The operation.
+        op: &'static str,
+        /// What was wrong with it.
+        detail: String,
+        /// The conversion error, when a value could not be converted.
+        #[source]
+        source: Option<redis::ParsingError>,
+    },
 }
 
-impl From<redis::ParsingError> for StateError {
-    fn from(err: redis::ParsingError) -> Self {
-        StateError(format!("unexpected reply: {err}"))
+impl StateError {
+    /// A `map_err` adapter: the command of `op` failed.
+    pub fn command(op: &'static str) -> impl FnOnce(RedisError) -> StateError {
+        move |source| StateError::Command { op, source }
+    }
+
+    /// A `map_err` adapter: a value of `op`'s reply (`what`) could not be converted.
+    pub fn parse(
+        op: &'static str,
+        what: &'static str,
+    ) -> impl FnOnce(redis::ParsingError) -> StateError {
+        move |source| StateError::Reply {
+            op,
+            detail: what.to_owned(),
+            source: Some(source),
+        }
+    }
+
+    /// `op`'s reply had the wrong shape.
+    pub fn reply(op: &'static str, detail: String) -> StateError {
+        StateError::Reply {
+            op,
+            detail,
+            source: None,
+        }
+    }
+
+    /// Whether the command timed out (no answer within `redis.command_timeout`): it may
+    /// still have run.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, StateError::Command { source, .. } if source.is_timeout())
     }
 }
 
@@ -377,11 +424,14 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-fn parse_num<T: std::str::FromStr>(v: &redis::Value, what: &str) -> Result<T> {
-    let text: String =
-        redis::from_redis_value(v.clone()).map_err(|e| StateError(format!("{what}: {e}")))?;
+fn parse_num<T: std::str::FromStr>(
+    op: &'static str,
+    v: &redis::Value,
+    what: &'static str,
+) -> Result<T> {
+    let text: String = redis::from_redis_value(v.clone()).map_err(StateError::parse(op, what))?;
     text.parse()
-        .map_err(|_| StateError(format!("{what}: not a number: {text}")))
+        .map_err(|_| StateError::reply(op, format!("{what} is not a number: {text}")))
 }
 
 /// Shared cluster state in Redis.
@@ -414,17 +464,19 @@ impl RedisState {
     /// Runs a command, retrying once if the connection turned out to be dead (after a Redis
     /// restart the first command on the old connection fails before reaching Redis; the
     /// connection manager reconnects for the retry).
-    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T>
+    pub(crate) async fn run<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        match op(self.conn.clone()).await {
+        match call(self.conn.clone()).await {
             Err(err) if err.is_connection_dropped() || err.is_io_error() => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                Ok(op(self.conn.clone()).await?)
+                call(self.conn.clone())
+                    .await
+                    .map_err(StateError::command(op))
             }
-            other => Ok(other?),
+            other => other.map_err(StateError::command(op)),
         }
     }
 
@@ -443,7 +495,7 @@ impl RedisState {
             .arg(added_ms)
             .arg(chat)
             .ignore();
-        self.run(|mut c| {
+        self.run("add_member", |mut c| {
             let pipe = pipe.clone();
             async move { pipe.query_async::<()>(&mut c).await }
         })
@@ -458,7 +510,7 @@ impl RedisState {
             .zrem(user_chats_key(user), chat)
             .ignore();
         let (n,): (i64,) = self
-            .run(|mut c| {
+            .run("remove_member", |mut c| {
                 let pipe = pipe.clone();
                 async move { pipe.query_async(&mut c).await }
             })
@@ -469,7 +521,7 @@ impl RedisState {
     /// The chats `user` is a member of, with when they were added.
     pub async fn chats_of(&self, user: &str) -> Result<Vec<(String, i64)>> {
         let key = user_chats_key(user);
-        self.run(|mut c| {
+        self.run("chats_of", |mut c| {
             let key = key.clone();
             async move { c.zrange_withscores(key, 0, -1).await }
         })
@@ -485,7 +537,7 @@ impl RedisState {
         for chat in chats {
             pipe.scard(members_key(chat));
         }
-        self.run(|mut c| {
+        self.run("count_members", |mut c| {
             let pipe = pipe.clone();
             async move { pipe.query_async(&mut c).await }
         })
@@ -495,7 +547,7 @@ impl RedisState {
     /// Whether `user` is a member.
     pub async fn is_member(&self, chat: &str, user: &str) -> Result<bool> {
         let key = members_key(chat);
-        self.run(|mut c| {
+        self.run("is_member", |mut c| {
             let key = key.clone();
             async move { c.sismember(key, user).await }
         })
@@ -506,7 +558,7 @@ impl RedisState {
     pub async fn members(&self, chat: &str) -> Result<Vec<String>> {
         let key = members_key(chat);
         let mut members: Vec<String> = self
-            .run(|mut c| {
+            .run("members", |mut c| {
                 let key = key.clone();
                 async move { c.smembers(key).await }
             })
@@ -527,7 +579,7 @@ impl RedisState {
             epoch_key(a.chat),
         ];
         let reply: Vec<redis::Value> = self
-            .run(|mut c| {
+            .run("append", |mut c| {
                 let mut call = APPEND.prepare_invoke();
                 for key in &keys {
                     call.key(key);
@@ -543,12 +595,13 @@ impl RedisState {
             })
             .await?;
         let [kind, id, seq, ts, delivered, entry, epoch] = reply.as_slice() else {
-            return Err(StateError(format!(
-                "append returned {} values",
-                reply.len()
-            )));
+            return Err(StateError::reply(
+                "append",
+                format!("{} values, not 7", reply.len()),
+            ));
         };
-        let kind: String = redis::from_redis_value(kind.clone())?;
+        let kind: String =
+            redis::from_redis_value(kind.clone()).map_err(StateError::parse("append", "kind"))?;
         let kind = match kind.as_str() {
             "new" => AppendKind::New,
             "own" => AppendKind::Own,
@@ -556,16 +609,19 @@ impl RedisState {
         };
         let entry = match entry {
             redis::Value::Nil | redis::Value::Boolean(false) | redis::Value::Int(0) => None,
-            v => Some(redis::from_redis_value(v.clone())?),
+            v => Some(
+                redis::from_redis_value(v.clone()).map_err(StateError::parse("append", "entry"))?,
+            ),
         };
         Ok(AppendReply {
             kind,
-            message_id: redis::from_redis_value(id.clone())?,
-            seq: parse_num(seq, "seq")?,
-            ts_ms: parse_num(ts, "ts")?,
-            delivered: parse_num::<i64>(delivered, "delivered")? != 0,
+            message_id: redis::from_redis_value(id.clone())
+                .map_err(StateError::parse("append", "message id"))?,
+            seq: parse_num("append", seq, "seq")?,
+            ts_ms: parse_num("append", ts, "ts")?,
+            delivered: parse_num::<i64>("append", delivered, "delivered")? != 0,
             entry,
-            epoch: parse_num(epoch, "epoch")?,
+            epoch: parse_num("append", epoch, "epoch")?,
         })
     }
 
@@ -574,7 +630,7 @@ impl RedisState {
     pub async fn mark_delivered(&self, user: &str, chat: &str, mobile_ref_id: &str) -> Result<()> {
         let key = idem_key(user, chat, mobile_ref_id);
         let _: i64 = self
-            .run(|mut c| {
+            .run("mark_delivered", |mut c| {
                 let call = MARK_DELIVERED.key(&key);
                 async move { call.invoke_async(&mut c).await }
             })
@@ -591,7 +647,7 @@ impl RedisState {
     ) -> Result<LogHeadReply> {
         let keys = [seq_key(chat), epoch_key(chat), log_key(chat)];
         let reply: Vec<redis::Value> = self
-            .run(|mut c| {
+            .run("log_head", |mut c| {
                 let mut call = HEAD.prepare_invoke();
                 for key in &keys {
                     call.key(key);
@@ -601,15 +657,18 @@ impl RedisState {
             })
             .await?;
         let [epoch, last, first] = reply.as_slice() else {
-            return Err(StateError(format!("head returned {} values", reply.len())));
+            return Err(StateError::reply(
+                "log_head",
+                format!("{} values, not 3", reply.len()),
+            ));
         };
         let first_seq = match first {
             redis::Value::Nil | redis::Value::Boolean(false) | redis::Value::Int(0) => None,
-            v => Some(parse_num::<f64>(v, "first seq")? as u64),
+            v => Some(parse_num::<f64>("log_head", v, "first seq")? as u64),
         };
         Ok(LogHeadReply {
-            epoch: parse_num(epoch, "epoch")?,
-            last_seq: parse_num(last, "last seq")?,
+            epoch: parse_num("log_head", epoch, "epoch")?,
+            last_seq: parse_num("log_head", last, "last seq")?,
             first_seq,
         })
     }
@@ -617,7 +676,7 @@ impl RedisState {
     /// Up to `limit` log entries with seq above `after`, oldest first.
     pub async fn log_after(&self, chat: &str, after: u64, limit: usize) -> Result<Vec<String>> {
         let key = log_key(chat);
-        self.run(|mut c| {
+        self.run("log_after", |mut c| {
             let key = key.clone();
             async move {
                 redis::cmd("ZRANGE")
@@ -644,7 +703,7 @@ impl RedisState {
     ) -> Result<Vec<String>> {
         let key = log_key(chat);
         let max = before.map_or_else(|| "+inf".to_owned(), |b| format!("({b}"));
-        self.run(|mut c| {
+        self.run("log_before", |mut c| {
             let (key, max) = (key.clone(), max.clone());
             async move {
                 redis::cmd("ZRANGE")
@@ -677,7 +736,7 @@ impl RedisState {
                 .arg("BYSCORE");
         }
         let found: Vec<Vec<String>> = self
-            .run(|mut c| {
+            .run("log_get", |mut c| {
                 let pipe = pipe.clone();
                 async move { pipe.query_async(&mut c).await }
             })
@@ -695,7 +754,7 @@ impl RedisState {
             pipe.cmd("ZRANGE").arg(log_key(chat)).arg(-1).arg(-1);
         }
         let found: Vec<Vec<String>> = self
-            .run(|mut c| {
+            .run("log_latest", |mut c| {
                 let pipe = pipe.clone();
                 async move { pipe.query_async(&mut c).await }
             })
@@ -724,7 +783,7 @@ impl RedisState {
                 .arg(0)
                 .arg(limit);
         }
-        self.run(|mut c| {
+        self.run("log_after_many", |mut c| {
             let pipe = pipe.clone();
             async move { pipe.query_async(&mut c).await }
         })
@@ -736,7 +795,7 @@ impl RedisState {
     /// Moves a user's read position in a chat up to `seq` (never back); returns where it is.
     pub async fn mark_read(&self, user: &str, chat: &str, seq: u64) -> Result<u64> {
         let key = format!("plume:reads:{user}");
-        self.run(|mut c| {
+        self.run("mark_read", |mut c| {
             let mut call = MARK_READ.key(&key);
             call.arg(chat).arg(seq);
             async move { call.invoke_async(&mut c).await }
@@ -748,7 +807,7 @@ impl RedisState {
     pub async fn read_position(&self, user: &str, chat: &str) -> Result<u64> {
         let key = format!("plume:reads:{user}");
         let v: Option<u64> = self
-            .run(|mut c| {
+            .run("read_position", |mut c| {
                 let key = key.clone();
                 async move { c.hget(key, chat).await }
             })
@@ -763,7 +822,7 @@ impl RedisState {
         }
         let key = format!("plume:reads:{user}");
         let v: Vec<Option<u64>> = self
-            .run(|mut c| {
+            .run("read_positions", |mut c| {
                 let key = key.clone();
                 async move {
                     redis::cmd("HMGET")
@@ -797,7 +856,7 @@ impl RedisState {
             .map(|u| (pending_key(u), pending_bytes_key(u)))
             .collect();
         let dropped: i64 = self
-            .run(|mut c| {
+            .run("push_pending_many", |mut c| {
                 let mut call = PUSH_PENDING.key(PENDING_ID);
                 for (set, counter) in &keys {
                     call.key(set).key(counter);
@@ -817,7 +876,7 @@ impl RedisState {
     pub async fn list_pending(&self, user: &str) -> Result<Vec<(u64, String)>> {
         let key = pending_key(user);
         let items: Vec<(String, f64)> = self
-            .run(|mut c| {
+            .run("list_pending", |mut c| {
                 let key = key.clone();
                 async move { c.zrange_withscores(key, 0, -1).await }
             })
@@ -830,24 +889,27 @@ impl RedisState {
 
     /// Removes one pending item of a user.
     pub async fn remove_pending_item(&self, user: &str, item: &str) -> Result<()> {
-        self.pending_script(&REMOVE_PENDING_ITEM, user, item).await
+        self.pending_script("remove_pending_item", &REMOVE_PENDING_ITEM, user, item)
+            .await
     }
 
     /// Removes a user's pending items with id up to `upto`.
     pub async fn remove_pending(&self, user: &str, upto: u64) -> Result<()> {
-        self.pending_script(&REMOVE_PENDING, user, upto).await
+        self.pending_script("remove_pending", &REMOVE_PENDING, user, upto)
+            .await
     }
 
     /// Runs a script over a user's pending set and its byte counter, with one argument.
     async fn pending_script<A: redis::ToRedisArgs + Sync>(
         &self,
+        op: &'static str,
         script: &Script,
         user: &str,
         arg: A,
     ) -> Result<()> {
         let keys = [pending_key(user), pending_bytes_key(user)];
         let _: i64 = self
-            .run(|mut c| {
+            .run(op, |mut c| {
                 let mut call = script.key(&keys[0]);
                 call.key(&keys[1]).arg(&arg);
                 async move { call.invoke_async(&mut c).await }
@@ -870,7 +932,7 @@ impl RedisState {
             .ignore()
             .sadd(node_users_key(&self.node), user)
             .ignore();
-        self.run(|mut c| {
+        self.run("presence_enter", |mut c| {
             let pipe = pipe.clone();
             async move { pipe.query_async::<()>(&mut c).await }
         })
@@ -881,7 +943,7 @@ impl RedisState {
     pub async fn leave(&self, user: &str, target: &str, socket: u64) -> Result<()> {
         let (key, field) = (presence_key(user), self.field(target, socket));
         let _: i64 = self
-            .run(|mut c| {
+            .run("presence_leave", |mut c| {
                 let (key, field) = (key.clone(), field.clone());
                 async move { c.hdel(key, field).await }
             })
@@ -908,7 +970,7 @@ impl RedisState {
         }
         let keys: Vec<String> = users.iter().map(|u| presence_key(u)).collect();
         let flat: Vec<i64> = self
-            .run(|mut c| {
+            .run("present_many", |mut c| {
                 let mut call = PRESENT_MANY.key(NODES);
                 for key in &keys {
                     call.key(key);
@@ -920,11 +982,14 @@ impl RedisState {
             })
             .await?;
         if flat.len() != users.len() * targets.len() {
-            return Err(StateError(format!(
-                "presence script returned {} answers for {} questions",
-                flat.len(),
-                users.len() * targets.len()
-            )));
+            return Err(StateError::reply(
+                "present_many",
+                format!(
+                    "{} answers for {} questions",
+                    flat.len(),
+                    users.len() * targets.len()
+                ),
+            ));
         }
         Ok(flat
             .chunks(targets.len())
@@ -940,7 +1005,8 @@ impl RedisState {
             .arg(&self.node)
             .arg(self.node_ttl.as_millis() as u64)
             .invoke_async(&mut c)
-            .await?;
+            .await
+            .map_err(StateError::command("heartbeat"))?;
         for node in dead {
             let users = self.clear_node(&node).await?;
             tracing::info!(
@@ -955,18 +1021,22 @@ impl RedisState {
     /// Removes every presence record of `node`; returns how many users had some.
     pub async fn clear_node(&self, node: &str) -> Result<i64> {
         let mut c = self.conn.clone();
-        Ok(Script::new(CLEAR_NODE_LUA)
+        Script::new(CLEAR_NODE_LUA)
             .key(node_users_key(node))
             .arg(node)
             .invoke_async(&mut c)
-            .await?)
+            .await
+            .map_err(StateError::command("clear_node"))
     }
 
     /// Leaves the cluster: clears this node's records and its liveness entry.
     pub async fn depart(&self) -> Result<()> {
         self.clear_node(&self.node).await?;
         let mut c = self.conn.clone();
-        let _: i64 = c.zrem(NODES, &self.node).await?;
+        let _: i64 = c
+            .zrem(NODES, &self.node)
+            .await
+            .map_err(StateError::command("depart"))?;
         Ok(())
     }
 }

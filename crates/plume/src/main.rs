@@ -159,7 +159,7 @@ impl Readiness for RedisReadiness {
                 })),
                 Err(err) => Err(serde_json::json!({
                     "redis": "error",
-                    "error": err,
+                    "error": err.to_string(),
                     "counters": counters,
                 })),
             }

@@ -93,10 +93,48 @@ pub fn subscribed_now() -> Subscribed {
     Box::pin(std::future::ready(()))
 }
 
-/// A publish that could not be handed to the backend.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("pub/sub unavailable: {0}")]
-pub struct PubSubError(pub String);
+/// A broadcast that reached this node's subscribers but not the other nodes'.
+///
+/// Local delivery cannot fail ([`PubSub::broadcast`] dispatches to this node's subscribers
+/// before anything else), so this error only ever means "delivered locally, remote fan-out
+/// failed": the backend counts it in `plume_broadcasts_dropped_total` (with
+/// [`PubSubError::drop_reason`]), the caller logs it, and nobody reports it to the client
+/// as a failed send. Other nodes repair what they missed from the application's log where
+/// there is one (chat messages); other broadcasts (typing, read receipts, presence diffs)
+/// are lost for them. See `protocol-spec/errors.md`, "Server-side failures".
+#[derive(Debug, thiserror::Error)]
+pub enum PubSubError {
+    /// The queue of publishes to other nodes was full: the link to them is slower than
+    /// this node's broadcasts.
+    #[error("not forwarded to other nodes: the publish queue ({capacity} broadcasts) is full")]
+    QueueFull {
+        /// How many broadcasts the queue holds.
+        capacity: usize,
+    },
+    /// The task that publishes to other nodes has stopped (the node is shutting down).
+    #[error("not forwarded to other nodes: the publisher has stopped")]
+    PublisherStopped,
+    /// The broadcast could not be encoded for other nodes (an event or node id too long for
+    /// the envelope).
+    #[error("not forwarded to other nodes: cannot encode it: {source}")]
+    Encode {
+        /// The encoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl PubSubError {
+    /// The `reason` label of `plume_broadcasts_dropped_total` this failure is counted under
+    /// (one of [`crate::metrics::DROP_REASONS`]).
+    pub fn drop_reason(&self) -> &'static str {
+        match self {
+            PubSubError::QueueFull { .. } => "publish_queue_full",
+            PubSubError::PublisherStopped => "publisher_stopped",
+            PubSubError::Encode { .. } => "encode_failed",
+        }
+    }
+}
 
 /// Topic subscriptions and broadcasts. See the module docs for the guarantees.
 pub trait PubSub: Send + Sync + 'static {
@@ -111,6 +149,8 @@ pub trait PubSub: Send + Sync + 'static {
     fn unsubscribe(&self, topic: &str, socket: SocketId);
 
     /// Delivers a broadcast to every subscriber (except `from`). Never waits for subscribers.
+    /// This node's subscribers always get it; an error says only that other nodes' did not
+    /// (see [`PubSubError`]).
     fn broadcast(&self, msg: Broadcast) -> Result<(), PubSubError>;
 
     /// This node's registry: where a clustered backend dispatches what it receives, and where
@@ -124,5 +164,33 @@ pub trait PubSub: Send + Sync + 'static {
     /// Always 0 for a backend without such a link.
     fn link_epoch(&self) -> u64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PubSubError;
+    use crate::metrics::DROP_REASONS;
+
+    #[test]
+    fn each_variant_is_counted_under_its_documented_drop_reason() {
+        let source: Box<dyn std::error::Error + Send + Sync> = "event too long".into();
+        let cases = [
+            (
+                PubSubError::QueueFull { capacity: 65536 },
+                "publish_queue_full",
+            ),
+            (PubSubError::PublisherStopped, "publisher_stopped"),
+            (PubSubError::Encode { source }, "encode_failed"),
+        ];
+        for (err, reason) in cases {
+            assert_eq!(err.drop_reason(), reason, "{err}");
+            assert!(DROP_REASONS.contains(&reason), "{reason} is pre-registered");
+            // Every message says the broadcast was delivered here but not forwarded.
+            assert!(
+                err.to_string().starts_with("not forwarded to other nodes"),
+                "{err}"
+            );
+        }
     }
 }

@@ -477,7 +477,7 @@ const PENDING_DEDUPE_WINDOW: usize = 64;
 pub(crate) fn pending_size(item: &PendingItem) -> Result<usize, StoreError> {
     serde_json::to_vec(item)
         .map(|v| v.len())
-        .map_err(|e| StoreError(e.to_string()))
+        .map_err(StoreError::encode("pending item"))
 }
 
 #[async_trait]

@@ -2,11 +2,14 @@
 //! (the single-node default, [`sqlite`]), in memory ([`memory`], tests and throwaway runs) or
 //! share it through Redis ([`redis`], over plume-redis) without the channels changing.
 //!
-//! Every method is async and returns [`StoreError`] when the backend cannot answer; the
-//! channels turn that into an error reply (`storage_unavailable`) instead of dropping data.
+//! Every method is async and returns [`StoreError`] when the backend cannot answer (the
+//! variants in [`error`]); the channels turn that into an error reply (`storage_unavailable`,
+//! decided in [`crate::failure`]) instead of dropping data.
 //!
-//! [`timed`] wraps any of them to record each operation's latency in the node's metrics.
+//! [`timed`] wraps any of them to record each operation's latency, and each failure's kind,
+//! in the node's metrics.
 
+pub mod error;
 pub mod memory;
 pub mod redis;
 pub mod roster;
@@ -19,10 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-/// The backend could not answer.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("store unavailable: {0}")]
-pub struct StoreError(pub String);
+pub use error::StoreError;
 
 /// Who may join `chat:{id}` (and who is notified of its messages).
 #[async_trait]

@@ -23,7 +23,7 @@ fn chat_target(chat: &str) -> String {
 }
 
 fn err(e: StateError) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::Redis(e)
 }
 
 /// All four stores in Redis, the log keeping `retention`.
@@ -55,10 +55,15 @@ struct Entry<'a> {
 }
 
 fn parse_entry(chat: &str, epoch: u64, raw: &str) -> Result<LoggedMessage, StoreError> {
-    let bad = |why: &str| StoreError(format!("unreadable log entry in chat {chat}: {why}"));
-    let (seq, body) = raw.split_once(':').ok_or_else(|| bad("no seq"))?;
-    let seq = seq.parse().map_err(|_| bad("seq"))?;
-    let e: Entry<'_> = serde_json::from_str(body).map_err(|e| bad(&e.to_string()))?;
+    let what = || format!("log entry of chat {chat}");
+    let (seq, body) = raw
+        .split_once(':')
+        .ok_or_else(|| StoreError::corrupt(what(), "no `{seq}:` prefix"))?;
+    let seq = seq
+        .parse()
+        .map_err(|e| StoreError::corrupt(format!("seq of a log entry of chat {chat}"), e))?;
+    let e: Entry<'_> = serde_json::from_str(body)
+        .map_err(|e| StoreError::corrupt(format!("log entry {seq} of chat {chat}"), e))?;
     Ok(LoggedMessage {
         epoch,
         chat_id: chat.to_owned(),
@@ -141,7 +146,7 @@ impl MessageLog for RedisStores {
             ts: draft.ts_ms,
             text: &draft.content,
         })
-        .map_err(|e| StoreError(e.to_string()))?;
+        .map_err(StoreError::encode("log entry"))?;
         let reply = self
             .state
             .append(&AppendArgs {
@@ -166,8 +171,9 @@ impl MessageLog for RedisStores {
             // Our own append, found again by a re-run after a lost reply: it is new, and
             // nobody has received it yet.
             (AppendKind::New | AppendKind::Own, Some(message)) => Ok(Appended::New(message)),
-            (AppendKind::New | AppendKind::Own, None) => Err(StoreError(
-                "the appended message is missing from the log".into(),
+            (AppendKind::New | AppendKind::Own, None) => Err(StoreError::corrupt(
+                format!("append reply for chat {}", key.chat),
+                "the appended message is missing from the log",
             )),
             (AppendKind::Retry, message) => Ok(Appended::Retry {
                 sent: SentRecord {
@@ -310,7 +316,7 @@ impl PendingStore for RedisStores {
         item: &PendingItem,
         limits: PendingLimits,
     ) -> Result<usize, StoreError> {
-        let item = serde_json::to_string(item).map_err(|e| StoreError(e.to_string()))?;
+        let item = serde_json::to_string(item).map_err(StoreError::encode("pending item"))?;
         self.state
             .push_pending_many(users, &item, limits.count, limits.bytes)
             .await
@@ -335,7 +341,7 @@ impl PendingStore for RedisStores {
 
     async fn remove_item(&self, user: &str, item: &PendingItem) -> Result<(), StoreError> {
         // Items are stored as their JSON, which serializing the same item reproduces.
-        let item = serde_json::to_string(item).map_err(|e| StoreError(e.to_string()))?;
+        let item = serde_json::to_string(item).map_err(StoreError::encode("pending item"))?;
         self.state
             .remove_pending_item(user, &item)
             .await

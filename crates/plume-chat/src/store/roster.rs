@@ -87,11 +87,11 @@ impl RedisRoster {
 }
 
 fn err(e: StateError) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::Redis(e)
 }
 
 fn encode(meta: &PresenceMeta) -> Result<String, StoreError> {
-    serde_json::to_string(meta).map_err(|e| StoreError(e.to_string()))
+    serde_json::to_string(meta).map_err(StoreError::encode("presence meta"))
 }
 
 fn decode(chat: &str, raw: &str) -> Option<PresenceMeta> {

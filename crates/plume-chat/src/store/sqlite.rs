@@ -36,6 +36,7 @@ use super::{
     PendingLimits, PendingStore, ReadStore, Retention, SendKey, SentRecord, StoreError, Stores,
     UserChat, new_epoch,
 };
+use crate::store::error::copy_sqlite_error;
 use crate::time::now_millis;
 
 /// The schema this build writes.
@@ -140,13 +141,16 @@ pub struct SqliteStats {
     pub jobs: AtomicU64,
 }
 
-/// What a write job leaves for after the commit: its answer, given `true` when the commit
-/// succeeded.
-type Finish = Box<dyn FnOnce(bool) + Send>;
+/// What a write job leaves for after the commit: its answer, given the commit's error if the
+/// commit failed (the same for every job of the batch).
+type Finish = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 /// A write job: runs inside the batch transaction; returns whether its statements
 /// succeeded (otherwise its savepoint is rolled back) and what to answer after the commit.
-/// `None` when the batch could not start: the job then only answers with a failure.
-type WriteJob = Box<dyn FnOnce(Option<(&Connection, &mut WriterCache)>) -> (bool, Finish) + Send>;
+/// Given the `BEGIN`'s error when the batch could not start: the job then only answers
+/// with a failure.
+type WriteJob = Box<
+    dyn FnOnce(Result<(&Connection, &mut WriterCache), &rusqlite::Error>) -> (bool, Finish) + Send,
+>;
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// What the writer remembers between jobs: the newest seq per chat (cleared when a commit
@@ -174,12 +178,14 @@ pub struct Sqlite {
     removing: parking_lot::Mutex<HashMap<String, u64>>,
 }
 
-fn db_err(e: rusqlite::Error) -> StoreError {
-    StoreError(format!("sqlite: {e}"))
+/// The writer thread has stopped.
+fn writer_gone<E>(_: E) -> StoreError {
+    StoreError::ThreadGone("writer")
 }
 
-fn gone() -> StoreError {
-    StoreError("sqlite: the database thread stopped".into())
+/// The reader thread has stopped.
+fn reader_gone<E>(_: E) -> StoreError {
+    StoreError::ThreadGone("reader")
 }
 
 /// Opens (creating on first start) the store under `dir` and returns the chat service's
@@ -368,25 +374,26 @@ impl Sqlite {
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job: WriteJob = Box::new(move |ctx| {
-            let Some((conn, cache)) = ctx else {
-                let finish: Finish = Box::new(move |_| {
-                    let _ = tx.send(Err(StoreError("sqlite: cannot begin a transaction".into())));
-                });
-                return (false, finish);
+            let (conn, cache) = match ctx {
+                Ok(ctx) => ctx,
+                Err(began) => {
+                    let _ = tx.send(Err(StoreError::Begin(copy_sqlite_error(began))));
+                    return (false, Box::new(|_| {}));
+                }
             };
             let result = f(conn, cache);
             let ok = result.is_ok();
-            let finish: Finish = Box::new(move |committed| {
-                let answer = match (committed, result) {
-                    (true, r) => r.map_err(db_err),
-                    (false, _) => Err(StoreError("sqlite: commit failed".into())),
+            let finish: Finish = Box::new(move |commit_failed| {
+                let answer = match commit_failed {
+                    None => result.map_err(StoreError::Sqlite),
+                    Some(err) => Err(StoreError::Commit(copy_sqlite_error(err))),
                 };
                 let _ = tx.send(answer);
             });
             (ok, finish)
         });
-        self.writer.send(job).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        self.writer.send(job).map_err(writer_gone)?;
+        rx.await.map_err(writer_gone)?
     }
 
     /// Runs `f` on the reader connection.
@@ -397,10 +404,10 @@ impl Sqlite {
         let (tx, rx) = oneshot::channel();
         self.reader
             .send(Box::new(move |conn| {
-                let _ = tx.send(f(conn).map_err(db_err));
+                let _ = tx.send(f(conn).map_err(StoreError::Sqlite));
             }))
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+            .map_err(reader_gone)?;
+        rx.await.map_err(reader_gone)?
     }
 
     fn oldest_kept_ms(&self) -> i64 {
@@ -464,14 +471,14 @@ fn write_loop(
         if let Err(err) = began {
             tracing::error!(%err, "sqlite: cannot begin a transaction");
             for job in jobs {
-                let (_, finish) = job(None);
-                finish(false);
+                // The job answers with the error itself; it has nothing to finish.
+                let _ = job(Err(&err));
             }
             continue;
         }
         for job in jobs {
             let _ = run_cached(&conn, "SAVEPOINT job");
-            let (ok, finish) = job(Some((&conn, &mut cache)));
+            let (ok, finish) = job(Ok((&conn, &mut cache)));
             if !ok {
                 let _ = run_cached(&conn, "ROLLBACK TO job");
             }
@@ -488,21 +495,21 @@ fn write_loop(
                 tracing::warn!(%err, "sqlite: sweeping expired rows failed");
             }
         }
-        let committed = match conn.execute_batch("COMMIT") {
-            Ok(()) => true,
+        let commit_failed = match conn.execute_batch("COMMIT") {
+            Ok(()) => None,
             Err(err) => {
                 tracing::error!(%err, jobs = n, "sqlite: commit failed; the batch is refused");
                 let _ = conn.execute_batch("ROLLBACK");
                 cache.last_seq.clear();
-                false
+                Some(err)
             }
         };
-        if committed {
+        if commit_failed.is_none() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.jobs.fetch_add(n, Ordering::Relaxed);
         }
         for finish in finishes {
-            finish(committed);
+            finish(commit_failed.as_ref());
         }
     }
 }
@@ -673,7 +680,7 @@ impl MessageLog for Sqlite {
         if first {
             // Wake an idle writer; a busy one picks the marks up with its current batch.
             let wake: WriteJob = Box::new(|_| (true, Box::new(|_| {})));
-            self.writer.send(wake).map_err(|_| gone())?;
+            self.writer.send(wake).map_err(writer_gone)?;
         }
         Ok(())
     }
@@ -932,7 +939,7 @@ impl PendingStore for Sqlite {
         if users.is_empty() {
             return Ok(0);
         }
-        let text = serde_json::to_string(item).map_err(|e| StoreError(e.to_string()))?;
+        let text = serde_json::to_string(item).map_err(StoreError::encode("pending item"))?;
         let (users, item_key) = (users.to_vec(), pending_key(item));
         let limit = limits.count.max(1) as i64;
         let bytes = i64::try_from(limits.bytes).unwrap_or(i64::MAX);

@@ -1,6 +1,8 @@
 //! [`Timed`]: a store wrapper that records each call's latency in the
 //! `plume_store_operation_duration_seconds` histogram, labelled by store (`memory`, `sqlite`,
-//! `redis`) and operation (the trait method's name). [`Stores::timed`] wraps all five.
+//! `redis`) and operation (the trait method's name), and each failed call in
+//! `plume_store_errors_total`, labelled by store and [`StoreError::kind`]. [`Stores::timed`]
+//! wraps all five.
 //!
 //! One wrapper instead of timing inside each backend: the three backends stay as they are, and
 //! every operation of every backend is measured the same way (from the caller's side, so a
@@ -31,10 +33,17 @@ impl<S: ?Sized> Timed<S> {
         Timed { store, inner }
     }
 
-    async fn time<T>(&self, operation: &'static str, call: impl Future<Output = T>) -> T {
+    async fn time<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
         let out = call.await;
         metrics().store_operation(self.store, operation, started.elapsed());
+        if let Err(err) = &out {
+            metrics().store_error(self.store, err.kind());
+        }
         out
     }
 }

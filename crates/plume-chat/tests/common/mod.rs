@@ -405,7 +405,13 @@ impl plume_chat::store::MembershipStore for FaultyMembership {
             )
             .is_ok();
         if fail {
-            return Err(plume_chat::store::StoreError("injected failure".into()));
+            // What SQLite reports for a failed disk read.
+            return Err(plume_chat::store::StoreError::Sqlite(
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                    Some("injected failure".into()),
+                ),
+            ));
         }
         self.inner.members(chat).await
     }
