@@ -124,4 +124,16 @@ describe("broadcast between sockets", () => {
       }
     }
   });
+
+  h.test("a 300 KB text broadcast (sent as a fragmented WebSocket message) arrives whole at the other socket", async () => {
+    const { ach, bch } = await twoMembers(h);
+    const payload = { body: "é".repeat(150_000), tail: "end" };
+    const atB = waitForEvent(bch, "big_msg");
+    assert.deepEqual(await pushAndReceive(ach, "big_msg", payload), { status: "ok", response: {} });
+    assert.deepEqual((await atB).payload, payload);
+    // The socket goes on working after it.
+    const small = waitForEvent(bch, "small_msg");
+    await pushAndReceive(ach, "small_msg", { n: 1 });
+    assert.deepEqual((await small).payload, { n: 1 });
+  });
 });

@@ -186,6 +186,7 @@ fn run_config(args: &BenchArgs, connections: usize, offset_shift: usize) -> RunC
         heartbeat: Duration::from_secs(30),
         message_bytes: args.load.message_bytes,
         typing: args.load.typing,
+        typing_every: Duration::from_secs_f64(args.load.typing_every),
         settle: Duration::from_secs(1),
         progress: !args.run.no_progress,
     }
@@ -224,6 +225,7 @@ async fn measure(
         in_flight: args.load.in_flight,
         message_bytes: args.load.message_bytes,
         typing: args.load.typing,
+        typing_every_s: args.load.typing_every,
         chats: size.chats,
         users_per_chat: size.users,
         workers: cfg.workers,

@@ -176,6 +176,11 @@ pub struct LoadArgs {
     /// does (Plume targets only).
     #[arg(long)]
     pub typing: bool,
+    /// chat, with --typing: at most one `typing` push per sender in this many seconds (0:
+    /// before every message). A client app throttles its typing indicator so; 1 matches the
+    /// server's own throttle of forwarded typing events.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_typing_every)]
+    pub typing_every: f64,
     /// Users per chat (chat, idle).
     #[arg(long, default_value_t = 10)]
     pub users: usize,
@@ -515,5 +520,14 @@ mod tests {
         assert!(matches!(cli.command, Command::Compare(c) if c.scenario == Scenario::Fanout));
         assert!(parse(&["compare"]).is_err());
         assert!(parse(&["fanout", "--target", "socketio"]).is_ok());
+    }
+}
+
+fn parse_typing_every(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=3600.0).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 0 to 3600"
+        )),
     }
 }

@@ -51,6 +51,10 @@ pub struct Params {
     /// Whether every chat message was preceded by a `typing` push.
     #[serde(default)]
     pub typing: bool,
+    /// With `typing`: the least seconds between two typing pushes of one sender (0: before
+    /// every message).
+    #[serde(default)]
+    pub typing_every_s: f64,
     /// Chats (the `chat` scenario).
     pub chats: usize,
     /// Users per chat.

@@ -493,8 +493,17 @@ impl ChatChannel {
         payload: &Payload,
         ctx: &mut Context<'_>,
     ) -> Result<Outcome, ChannelError> {
-        let status = object(payload)
-            .and_then(|o| o.get("status").and_then(Value::as_str).map(str::to_owned))
+        // Borrowed: a typing push may come before every message, so it is read without
+        // building a map (unknown fields are skipped, an escaped status still matches).
+        #[derive(Deserialize)]
+        struct TypingPush<'a> {
+            #[serde(borrow)]
+            status: Option<std::borrow::Cow<'a, str>>,
+        }
+        let status = payload
+            .as_json()
+            .and_then(|json| serde_json::from_slice::<TypingPush<'_>>(json.as_bytes()).ok())
+            .and_then(|push| push.status)
             .and_then(|s| TYPING_STATUSES.iter().copied().find(|t| *t == s));
         let Some(status) = status else {
             return Ok(Reply::error_reason(REASON_INVALID_TYPING_STATUS).into());

@@ -60,13 +60,38 @@ enum End {
 /// text opcode: its bytes are UTF-8 by construction (plume-wire's encoders write them from
 /// `str`s and already validated JSON), so they are not checked again here, once per
 /// subscriber, as `Message::Text` would need.
-fn to_message(frame: Frame) -> Message {
-    match frame {
-        Frame::Text(bytes) => {
-            Message::Frame(WsFrame::message(bytes, OpCode::Data(Data::Text), true))
+/// Frames longer than this go out as a fragmented WebSocket message of pieces this long.
+///
+/// tungstenite copies a whole frame into the connection's write buffer before writing it,
+/// and that buffer keeps its largest size for the connection's life: one 1 MB
+/// `presence_state` would leave every socket that got one 1 MB larger for good (the
+/// presence storm's peak RSS was about the sum of the states sent). In pieces, the buffer
+/// never holds more than about `write_buffer_bytes` plus one piece. Clients reassemble
+/// fragments before their `onmessage` (RFC 6455 section 5.4), so nothing changes for them;
+/// most frames (a chat message, a reply) are far below this and go out whole.
+pub const FRAGMENT_BYTES: usize = 16 << 10;
+
+/// The WebSocket frames of one outbound frame: itself, or its fragments.
+fn ws_frames(frame: Frame) -> impl Iterator<Item = Message> {
+    let (mut rest, data) = match frame {
+        Frame::Text(bytes) => (bytes, Data::Text),
+        Frame::Binary(bytes) => (bytes, Data::Binary),
+    };
+    let mut first = true;
+    std::iter::from_fn(move || {
+        if rest.is_empty() && !first {
+            return None;
         }
-        Frame::Binary(bytes) => Message::Binary(bytes),
-    }
+        let piece = rest.split_to(rest.len().min(FRAGMENT_BYTES));
+        let opcode = if first { data } else { Data::Continue };
+        first = false;
+        let fin = rest.is_empty();
+        Some(Message::Frame(WsFrame::message(
+            piece,
+            OpCode::Data(opcode),
+            fin,
+        )))
+    })
 }
 
 /// Drives one connection until it closes, then ends its channels. `shutdown` is this
@@ -261,7 +286,9 @@ async fn write_frames<S: Stream>(
     metrics().frames_written(count, bytes as u64);
     let work = async {
         for frame in socket.drain_frames() {
-            ws.feed(to_message(frame)).await?;
+            for message in ws_frames(frame) {
+                ws.feed(message).await?;
+            }
         }
         ws.flush().await
     };
@@ -296,4 +323,58 @@ async fn close_with<S: Stream>(
     // ...then the client's own close frame, so the handshake completes cleanly, at most 2 s.
     let answer = async { while let Some(Ok(_)) = ws.next().await {} };
     let _ = timeout(limit.min(Duration::from_secs(2)), answer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn pieces(frame: Frame) -> Vec<(OpCode, bool, usize)> {
+        ws_frames(frame)
+            .map(|m| match m {
+                Message::Frame(f) => (f.header().opcode, f.header().is_final, f.payload().len()),
+                other => panic!("a raw frame, not {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_small_frame_goes_out_whole() {
+        let text = Frame::Text(Bytes::from_static(b"[null,null,\"t\",\"e\",{}]"));
+        assert_eq!(pieces(text), vec![(OpCode::Data(Data::Text), true, 22)]);
+        let empty = Frame::Binary(Bytes::new());
+        assert_eq!(pieces(empty), vec![(OpCode::Data(Data::Binary), true, 0)]);
+        let exact = Frame::Text(Bytes::from(vec![b'x'; FRAGMENT_BYTES]));
+        assert_eq!(
+            pieces(exact),
+            vec![(OpCode::Data(Data::Text), true, FRAGMENT_BYTES)]
+        );
+    }
+
+    #[test]
+    fn a_large_frame_goes_out_in_pieces_that_add_up_to_it() {
+        let len = 2 * FRAGMENT_BYTES + 5;
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let frames: Vec<WsFrame> = ws_frames(Frame::Binary(Bytes::from(bytes.clone())))
+            .map(|m| match m {
+                Message::Frame(f) => f,
+                other => panic!("a raw frame, not {other:?}"),
+            })
+            .collect();
+        let shape: Vec<_> = frames
+            .iter()
+            .map(|f| (f.header().opcode, f.header().is_final, f.payload().len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (OpCode::Data(Data::Binary), false, FRAGMENT_BYTES),
+                (OpCode::Data(Data::Continue), false, FRAGMENT_BYTES),
+                (OpCode::Data(Data::Continue), true, 5),
+            ]
+        );
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+        assert_eq!(joined, bytes);
+    }
 }

@@ -157,3 +157,34 @@ async fn a_client_that_never_reads_again_is_dropped() {
         .unwrap();
     drop(s.client);
 }
+
+/// A broadcast far larger than one WebSocket fragment (it goes out in pieces, so the write
+/// buffer stays small) reaches the client as one message, byte for byte.
+#[tokio::test(start_paused = true)]
+async fn a_large_frame_arrives_whole() {
+    let mut s = setup(1024).await;
+    let pad = "y".repeat(5 * plume_server::driver::FRAGMENT_BYTES + 17);
+    let text = format!(r#"{{"n":1,"pad":"{pad}"}}"#);
+    let payload = Payload::Json(Json::from_text(Bytes::from(text)).unwrap());
+    s.pubsub
+        .broadcast(Broadcast {
+            topic: "echo:x".into(),
+            event: "news".into(),
+            payload,
+            from: None,
+            seq: None,
+        })
+        .unwrap();
+    let msg = s.client.next().await.unwrap().unwrap();
+    let Message::Text(got) = msg else {
+        panic!("a text message, not {msg:?}");
+    };
+    let value: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(value[3], "news");
+    assert_eq!(value[4]["pad"].as_str().unwrap(), pad);
+    // The socket goes on working after it: a small broadcast arrives too.
+    broadcast(&s.pubsub, 2);
+    let next = s.client.next().await.unwrap().unwrap();
+    assert!(next.to_text().unwrap().contains("\"n\":2"), "{next:?}");
+    s.driver.abort();
+}

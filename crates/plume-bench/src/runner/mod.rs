@@ -69,6 +69,9 @@ pub struct RunConfig {
     pub message_bytes: usize,
     /// Push `typing` before every chat message.
     pub typing: bool,
+    /// With `typing`: the least time between two typing pushes of one sender (zero: before
+    /// every message).
+    pub typing_every: Duration,
     /// Pause between the last join and the start (memory is read at its end).
     pub settle: Duration,
     /// Draw a progress bar.

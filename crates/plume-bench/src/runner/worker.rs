@@ -134,6 +134,8 @@ struct Sender {
     next_at: Option<Instant>,
     in_flight: u32,
     seq: u64,
+    /// When this sender last pushed `typing`.
+    typed_at: Option<Instant>,
 }
 
 /// A connection and its timers.
@@ -308,8 +310,14 @@ impl Driver<'_> {
             let stamp_ns = self.env.clock.now_ns();
             let content = stamp::content(sender.seq, stamp_ns, self.env.cfg.message_bytes);
             let mobile_ref_id = stamp::mobile_ref_id(sender.seq, stamp_ns);
-            if self.env.cfg.typing {
+            let cfg = &self.env.cfg;
+            if cfg.typing
+                && sender
+                    .typed_at
+                    .is_none_or(|at| now.duration_since(at) >= cfg.typing_every)
+            {
                 slot.conn.send_typing(&sender.topic).await?;
+                sender.typed_at = Some(now);
             }
             slot.conn
                 .send_chat(&sender.topic, &content, &mobile_ref_id)
@@ -399,6 +407,7 @@ async fn connect_one(
         next_at: None,
         in_flight: 0,
         seq: 0,
+        typed_at: None,
     });
     Ok(Slot {
         conn,
