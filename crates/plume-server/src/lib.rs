@@ -139,6 +139,25 @@ pub struct Running {
     accept: tokio::task::JoinHandle<()>,
 }
 
+/// Connections the kernel may hold completed but not yet accepted. tokio's `bind` asks for
+/// 1,024, which a burst of connects (3,000 at once in `plume-bench attack --kind slowloris`)
+/// overflowed 1,062 times: those clients saw a connect that TCP retried a second later. The
+/// kernel caps it at `net.core.somaxconn` (4,096 on current Linux).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's own
+/// `bind` sets, so a restarted server does not wait for old connections' TIME_WAIT).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Server {
     /// A server with its channels, pub/sub backend and connect hook.
     pub fn new(
@@ -184,9 +203,8 @@ impl Server {
     /// address (`binding 127.0.0.1:4000: Address already in use`).
     pub async fn start(self) -> io::Result<Running> {
         let bind = self.config.bind;
-        let listener = TcpListener::bind(bind)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("binding {bind}: {e}")))?;
+        let listener =
+            listen(bind).map_err(|e| io::Error::new(e.kind(), format!("binding {bind}: {e}")))?;
         let addr = listener.local_addr()?;
         let mut origins = Vec::new();
         for pattern in &self.config.check_origin {
