@@ -147,6 +147,15 @@ pub async fn run(args: PresenceArgs) -> anyhow::Result<()> {
     let port = spawn::free_port()?;
     // The launcher already opens membership.
     let mut extra = vec!["--store".to_owned(), "memory".to_owned()];
+    // The storm measures presence itself, so the chat is tracked however big it gets, unless
+    // a --server-arg sets the limit.
+    if !args
+        .server_args
+        .iter()
+        .any(|a| a.starts_with("--presence-max-members"))
+    {
+        extra.push(format!("--presence-max-members={}", args.connections));
+    }
     extra.extend(args.server_args.iter().cloned());
     let launch = PlumeLaunch {
         bin: args.server_bin.clone(),

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use plume_channels::{
     Broadcast, Channel, ChannelError, Context, JoinError, Outcome, Reply, Seq, Terminate,
 };
-use plume_wire::Payload;
+use plume_wire::{Json, Payload};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -818,6 +818,20 @@ impl Channel for ChatChannel {
                 .await
                 .map_err(|e| ChannelError::failed("recording the user in the chat", e))?;
             self.present = true;
+            let members = self
+                .state
+                .stores
+                .membership
+                .count_members(std::slice::from_ref(&self.chat_id))
+                .await
+                .map_err(|e| ChannelError::failed("counting members for presence", e))?;
+            let limit = self.state.config.presence_max_members;
+            if members.first().is_some_and(|n| *n > limit) {
+                // Too big to track: the helper still syncs, to an empty list.
+                tracing::debug!(chat = %self.chat_id, limit, "presence not tracked: chat too big");
+                ctx.push(PRESENCE_STATE, &Payload::Json(Json::empty_object()));
+                return Ok(());
+            }
             // Tracked before the state is read, so the joiner finds itself in it.
             let device = match ctx.assigns::<UserSession>() {
                 Some(s) if !s.device_unique_id.is_empty() => s.device_unique_id.clone(),

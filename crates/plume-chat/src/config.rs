@@ -72,6 +72,11 @@ pub struct ChatConfig {
     /// went offline, and count online members: the rooms list's `online_count` is `null` for
     /// bigger ones. Default 100.
     pub online_fanout_max_members: usize,
+    /// Only chats of at most this many members track presence: a socket joining a bigger one
+    /// gets an empty `presence_state` and is not tracked (no diffs for it). Every join into a
+    /// tracked chat costs a state of the whole roster, so a storm of N joins costs O(N²)
+    /// bytes, held in the joiners' queues until written. Default 1,000.
+    pub presence_max_members: usize,
 }
 
 impl ChatConfig {
@@ -107,6 +112,7 @@ impl Default for ChatConfig {
             presence_interval: Duration::from_millis(100),
             online_linger: Duration::from_secs(5),
             online_fanout_max_members: 100,
+            presence_max_members: 1000,
         }
     }
 }

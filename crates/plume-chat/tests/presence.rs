@@ -228,3 +228,55 @@ async fn presence_of_an_unknown_chat_is_empty_and_long_ids_are_refused() {
     let (code, _) = chat.api("POST", "/api/chats/k/presence", None).await;
     assert_eq!(code, 405);
 }
+
+/// A chat over `presence_max_members` does not track presence: its joiners get an empty
+/// `presence_state` (the phoenix.js helper syncs to an empty list), no diffs follow, the API
+/// map stays empty; a chat at the limit is tracked as usual.
+#[tokio::test]
+async fn a_chat_over_the_presence_limit_is_not_tracked() {
+    let chat = start_with(|c| {
+        c.presence_max_members = 2;
+        c.presence_interval = Duration::ZERO;
+    })
+    .await;
+    for u in ["alice", "bob", "carol"] {
+        chat.add_member("big", u).await;
+    }
+    for u in ["alice", "bob"] {
+        chat.add_member("small", u).await;
+    }
+    let mut alice = chat.connect("alice", "phone").await;
+    let mut bob = chat.connect("bob", "laptop").await;
+
+    let jr = join_ok(&mut alice, "chat:big").await;
+    let state = alice
+        .wait_for(|m| m.event == "presence_state" && m.topic == "chat:big")
+        .await
+        .unwrap();
+    assert_eq!(state.join_ref.as_ref(), Some(&jr));
+    assert_eq!(value(&state), serde_json::json!({}));
+    join_ok(&mut bob, "chat:big").await;
+    let state = bob
+        .wait_for(|m| m.event == "presence_state" && m.topic == "chat:big")
+        .await
+        .unwrap();
+    assert_eq!(
+        value(&state),
+        serde_json::json!({}),
+        "bob is not told of alice"
+    );
+    let (code, body) = chat.api("GET", "/api/chats/big/presence", None).await;
+    assert_eq!((code, body), (200, serde_json::json!({})));
+
+    // The small chat is tracked: bob's join reaches alice as a diff. Diffs go out at once
+    // (interval zero), so one for bob's earlier join of the big chat would have come first.
+    join_ok(&mut alice, "chat:small").await;
+    join_ok(&mut bob, "chat:small").await;
+    let mut seen = Seen::default();
+    until(&mut alice, "chat:small", &mut seen, |s| s.users.len() == 2).await;
+    let big_diffs = alice
+        .pending()
+        .filter(|m| m.topic == "chat:big" && m.event == "presence_diff")
+        .count();
+    assert_eq!(big_diffs, 0, "no presence_diff in the untracked chat");
+}

@@ -310,6 +310,14 @@ impl Client {
         }
     }
 
+    /// The frames received but not taken yet (set aside by [`Client::wait_for`]), in order.
+    pub fn pending(&self) -> impl Iterator<Item = &ServerMessage> {
+        self.pending.iter().filter_map(|e| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+    }
+
     /// Waits for the first frame matching `pred`; others are kept, in order, for later `recv`s.
     pub async fn wait_for(
         &mut self,

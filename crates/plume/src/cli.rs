@@ -228,6 +228,10 @@ pub struct ServeArgs {
     /// [default: 100].
     #[arg(long, env = "PLUME_ONLINE_FANOUT_MAX_MEMBERS", value_name = "N")]
     pub online_fanout_max_members: Option<usize>,
+    /// Only chats of at most this many members track presence (presence_state, presence_diff)
+    /// [default: 1000].
+    #[arg(long, env = "PLUME_PRESENCE_MAX_MEMBERS", value_name = "N")]
+    pub presence_max_members: Option<usize>,
     /// Bearer key of the backend HTTP API; the API is off without one (an empty key is none).
     #[arg(long, env = "PLUME_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,

@@ -283,6 +283,9 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.online_fanout_max_members {
         chat.online_fanout_max_members = n;
     }
+    if let Some(n) = args.presence_max_members {
+        chat.presence_max_members = n;
+    }
     if let Some(kind) = args.store {
         config.store.kind = kind;
     }
