@@ -371,10 +371,28 @@ impl BenchArgs {
     }
 }
 
+fn parse_typing_every(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=3600.0).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 0 to 3600"
+        )),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typing_every_is_a_bounded_number_of_seconds() {
+        assert_eq!(parse_typing_every("0"), Ok(0.0));
+        assert_eq!(parse_typing_every("1.5"), Ok(1.5));
+        for bad in ["-1", "NaN", "inf", "x", "3601"] {
+            assert!(parse_typing_every(bad).is_err(), "{bad}");
+        }
+    }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("plume-bench").chain(args.iter().copied()))
@@ -520,14 +538,5 @@ mod tests {
         assert!(matches!(cli.command, Command::Compare(c) if c.scenario == Scenario::Fanout));
         assert!(parse(&["compare"]).is_err());
         assert!(parse(&["fanout", "--target", "socketio"]).is_ok());
-    }
-}
-
-fn parse_typing_every(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && (0.0..=3600.0).contains(&secs) => Ok(secs),
-        _ => Err(format!(
-            "{text:?} is not a number of seconds from 0 to 3600"
-        )),
     }
 }
