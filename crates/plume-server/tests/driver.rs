@@ -73,7 +73,14 @@ async fn setup(outbound_capacity: usize) -> Setup {
 }
 
 fn broadcast(pubsub: &LocalPubSub, n: usize) {
-    let text = format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(1000));
+    broadcast_text(
+        pubsub,
+        format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(1000)),
+    );
+}
+
+/// A `news` broadcast on `echo:x` with this JSON payload.
+fn broadcast_text(pubsub: &LocalPubSub, text: String) {
     let payload = Payload::Json(Json::from_text(Bytes::from(text)).unwrap());
     pubsub
         .broadcast(Broadcast {
@@ -164,17 +171,7 @@ async fn a_client_that_never_reads_again_is_dropped() {
 async fn a_large_frame_arrives_whole() {
     let mut s = setup(1024).await;
     let pad = "y".repeat(5 * plume_server::driver::FRAGMENT_BYTES + 17);
-    let text = format!(r#"{{"n":1,"pad":"{pad}"}}"#);
-    let payload = Payload::Json(Json::from_text(Bytes::from(text)).unwrap());
-    s.pubsub
-        .broadcast(Broadcast {
-            topic: "echo:x".into(),
-            event: "news".into(),
-            payload,
-            from: None,
-            seq: None,
-        })
-        .unwrap();
+    broadcast_text(&s.pubsub, format!(r#"{{"n":1,"pad":"{pad}"}}"#));
     let msg = s.client.next().await.unwrap().unwrap();
     let Message::Text(got) = msg else {
         panic!("a text message, not {msg:?}");

@@ -26,6 +26,7 @@ pub mod big_ids;
 pub mod body_stall;
 pub mod flood;
 pub mod http;
+pub mod periodic;
 pub mod probe;
 pub mod reply;
 pub mod report;

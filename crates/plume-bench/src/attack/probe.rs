@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use plume_wire::Payload;
 use serde::Serialize;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::http;
+use super::periodic::Periodic;
 use super::report::Millis;
 use super::target::Target;
 
@@ -141,36 +140,20 @@ async fn probe_once(target: &Target, origin: Instant) -> ProbePoint {
 }
 
 /// Probes running in a task of their own.
-pub struct Prober {
-    stop: CancellationToken,
-    task: JoinHandle<Vec<ProbePoint>>,
-}
+pub struct Prober(Periodic<ProbePoint>);
 
 impl Prober {
     /// Starts probing every `every`.
     pub fn start(target: Target, origin: Instant, every: Duration) -> Prober {
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut points = Vec::new();
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                points.push(probe_once(&target, origin).await);
-            }
-            points
-        });
-        Prober { stop, task }
+        Prober(Periodic::start(every, move || {
+            let target = target.clone();
+            async move { Some(probe_once(&target, origin).await) }
+        }))
     }
 
     /// Stops after the probe in progress and returns every probe.
     pub async fn finish(self) -> Vec<ProbePoint> {
-        self.stop.cancel();
-        self.task.await.unwrap_or_default()
+        self.0.finish().await
     }
 }
 

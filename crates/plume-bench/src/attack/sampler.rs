@@ -4,9 +4,8 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
+use super::periodic::Periodic;
 use crate::procfs;
 
 /// One reading of the server.
@@ -30,45 +29,25 @@ pub fn read(pid: u32, origin: Instant) -> Option<Sample> {
 }
 
 /// A running sampler.
-pub struct Sampler {
-    stop: CancellationToken,
-    task: JoinHandle<Vec<Sample>>,
-}
+pub struct Sampler(Periodic<Sample>);
 
 impl Sampler {
-    /// Starts sampling `pid` every `every`, times taken from `origin`.
+    /// Starts sampling `pid` every `every`, times taken from `origin`; ends early when the
+    /// process is gone.
     pub fn start(pid: u32, origin: Instant, every: Duration) -> Sampler {
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut samples = Vec::new();
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                // Reading `/proc/PID/fd` of a server holding thousands of sockets takes a
-                // few milliseconds; off the runtime's worker threads it delays nobody.
-                let s = tokio::task::spawn_blocking(move || read(pid, origin))
-                    .await
-                    .ok()
-                    .flatten();
-                match s {
-                    Some(s) => samples.push(s),
-                    None => break,
-                }
-            }
-            samples
-        });
-        Sampler { stop, task }
+        Sampler(Periodic::start(every, move || async move {
+            // Reading `/proc/PID/fd` of a server holding thousands of sockets takes a few
+            // milliseconds; off the runtime's worker threads it delays nobody.
+            tokio::task::spawn_blocking(move || read(pid, origin))
+                .await
+                .ok()
+                .flatten()
+        }))
     }
 
     /// Stops sampling and returns the samples.
     pub async fn finish(self) -> Vec<Sample> {
-        self.stop.cancel();
-        self.task.await.unwrap_or_default()
+        self.0.finish().await
     }
 }
 
