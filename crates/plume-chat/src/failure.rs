@@ -43,14 +43,10 @@ pub fn store_reason(err: &StoreError) -> &'static str {
 /// The backend API's answer to a store failure: its status and the `error` text of the
 /// body. 503 for every variant, for the reason [`store_reason`] gives.
 pub fn store_status(err: &StoreError) -> (StatusCode, &'static str) {
-    match err {
-        StoreError::Sqlite(_)
-        | StoreError::Begin(_)
-        | StoreError::Commit(_)
-        | StoreError::ThreadGone(_)
-        | StoreError::Redis(_)
-        | StoreError::Corrupt { .. }
-        | StoreError::Encode { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    // Derived from the reply reason, so the two answers cannot drift apart.
+    match store_reason(err) {
+        REASON_STORAGE_UNAVAILABLE => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
 }
 

@@ -106,6 +106,28 @@ async fn joining_a_cluster_on_a_closed_port_is_a_connect_error_caused_by_the_ref
     assert!(cause.is_connection_refusal(), "{cause:?}");
 }
 
+/// A password in the Redis URL never reaches the error (whose message and source chain end
+/// up in the start-up log): the URL in it is redacted.
+#[tokio::test]
+async fn a_failed_join_does_not_print_the_redis_password() {
+    let url = format!("redis://plume:hunter2@127.0.0.1:{}/0", closed_port());
+    let err = Cluster::connect(&config(url), Arc::new(LocalPubSub::new()))
+        .await
+        .err()
+        .unwrap();
+    let mut chain = format!("{err} / {err:?}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain.push_str(&format!(" / {cause} / {cause:?}"));
+        source = cause.source();
+    }
+    assert!(!chain.contains("hunter2"), "{chain}");
+    assert!(
+        chain.contains("127.0.0.1"),
+        "the address is still named: {chain}"
+    );
+}
+
 #[tokio::test]
 async fn a_state_operation_on_a_stopped_server_names_itself_and_reaches_the_redis_error() {
     let mut redis = RedisServer::start();
