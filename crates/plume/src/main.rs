@@ -112,7 +112,7 @@ fn verifier(config: &Config) -> anyhow::Result<JwtVerifier> {
 }
 
 /// `/readyz` on the embedded store: the database answers a read; the body carries the
-/// writer's counters (commits, and writes grouped into them).
+/// writer's counters (commits, writes grouped into them, and flushes of the WAL to disk).
 struct EmbeddedReadiness {
     log: Arc<dyn plume_chat::store::MessageLog>,
     stats: Arc<plume_chat::store::sqlite::SqliteStats>,
@@ -123,7 +123,9 @@ impl Readiness for EmbeddedReadiness {
         Box::pin(async move {
             let commits = self.stats.commits.load(Ordering::Relaxed);
             let writes = self.stats.jobs.load(Ordering::Relaxed);
-            let counters = serde_json::json!({"commits": commits, "writes": writes});
+            let flushes = self.stats.flushes.load(Ordering::Relaxed);
+            let counters =
+                serde_json::json!({"commits": commits, "writes": writes, "flushes": flushes});
             match tokio::time::timeout(Duration::from_secs(2), self.log.head("")).await {
                 Ok(Ok(_)) => Ok(serde_json::json!({"store": "ok", "counters": counters})),
                 Ok(Err(err)) => Err(serde_json::json!({

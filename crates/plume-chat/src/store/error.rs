@@ -28,6 +28,11 @@ pub enum StoreError {
     /// nothing of the batch was written. (Every operation of the batch gets a copy.)
     #[error("sqlite: the write batch failed to commit: {0}")]
     Commit(#[source] rusqlite::Error),
+    /// The write batch the operation was part of was committed, but the WAL could not be
+    /// flushed to disk (`fdatasync` failed), so it is not known to be durable and is not
+    /// acknowledged. A retry of a send (same `mobile_ref_id`) finds it if it survived.
+    #[error("sqlite: the committed batch could not be flushed to disk: {0}")]
+    Sync(#[source] std::io::Error),
     /// The thread that owns an SQLite connection (`writer` or `reader`) has stopped: it
     /// panicked, or the store is being dropped.
     #[error("sqlite: the {0} thread has stopped")]
@@ -84,7 +89,7 @@ impl StoreError {
     }
 
     /// The `kind` label of `plume_store_errors_total`, from a closed set: `sqlite`,
-    /// `sqlite_busy`, `sqlite_begin`, `sqlite_commit`, `sqlite_thread_gone`, `redis`,
+    /// `sqlite_busy`, `sqlite_begin`, `sqlite_commit`, `sqlite_sync`, `sqlite_thread_gone`, `redis`,
     /// `redis_timeout`, `redis_reply`, `corrupt`, `encode`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -92,6 +97,7 @@ impl StoreError {
             StoreError::Sqlite(_) => "sqlite",
             StoreError::Begin(_) => "sqlite_begin",
             StoreError::Commit(_) => "sqlite_commit",
+            StoreError::Sync(_) => "sqlite_sync",
             StoreError::ThreadGone(_) => "sqlite_thread_gone",
             StoreError::Redis(StateError::Reply { .. }) => "redis_reply",
             StoreError::Redis(err) if err.is_timeout() => "redis_timeout",

@@ -15,6 +15,7 @@ pub mod redis;
 pub mod roster;
 pub mod sqlite;
 pub mod timed;
+mod wal_sync;
 
 use std::sync::Arc;
 use std::time::Duration;
