@@ -172,7 +172,7 @@ pub struct WriterCache {
 
 /// The SQLite store: open it with [`open`].
 pub struct Sqlite {
-    writer: mpsc::Sender<WriteJob>,
+    writer: mpsc::Sender<ToWriter>,
     /// Sends whose delivery finished, written by the writer with its next batch (no job, no
     /// answer of their own: losing one in a crash only means a retry delivers again).
     delivered: Arc<parking_lot::Mutex<Vec<SendKey>>>,
@@ -188,6 +188,14 @@ pub struct Sqlite {
     /// notifications does not get them again while the delete waits for its commit. An
     /// entry lives only as long as its write.
     removing: parking_lot::Mutex<HashMap<String, u64>>,
+}
+
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        // The flusher holds a sender of the writer's queue too, so the queue never closes by
+        // itself: say so, and the writer commits what is open and ends (then the flusher).
+        let _ = self.writer.send(ToWriter::Stop);
+    }
 }
 
 /// The writer thread has stopped.
@@ -346,7 +354,7 @@ impl Sqlite {
         }
         let read_conn = connect(&path).map_err(database)?;
         let stats = Arc::new(SqliteStats::default());
-        let (writer, wrx) = mpsc::channel::<WriteJob>();
+        let (writer, wrx) = mpsc::channel::<ToWriter>();
         let (reader, rrx) = mpsc::channel::<ReadJob>();
         let (flusher, frx) = mpsc::channel::<Committed>();
         let durability = Arc::new(Durability::default());
@@ -361,9 +369,14 @@ impl Sqlite {
         };
         let wal = dir.join(format!("{DB_FILE}-wal"));
         let (flush_durability, flush_stats) = (durability.clone(), stats.clone());
+        let flushed = writer.clone();
         std::thread::Builder::new()
             .name("plume-sqlite-flusher".into())
-            .spawn(move || flush_loop(wal, frx, flush_durability, flush_stats))
+            .spawn(move || {
+                flush_loop(wal, frx, flush_durability, flush_stats, move |n| {
+                    let _ = flushed.send(ToWriter::Flushed(n));
+                })
+            })
             .map_err(|cause| OpenError::Dir {
                 path: dir.to_owned(),
                 cause,
@@ -428,7 +441,7 @@ impl Sqlite {
             });
             (ok, finish)
         });
-        self.writer.send(job).map_err(writer_gone)?;
+        self.writer.send(ToWriter::Job(job)).map_err(writer_gone)?;
         rx.await.map_err(writer_gone)?
     }
 
@@ -498,7 +511,26 @@ struct Writer {
     epoch: u64,
 }
 
-fn write_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>, writer: Writer) {
+/// What the writer's queue carries.
+pub(super) enum ToWriter {
+    /// A write to run in the next batch.
+    Job(WriteJob),
+    /// The flusher has flushed this many more batches.
+    Flushed(usize),
+    /// The store is dropped: commit what is open and stop.
+    Stop,
+}
+
+/// The transaction the writer is filling.
+struct OpenBatch {
+    finishes: Vec<Finish>,
+}
+
+/// The writer thread. It runs jobs as they come into one open transaction and commits it
+/// when the flusher is idle (nothing committed is waiting for the disk) or the batch is
+/// full. So while the disk takes one batch, the next one is being run, and it is as large
+/// as what arrived during the flush: one flush per batch under load, at no waiting when idle.
+fn write_loop(conn: Connection, rx: mpsc::Receiver<ToWriter>, writer: Writer) {
     let mut cache = WriterCache {
         epoch: writer.epoch,
         last_seq: HashMap::new(),
@@ -514,76 +546,118 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>, writer: Writer) {
     })) {
         tracing::warn!(%err, "sqlite: no WAL hook; the writer will not checkpoint");
     }
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+    let mut open: Option<OpenBatch> = None;
+    // Batches handed to the flusher and not yet flushed.
+    let mut unflushed = 0usize;
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { break };
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                ToWriter::Job(job) => {
+                    run_job(&conn, &mut cache, &mut open, job);
+                }
+                ToWriter::Flushed(n) => unflushed = unflushed.saturating_sub(n),
+                ToWriter::Stop => stopping = true,
+            }
+            let full = open.as_ref().is_some_and(|b| b.finishes.len() >= MAX_BATCH);
+            if !full {
+                next = rx.try_recv().ok();
             }
         }
-        let n = jobs.len() as u64;
-        let mut finishes = Vec::with_capacity(jobs.len());
-        let began = conn.execute_batch("BEGIN IMMEDIATE");
-        if let Err(err) = began {
+        let full = open.as_ref().is_some_and(|b| b.finishes.len() >= MAX_BATCH);
+        if let Some(batch) = open.take_if(|_| unflushed == 0 || full || stopping) {
+            if commit(&conn, &mut cache, &writer, batch, &mut last_sweep) {
+                unflushed += 1;
+            }
+            if wal_frames.load(Ordering::Relaxed) >= WRITER_CHECKPOINT_FRAMES {
+                // PASSIVE: copies what the reader's checkpoints have not, never waits. Once
+                // all of the WAL is copied, the next BEGIN starts it again from the beginning.
+                if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::debug!(%err, "sqlite: writer checkpoint skipped");
+                }
+            }
+        }
+    }
+}
+
+/// Runs one job in its own savepoint of the open batch, beginning the batch if none is open.
+fn run_job(
+    conn: &Connection,
+    cache: &mut WriterCache,
+    open: &mut Option<OpenBatch>,
+    job: WriteJob,
+) {
+    if open.is_none() {
+        if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(%err, "sqlite: cannot begin a transaction");
-            for job in jobs {
-                // The job answers with the error itself; it has nothing to finish.
-                let _ = job(Err(&err));
-            }
-            continue;
+            // The job answers with the error itself; it has nothing to finish.
+            let _ = job(Err(&err));
+            return;
         }
-        for job in jobs {
-            let _ = run_cached(&conn, "SAVEPOINT job");
-            let (ok, finish) = job(Ok((&conn, &mut cache)));
-            if !ok {
-                let _ = run_cached(&conn, "ROLLBACK TO job");
-            }
-            let _ = run_cached(&conn, "RELEASE job");
-            finishes.push(finish);
+        *open = Some(OpenBatch {
+            finishes: Vec::new(),
+        });
+    }
+    let Some(batch) = open.as_mut() else { return };
+    let _ = run_cached(conn, "SAVEPOINT job");
+    let (ok, finish) = job(Ok((conn, cache)));
+    if !ok {
+        let _ = run_cached(conn, "ROLLBACK TO job");
+    }
+    let _ = run_cached(conn, "RELEASE job");
+    batch.finishes.push(finish);
+}
+
+/// Commits the open batch (with the "delivered" marks and, when due, the sweep) and hands it
+/// to the flusher, which answers its jobs once it is on disk. False when the flusher is gone
+/// (the jobs are then answered with that).
+fn commit(
+    conn: &Connection,
+    cache: &mut WriterCache,
+    writer: &Writer,
+    batch: OpenBatch,
+    last_sweep: &mut Instant,
+) -> bool {
+    let delivered = std::mem::take(&mut *writer.marks.lock());
+    if let Err(err) = write_delivered(conn, &delivered) {
+        tracing::warn!(%err, "sqlite: recording delivered sends failed");
+    }
+    if last_sweep.elapsed() >= SWEEP_EVERY {
+        *last_sweep = Instant::now();
+        if let Err(err) = sweep(conn, &writer.retention) {
+            tracing::warn!(%err, "sqlite: sweeping expired rows failed");
         }
-        let delivered = std::mem::take(&mut *writer.marks.lock());
-        if let Err(err) = write_delivered(&conn, &delivered) {
-            tracing::warn!(%err, "sqlite: recording delivered sends failed");
+    }
+    let n = batch.finishes.len() as u64;
+    let number = writer.durability.begin_commit();
+    let failed = match conn.execute_batch("COMMIT") {
+        Ok(()) => None,
+        Err(err) => {
+            tracing::error!(%err, jobs = n, "sqlite: commit failed; the batch is refused");
+            let _ = conn.execute_batch("ROLLBACK");
+            cache.last_seq.clear();
+            Some(err)
         }
-        if last_sweep.elapsed() >= SWEEP_EVERY {
-            last_sweep = Instant::now();
-            if let Err(err) = sweep(&conn, &writer.retention) {
-                tracing::warn!(%err, "sqlite: sweeping expired rows failed");
-            }
-        }
-        let number = writer.durability.begin_commit();
-        let failed = match conn.execute_batch("COMMIT") {
-            Ok(()) => None,
-            Err(err) => {
-                tracing::error!(%err, jobs = n, "sqlite: commit failed; the batch is refused");
-                let _ = conn.execute_batch("ROLLBACK");
-                cache.last_seq.clear();
-                Some(err)
-            }
-        };
-        if failed.is_none() {
-            writer.stats.commits.fetch_add(1, Ordering::Relaxed);
-            writer.stats.jobs.fetch_add(n, Ordering::Relaxed);
-        }
-        let committed = Committed {
-            number,
-            failed,
-            finishes,
-        };
-        if let Err(mpsc::SendError(batch)) = writer.flusher.send(committed) {
+    };
+    if failed.is_none() {
+        writer.stats.commits.fetch_add(1, Ordering::Relaxed);
+        writer.stats.jobs.fetch_add(n, Ordering::Relaxed);
+    }
+    let committed = Committed {
+        number,
+        failed,
+        finishes: batch.finishes,
+    };
+    match writer.flusher.send(committed) {
+        Ok(()) => true,
+        Err(mpsc::SendError(batch)) => {
             let gone = BatchFailure::Flush(std::io::Error::other("the flusher thread has stopped"));
             for finish in batch.finishes {
                 finish(Some(&gone));
             }
-        }
-        if wal_frames.load(Ordering::Relaxed) >= WRITER_CHECKPOINT_FRAMES {
-            // PASSIVE: copies what the reader's checkpoints have not, never waits. Once all of
-            // the WAL is copied, the next BEGIN starts it again from the beginning.
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                Ok(()) => {}
-                Err(err) => tracing::debug!(%err, "sqlite: writer checkpoint skipped"),
-            }
+            false
         }
     }
 }
@@ -754,7 +828,7 @@ impl MessageLog for Sqlite {
         if first {
             // Wake an idle writer; a busy one picks the marks up with its current batch.
             let wake: WriteJob = Box::new(|_| (true, Box::new(|_| {})));
-            self.writer.send(wake).map_err(writer_gone)?;
+            self.writer.send(ToWriter::Job(wake)).map_err(writer_gone)?;
         }
         Ok(())
     }

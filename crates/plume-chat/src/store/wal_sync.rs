@@ -3,9 +3,10 @@
 //! The writer connection commits with `synchronous = NORMAL`: in WAL mode a commit then
 //! appends its pages to the WAL file (the OS page cache) and returns without waiting for the
 //! disk. The flusher thread ([`flush_loop`]) takes every batch committed so far, flushes the
-//! WAL file once (`fdatasync`) and only then answers those batches' jobs. So the writer runs
-//! the next batch while the disk takes the last one, and however many batches committed
-//! meanwhile share one flush. A job is still answered only after its batch is on disk.
+//! WAL file once (`fdatasync`) and only then answers those batches' jobs. Meanwhile the
+//! writer runs the jobs that arrive into the next batch, and commits it once the flush is
+//! done, so each flush covers one batch of everything that arrived while the previous one
+//! took the disk. A job is still answered only after its batch is on disk.
 //!
 //! Why one `fdatasync` of the WAL makes every batch committed before it durable: a batch's
 //! pages and commit frame are in the WAL file until a checkpoint has copied them into the
@@ -119,6 +120,7 @@ pub(super) fn flush_loop(
     rx: mpsc::Receiver<Committed>,
     durability: std::sync::Arc<Durability>,
     stats: std::sync::Arc<super::sqlite::SqliteStats>,
+    flushed: impl Fn(usize),
 ) {
     let mut file: Option<File> = None;
     while let Ok(first) = rx.recv() {
@@ -140,6 +142,8 @@ pub(super) fn flush_loop(
             Ok(())
         };
         durability.flushed(newest);
+        // The writer may now commit the batch it has been filling.
+        flushed(batches.len());
         for batch in batches {
             let failure = match (&batch.failed, &flush) {
                 (Some(err), _) => Some(BatchFailure::Commit(super::error::copy_sqlite_error(err))),
