@@ -110,11 +110,15 @@ pub async fn drive<S: Stream>(
 ) {
     let idle = sleep(cfg.idle_timeout);
     tokio::pin!(idle);
+    // Made once: a fresh `cancelled()` per turn of the loop locked the token's mutex every
+    // time (1.4 % of server CPU in the chat profile).
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
     let mut batch: Vec<Out> = Vec::new();
     let end = loop {
         let step = tokio::select! {
             biased;
-            () = shutdown.cancelled() => {
+            () = &mut stopping => {
                 Some(End::Close(CloseReason::new(close::GOING_AWAY, "server shutting down")))
             }
             status = rx.recv_batch(&mut batch) => match status {
