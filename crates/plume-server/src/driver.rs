@@ -101,105 +101,112 @@ fn ws_frames(frame: Frame) -> impl Iterator<Item = Message> {
 /// connection's life, so it must stay small. The socket's message handling (joins, channel
 /// callbacks) is awaited through a `Box` that exists only while a message is processed;
 /// inlined, its largest state would be carried by every idle connection.
-pub async fn drive<S: Stream>(
+///
+/// Not an `async fn`: an `async fn` moves its arguments into locals, so the socket and the
+/// stream would each be stored twice in the task (as arguments and as locals, about 680
+/// bytes per connection); an `async move` block uses what it captured in place.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn drive<S: Stream>(
     mut ws: WebSocketStream<S>,
     mut socket: Socket,
     mut rx: OutboundRx,
     cfg: DriverConfig,
     shutdown: CancellationToken,
-) {
-    let idle = sleep(cfg.idle_timeout);
-    tokio::pin!(idle);
-    // Made once: a fresh `cancelled()` per turn of the loop locked the token's mutex every
-    // time (1.4 % of server CPU in the chat profile).
-    let stopping = shutdown.cancelled();
-    tokio::pin!(stopping);
-    let mut batch: Vec<Out> = Vec::new();
-    let end = loop {
-        let step = tokio::select! {
-            biased;
-            () = &mut stopping => {
-                Some(End::Close(CloseReason::new(close::GOING_AWAY, "server shutting down")))
-            }
-            status = rx.recv_batch(&mut batch) => match status {
-                Batch::Overflowed => Some(End::Close(overflow())),
-                Batch::Items => {
-                    let mut end = None;
-                    for item in batch.drain(..) {
-                        // The fan-out path: an encoded frame goes straight to the writer.
-                        // Rare items run boxed, so their state does not sit in every
-                        // connection's task (see the note on `drive`).
-                        if let Some(other) = socket.push_out(item)
-                            && end.is_none()
-                        {
-                            end = Box::pin(socket.handle_out(other)).await.map(End::Close);
-                        }
-                    }
-                    end
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let idle = sleep(cfg.idle_timeout);
+        tokio::pin!(idle);
+        // Made once: a fresh `cancelled()` per turn of the loop locked the token's mutex every
+        // time (1.4 % of server CPU in the chat profile).
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
+        let mut batch: Vec<Out> = Vec::new();
+        let end = loop {
+            let step = tokio::select! {
+                biased;
+                () = &mut stopping => {
+                    Some(End::Close(CloseReason::new(close::GOING_AWAY, "server shutting down")))
                 }
-            },
-            // A channel callback that waited (a store round trip) finished: its reply and
-            // what waited behind it. Meanwhile the other branches kept running.
-            done = socket.next_done(), if socket.busy() => {
-                Box::pin(socket.finish(done)).await;
-                None
+                status = rx.recv_batch(&mut batch) => match status {
+                    Batch::Overflowed => Some(End::Close(overflow())),
+                    Batch::Items => {
+                        let mut end = None;
+                        for item in batch.drain(..) {
+                            // The fan-out path: an encoded frame goes straight to the writer.
+                            // Rare items run boxed, so their state does not sit in every
+                            // connection's task (see the note on `drive`).
+                            if let Some(other) = socket.push_out(item)
+                                && end.is_none()
+                            {
+                                end = Box::pin(socket.handle_out(other)).await.map(End::Close);
+                            }
+                        }
+                        end
+                    }
+                },
+                // A channel callback that waited (a store round trip) finished: its reply and
+                // what waited behind it. Meanwhile the other branches kept running.
+                done = socket.next_done(), if socket.busy() => {
+                    Box::pin(socket.finish(done)).await;
+                    None
+                }
+                // Not read while too many messages wait for busy channels: the client then
+                // waits on TCP, not on this process's memory.
+                incoming = ws.next(), if socket.accepting() => {
+                    idle.as_mut().reset(Instant::now() + cfg.idle_timeout);
+                    Box::pin(handle_incoming(&mut socket, incoming, &cfg)).await
+                }
+                () = &mut idle => Some(End::Close(CloseReason::new(
+                    close::IDLE_TIMEOUT,
+                    "idle timeout: nothing received",
+                ))),
+            };
+            // While the client is slow to take a write, the queue may overflow: that is noticed
+            // here, not after the write, so the socket is told at once (the close frame goes
+            // after what the stream has already taken) instead of after `write_timeout`.
+            let written = tokio::select! {
+                biased;
+                result = write_frames(&mut ws, &mut socket, cfg.write_timeout) => result,
+                () = rx.overflowed() => break End::Close(overflow()),
+            };
+            match written {
+                Ok(()) => {}
+                Err(WsError::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut => {
+                    tracing::info!(socket = socket.id().0, "closing socket: write timed out");
+                    break End::Close(CloseReason::new(
+                        close::SLOW_CONSUMER,
+                        format!(
+                            "write timeout: the client took nothing for {} s",
+                            cfg.write_timeout.as_secs()
+                        ),
+                    ));
+                }
+                Err(err) => {
+                    tracing::debug!(socket = socket.id().0, %err, "write failed; dropping connection");
+                    break End::Gone;
+                }
             }
-            // Not read while too many messages wait for busy channels: the client then
-            // waits on TCP, not on this process's memory.
-            incoming = ws.next(), if socket.accepting() => {
-                idle.as_mut().reset(Instant::now() + cfg.idle_timeout);
-                Box::pin(handle_incoming(&mut socket, incoming, &cfg)).await
+            // A burst can grow these buffers to the queue's capacity; give that back once the
+            // burst is written, so a socket that was busy once does not stay large.
+            release_burst_capacity(&mut batch);
+            socket.release_frame_capacity();
+            if let Some(end) = step {
+                break end;
             }
-            () = &mut idle => Some(End::Close(CloseReason::new(
-                close::IDLE_TIMEOUT,
-                "idle timeout: nothing received",
-            ))),
         };
-        // While the client is slow to take a write, the queue may overflow: that is noticed
-        // here, not after the write, so the socket is told at once (the close frame goes
-        // after what the stream has already taken) instead of after `write_timeout`.
-        let written = tokio::select! {
-            biased;
-            result = write_frames(&mut ws, &mut socket, cfg.write_timeout) => result,
-            () = rx.overflowed() => break End::Close(overflow()),
-        };
-        match written {
-            Ok(()) => {}
-            Err(WsError::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut => {
-                tracing::info!(socket = socket.id().0, "closing socket: write timed out");
-                break End::Close(CloseReason::new(
-                    close::SLOW_CONSUMER,
-                    format!(
-                        "write timeout: the client took nothing for {} s",
-                        cfg.write_timeout.as_secs()
-                    ),
-                ));
-            }
-            Err(err) => {
-                tracing::debug!(socket = socket.id().0, %err, "write failed; dropping connection");
-                break End::Gone;
-            }
+        Box::pin(socket.close()).await;
+        if let End::Close(reason) = end {
+            // A slow consumer's close frame waits behind what the stream already holds: it gets
+            // as long as a write would to reach a client that is slow rather than gone. Any
+            // other close is sent to a client that reads, and gets at most 2 s.
+            let limit = if reason.code == close::SLOW_CONSUMER {
+                metrics().slow_consumer_closed();
+                cfg.write_timeout
+            } else {
+                cfg.write_timeout.min(Duration::from_secs(2))
+            };
+            Box::pin(close_with(&mut ws, socket.id().0, reason, limit)).await;
         }
-        // A burst can grow these buffers to the queue's capacity; give that back once the
-        // burst is written, so a socket that was busy once does not stay large.
-        release_burst_capacity(&mut batch);
-        socket.release_frame_capacity();
-        if let Some(end) = step {
-            break end;
-        }
-    };
-    Box::pin(socket.close()).await;
-    if let End::Close(reason) = end {
-        // A slow consumer's close frame waits behind what the stream already holds: it gets
-        // as long as a write would to reach a client that is slow rather than gone. Any
-        // other close is sent to a client that reads, and gets at most 2 s.
-        let limit = if reason.code == close::SLOW_CONSUMER {
-            metrics().slow_consumer_closed();
-            cfg.write_timeout
-        } else {
-            cfg.write_timeout.min(Duration::from_secs(2))
-        };
-        Box::pin(close_with(&mut ws, socket.id().0, reason, limit)).await;
     }
 }
 

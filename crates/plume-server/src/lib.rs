@@ -584,44 +584,56 @@ fn upgrade(
     resp
 }
 
-async fn run_socket(
+///
+/// Not an `async fn`, for the reason given on [`driver::drive`]: this future lives as long as
+/// the connection.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn run_socket(
     upgraded: hyper::upgrade::Upgraded,
     up: handshake::Upgrade,
     peer: SocketAddr,
     shared: Arc<Shared>,
-) {
-    let cfg = &shared.config;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(cfg.read_buffer_bytes)
-        .write_buffer_size(cfg.write_buffer_bytes)
-        .max_frame_size(Some(cfg.max_frame_bytes))
-        .max_message_size(Some(cfg.max_frame_bytes));
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-            .await;
-    let info = ConnectInfo {
-        request: up.request,
-        socket_id: up.accepted.socket_id,
-        assigns: up.accepted.assigns,
-    };
-    let (socket, rx) = Socket::new(
-        info,
-        shared.router.clone(),
-        shared.pubsub.clone(),
-        cfg.socket,
-    );
-    let id = socket.id();
-    let registration = shared.drainer.register();
-    let _counted = plume_channels::metrics::metrics()
-        .connection_opened(plume_channels::metrics::Transport::WebSocket);
-    shared.connections.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(socket = id.0, %peer, "socket connected");
-    let driver_cfg = DriverConfig {
-        idle_timeout: cfg.idle_timeout,
-        write_timeout: cfg.write_timeout,
-        max_frame_bytes: cfg.max_frame_bytes,
-    };
-    driver::drive(ws, socket, rx, driver_cfg, registration.token().clone()).await;
-    shared.connections.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(socket = id.0, %peer, "socket closed");
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let cfg = &shared.config;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(cfg.read_buffer_bytes)
+            .write_buffer_size(cfg.write_buffer_bytes)
+            .max_frame_size(Some(cfg.max_frame_bytes))
+            .max_message_size(Some(cfg.max_frame_bytes));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        let info = ConnectInfo {
+            request: up.request,
+            socket_id: up.accepted.socket_id,
+            assigns: up.accepted.assigns,
+        };
+        let registration = shared.drainer.register();
+        let driver_cfg = DriverConfig {
+            idle_timeout: cfg.idle_timeout,
+            write_timeout: cfg.write_timeout,
+            max_frame_bytes: cfg.max_frame_bytes,
+        };
+        // The socket goes into the driver inside this block, so the task does not keep a
+        // moved-from slot for it (352 bytes) beside the driver for the connection's life.
+        let (id, driver) = {
+            let (socket, rx) = Socket::new(
+                info,
+                shared.router.clone(),
+                shared.pubsub.clone(),
+                cfg.socket,
+            );
+            let id = socket.id();
+            let token = registration.token().clone();
+            (id, driver::drive(ws, socket, rx, driver_cfg, token))
+        };
+        let _counted = plume_channels::metrics::metrics()
+            .connection_opened(plume_channels::metrics::Transport::WebSocket);
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(socket = id.0, %peer, "socket connected");
+        driver.await;
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(socket = id.0, %peer, "socket closed");
+    }
 }
