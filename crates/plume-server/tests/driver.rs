@@ -185,3 +185,37 @@ async fn a_large_frame_arrives_whole() {
     assert!(next.to_text().unwrap().contains("\"n\":2"), "{next:?}");
     s.driver.abort();
 }
+
+/// The driver's future is most of every connection's task, kept for the connection's life:
+/// it stays small. (It was 2,464 bytes in a release build while it was an `async fn`, which
+/// stores its arguments twice; 1,728 after.)
+#[tokio::test]
+async fn the_driver_future_of_a_connection_stays_small() {
+    let (server_io, _client_io) = tokio::io::duplex(64);
+    let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+    let info = ConnectInfo {
+        request: ConnectRequest {
+            params: Default::default(),
+            auth_token: None,
+            serializer: Serializer::V2,
+            peer: None,
+        },
+        socket_id: None,
+        assigns: None,
+    };
+    let router = Arc::new(Router::new().channel::<EchoChannel>("echo:*", Arc::new(())));
+    let (socket, rx) = Socket::new(
+        info,
+        router,
+        Arc::new(LocalPubSub::new()),
+        SocketConfig::default(),
+    );
+    let cfg = DriverConfig {
+        idle_timeout: Duration::from_secs(3600),
+        write_timeout: WRITE_TIMEOUT,
+        max_frame_bytes: 1 << 20,
+    };
+    let future = drive(server, socket, rx, cfg, CancellationToken::new());
+    let size = std::mem::size_of_val(&future);
+    assert!(size <= 2048, "the driver's future grew to {size} bytes");
+}
