@@ -281,6 +281,9 @@ impl Tracker {
                     metas: Vec::new(),
                     entry: empty_entry(),
                 });
+            // Exactly: a user has one socket in a chat on a node far more often than more, and
+            // a Vec's first push would make room for four (about 290 bytes unused per meta).
+            local.metas.reserve_exact(1);
             local.metas.push(LocalMeta {
                 meta: meta.clone(),
                 handle,
