@@ -12,6 +12,7 @@ use std::sync::Arc;
 use plume_wire::Payload;
 
 use crate::channel::{BoxFuture, Channel, Context, DynChannel, JoinError};
+use crate::limit::IdBudgets;
 use crate::metrics::{RouteMetrics, UNMATCHED_PREFIX, metrics};
 
 /// What a route's join produces: the new instance and the reply response.
@@ -70,6 +71,9 @@ impl Pattern {
 pub struct Router {
     routes: Vec<(Pattern, RouteMetrics, Box<dyn Route>)>,
     unmatched: RouteMetrics,
+    /// The push budgets shared by the sockets of one identity (see [`IdBudgets`]): kept
+    /// here because the router is what every socket of a server shares.
+    id_budgets: Arc<IdBudgets>,
 }
 
 impl Default for Router {
@@ -77,6 +81,7 @@ impl Default for Router {
         Router {
             routes: Vec::new(),
             unmatched: metrics().route(UNMATCHED_PREFIX),
+            id_budgets: Arc::new(IdBudgets::default()),
         }
     }
 }
@@ -85,6 +90,11 @@ impl Router {
     /// A router with no routes (every join gets `unmatched topic`).
     pub fn new() -> Router {
         Router::default()
+    }
+
+    /// The per-identity push budgets of this server's sockets.
+    pub fn id_budgets(&self) -> &Arc<IdBudgets> {
+        &self.id_budgets
     }
 
     /// Serves topics matching `pattern` with channel `C`, whose instances share `state`.

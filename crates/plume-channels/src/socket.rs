@@ -35,7 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::channel::{Context, DynChannel, JoinError, Outcome, Reply, SocketShared, Terminate};
 use crate::connect::ConnectInfo;
-use crate::limit::TokenBucket;
+use crate::limit::{IdBudget, TokenBucket};
 use crate::metrics::{JoinResult, metrics};
 use crate::outbound::{Out, OutboundRx, SocketId, admit_seq, outbound_with_budget};
 use crate::pubsub::{PubSub, Subscriber, SubscriberKind};
@@ -70,6 +70,14 @@ pub struct SocketConfig {
     pub max_pushes_per_second: u32,
     /// Messages a socket may send at once before the rate applies. Default 200.
     pub push_burst: u32,
+    /// Messages all sockets of one identity (the socket id given at connect, one per user in
+    /// the chat service) may send per second together on this node, with a burst of twice
+    /// that; over it a message gets `{"reason":"rate_limited"}` as over the socket's own
+    /// limit. The identity's budget outlives its sockets until it refills, so closing and
+    /// reconnecting gives a flooder no fresh burst. `None` (the default): the socket's
+    /// `max_pushes_per_second` and `push_burst`; 0 turns it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pushes_per_second_per_id: Option<u32>,
     /// Joins one socket may send per second, on average; over it a join gets
     /// `{"reason":"rate_limited"}`. 0 turns the limit off. Default 20.
     pub max_joins_per_second: u32,
@@ -99,6 +107,7 @@ impl Default for SocketConfig {
             outbound_max_bytes: 1024 * 1024,
             max_pushes_per_second: 100,
             push_burst: 200,
+            max_pushes_per_second_per_id: None,
             max_joins_per_second: 20,
             join_burst: 100,
             max_rate_limited_per_10s: 100,
@@ -112,6 +121,8 @@ impl Default for SocketConfig {
 /// The socket's rate limits: pushes, joins, and how many refusals it tolerates.
 struct Limits {
     pushes: TokenBucket,
+    /// Its identity's share of pushes, when it has a socket id and the limit is on.
+    id: Option<IdBudget>,
     joins: TokenBucket,
     /// One token per refused message; empty means the client floods and is closed.
     refusals: TokenBucket,
@@ -119,10 +130,11 @@ struct Limits {
 }
 
 impl Limits {
-    fn new(config: &SocketConfig) -> Limits {
+    fn new(config: &SocketConfig, id: Option<IdBudget>) -> Limits {
         let tolerated = config.max_rate_limited_per_10s;
         Limits {
             pushes: TokenBucket::new(config.max_pushes_per_second, config.push_burst),
+            id,
             joins: TokenBucket::new(config.max_joins_per_second, config.join_burst),
             // `tolerated` per 10 s is `tolerated / 10` per second; at least 1 so it refills.
             refusals: TokenBucket::new(
@@ -265,6 +277,16 @@ impl Socket {
                 },
             ));
         }
+        let (id_rate, id_burst) = match config.max_pushes_per_second_per_id {
+            None => (config.max_pushes_per_second, config.push_burst),
+            Some(rate) => (rate, rate.saturating_mul(2)),
+        };
+        let id_budget = match &connect.socket_id {
+            Some(socket_id) if id_rate > 0 => {
+                Some(router.id_budgets().join(socket_id, id_rate, id_burst))
+            }
+            _ => None,
+        };
         let shared = Arc::new(SocketShared {
             id,
             serializer,
@@ -279,7 +301,7 @@ impl Socket {
             channels: Vec::new(),
             out: Vec::new(),
             next_channel: 1,
-            limits: Limits::new(&config),
+            limits: Limits::new(&config, id_budget),
             inflight: FuturesUnordered::new(),
             queued_messages: 0,
             queued: 0,
@@ -586,7 +608,7 @@ impl Socket {
         let admitted = if is_join {
             self.limits.joins.take()
         } else {
-            self.limits.pushes.take()
+            self.limits.pushes.take() && self.limits.id.as_ref().is_none_or(IdBudget::take)
         };
         if !admitted {
             return self.rate_limited(&msg);

@@ -216,6 +216,89 @@ async fn pushes_over_the_rate_are_refused_and_a_flooder_is_closed() {
     assert_eq!(close.map(|c| c.code), Some(close::RATE_LIMITED));
 }
 
+/// A socket of identity `id` on `router`, joined to `p:yes`.
+async fn socket_of(router: &Arc<Router>, config: SocketConfig, id: &str) -> Socket {
+    let info = ConnectInfo {
+        request: ConnectRequest {
+            params: Default::default(),
+            auth_token: None,
+            serializer: Serializer::V2,
+            peer: None,
+        },
+        socket_id: Some(id.to_owned()),
+        assigns: None,
+    };
+    let (mut s, rx) = Socket::new(info, router.clone(), Arc::new(LocalPubSub::new()), config);
+    // The queue's receiver goes with the socket's life in the driver; here it may go.
+    drop(rx);
+    feed(&mut s, r#"["1","1","p:yes","phx_join",{}]"#).await;
+    s
+}
+
+/// Pushes admitted (answered ok) out of `n`, numbering refs from `from`.
+async fn admitted(s: &mut Socket, n: usize, from: usize) -> usize {
+    let mut ok = 0;
+    for i in from..from + n {
+        let frames = feed(s, &format!(r#"["1","{i}","p:yes","ev",{{}}]"#)).await;
+        if frames[0].contains(r#""status":"ok""#) {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sockets_of_one_identity_share_a_budget_and_reconnecting_gives_no_fresh_burst() {
+    let config = SocketConfig {
+        max_pushes_per_second: 10,
+        push_burst: 5,
+        max_pushes_per_second_per_id: Some(10),
+        max_rate_limited_per_10s: 0,
+        ..SocketConfig::default()
+    };
+    let router = Arc::new(Router::new().channel::<Pushy>("p:*", Arc::new(())));
+    let mut a = socket_of(&router, config, "user_socket:u1").await;
+    let mut b = socket_of(&router, config, "user_socket:u1").await;
+    let mut other = socket_of(&router, config, "user_socket:u2").await;
+    // Each socket alone would take its burst of 5; together they share the identity's 20.
+    assert_eq!(admitted(&mut a, 5, 0).await, 5);
+    assert_eq!(admitted(&mut b, 5, 0).await, 5);
+    assert_eq!(router.id_budgets().len(), 2);
+    // A flooder closes its sockets and reconnects with new ones, ten times over: the
+    // identity's bucket is not refilled by that (per-socket buckets alone would give 5 each).
+    drop((a, b));
+    let mut reconnected = 0;
+    for round in 0..10 {
+        let mut s = socket_of(&router, config, "user_socket:u1").await;
+        reconnected += admitted(&mut s, 5, round * 5).await;
+    }
+    assert_eq!(
+        reconnected, 10,
+        "what was left of the identity's burst of 20, nothing more"
+    );
+    // Another identity is not affected.
+    assert_eq!(admitted(&mut other, 5, 0).await, 5);
+    // The rate refills the identity as it does a socket.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    let mut later = socket_of(&router, config, "user_socket:u1").await;
+    assert_eq!(admitted(&mut later, 10, 100).await, 5, "500 ms at 10/s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_identity_budget_is_off_with_the_socket_limit_unless_set() {
+    let config = SocketConfig {
+        max_pushes_per_second: 0,
+        ..SocketConfig::default()
+    };
+    let router = Arc::new(Router::new().channel::<Pushy>("p:*", Arc::new(())));
+    let mut a = socket_of(&router, config, "user_socket:u1").await;
+    assert_eq!(admitted(&mut a, 1000, 0).await, 1000);
+    assert!(
+        router.id_budgets().is_empty(),
+        "no budget is kept when the limit is off"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn joins_have_their_own_bucket_and_unjoined_topics_get_the_plain_reason() {
     let config = SocketConfig {

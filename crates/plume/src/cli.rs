@@ -143,6 +143,12 @@ pub struct ServeArgs {
     /// [default: 200].
     #[arg(long, env = "PLUME_PUSH_BURST", value_name = "N")]
     pub push_burst: Option<u32>,
+    /// Messages per second all sockets of one user may send together on this node (burst:
+    /// twice that); the user's budget outlives their sockets until it refills, so a client
+    /// that reconnects gets no fresh burst. 0 = no limit [default: the per-socket rate and
+    /// burst].
+    #[arg(long, env = "PLUME_MAX_PUSHES_PER_SECOND_PER_USER", value_name = "N")]
+    pub max_pushes_per_second_per_user: Option<u32>,
     /// Joins per second one socket may send, on average; 0 = no limit [default: 20].
     #[arg(long, env = "PLUME_MAX_JOINS_PER_SECOND", value_name = "N")]
     pub max_joins_per_second: Option<u32>,

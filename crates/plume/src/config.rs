@@ -202,6 +202,9 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.push_burst {
         server.socket.push_burst = n;
     }
+    if let Some(n) = args.max_pushes_per_second_per_user {
+        server.socket.max_pushes_per_second_per_id = Some(n);
+    }
     if let Some(n) = args.max_joins_per_second {
         server.socket.max_joins_per_second = n;
     }
@@ -552,6 +555,7 @@ mod tests {
         let args = ServeArgs {
             max_pushes_per_second: Some(7),
             push_burst: Some(9),
+            max_pushes_per_second_per_user: Some(11),
             max_joins_per_second: Some(3),
             max_id_bytes: Some(64),
             pending_bytes_limit: Some(4096),
@@ -567,6 +571,7 @@ mod tests {
             ),
             (7, 9, 3)
         );
+        assert_eq!(socket.max_pushes_per_second_per_id, Some(11));
         assert_eq!(
             (c.chat.max_id_bytes, c.chat.pending_bytes_limit),
             (64, 4096)
