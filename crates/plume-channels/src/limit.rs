@@ -92,7 +92,7 @@ const SWEEP_EVERY_JOINS: u64 = 256;
 /// measurement). The identity's bucket outlives its sockets until it has refilled: a
 /// reconnect gains nothing over waiting. An identity with no socket left is forgotten once
 /// its bucket is full again (at once when its last socket closes, if it already is, else by
-/// a sweep every [`SWEEP_EVERY_JOINS`] joins), so the registry holds the identities
+/// a sweep every 256 joins), so the registry holds the identities
 /// connected now plus those closed in the last few seconds.
 #[derive(Default)]
 pub struct IdBudgets {
