@@ -7,7 +7,8 @@
 //! decided in [`crate::failure`]) instead of dropping data.
 //!
 //! [`timed`] wraps any of them to record each operation's latency, and each failure's kind,
-//! in the node's metrics.
+//! in the node's metrics. `wal_sync` (private) is the embedded store's flusher thread: the
+//! `fdatasync` of the WAL that every write's answer waits for.
 
 pub mod error;
 pub mod memory;
