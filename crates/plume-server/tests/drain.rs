@@ -48,8 +48,18 @@ async fn a_stopping_node_turns_unready_refuses_sockets_and_closes_them_in_batche
     let TestServer { running, .. } = s;
     let stopping = tokio::spawn(running.shutdown());
 
-    // At once, while the drain runs: not ready, no new socket, metrics still served.
-    let (status, body) = http_get(addr, "/readyz", "").await;
+    // As soon as the shutdown task has started (it is spawned, so the first request may
+    // still beat it), and while the drain runs: not ready, no new socket, metrics served.
+    let mut ready = http_get(addr, "/readyz", "").await;
+    for _ in 0..250 {
+        if ready.0 == 503 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        ready = http_get(addr, "/readyz", "").await;
+    }
+    let (status, body) = ready;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("stopping"), "{body}");
     match Client::connect(&url).await {
