@@ -11,7 +11,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use plume_channels::echo::EchoChannel;
 use plume_channels::{
-    Broadcast, ConnectInfo, ConnectRequest, LocalPubSub, PubSub, Router, Socket, SocketConfig,
+    Broadcast, ConnectInfo, ConnectRequest, LocalPubSub, OutboundRx, PubSub, Router, Socket,
+    SocketConfig,
 };
 use plume_server::driver::{DriverConfig, drive};
 use plume_wire::{Json, Payload, Serializer, close};
@@ -30,12 +31,8 @@ struct Setup {
     driver: JoinHandle<()>,
 }
 
-/// A driven socket joined to `echo:x`, its client at the other end of an 8 KiB pipe.
-async fn setup(outbound_capacity: usize) -> Setup {
-    let (server_io, client_io) = tokio::io::duplex(8 * 1024);
-    let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
-    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
-    let pubsub = Arc::new(LocalPubSub::new());
+/// An anonymous V2 socket with the `echo:*` channel.
+fn echo_socket(config: SocketConfig, pubsub: Arc<LocalPubSub>) -> (Socket, OutboundRx) {
     let router = Arc::new(Router::new().channel::<EchoChannel>("echo:*", Arc::new(())));
     let info = ConnectInfo {
         request: ConnectRequest {
@@ -47,12 +44,21 @@ async fn setup(outbound_capacity: usize) -> Setup {
         socket_id: None,
         assigns: None,
     };
+    Socket::new(info, router, pubsub, config)
+}
+
+/// A driven socket joined to `echo:x`, its client at the other end of an 8 KiB pipe.
+async fn setup(outbound_capacity: usize) -> Setup {
+    let (server_io, client_io) = tokio::io::duplex(8 * 1024);
+    let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let pubsub = Arc::new(LocalPubSub::new());
     let config = SocketConfig {
         outbound_capacity,
         outbound_max_bytes: usize::MAX,
         ..SocketConfig::default()
     };
-    let (socket, rx) = Socket::new(info, router, pubsub.clone(), config);
+    let (socket, rx) = echo_socket(config, pubsub.clone());
     let cfg = DriverConfig {
         idle_timeout: Duration::from_secs(3600),
         write_timeout: WRITE_TIMEOUT,
@@ -193,23 +199,7 @@ async fn a_large_frame_arrives_whole() {
 async fn the_driver_future_of_a_connection_stays_small() {
     let (server_io, _client_io) = tokio::io::duplex(64);
     let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
-    let info = ConnectInfo {
-        request: ConnectRequest {
-            params: Default::default(),
-            auth_token: None,
-            serializer: Serializer::V2,
-            peer: None,
-        },
-        socket_id: None,
-        assigns: None,
-    };
-    let router = Arc::new(Router::new().channel::<EchoChannel>("echo:*", Arc::new(())));
-    let (socket, rx) = Socket::new(
-        info,
-        router,
-        Arc::new(LocalPubSub::new()),
-        SocketConfig::default(),
-    );
+    let (socket, rx) = echo_socket(SocketConfig::default(), Arc::new(LocalPubSub::new()));
     let cfg = DriverConfig {
         idle_timeout: Duration::from_secs(3600),
         write_timeout: WRITE_TIMEOUT,
