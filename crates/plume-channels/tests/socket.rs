@@ -109,23 +109,26 @@ fn socket_gated(
     pubsub: Arc<LocalPubSub>,
     gate: Arc<tokio::sync::Notify>,
 ) -> (Socket, OutboundRx) {
-    let request = ConnectRequest {
-        params: Default::default(),
-        auth_token: None,
-        serializer: Serializer::V2,
-        peer: None,
-    };
-    let info = ConnectInfo {
-        request,
-        socket_id: socket_id.map(str::to_owned),
-        assigns: None,
-    };
     let router = Arc::new(
         Router::new()
             .channel::<Pushy>("p:*", Arc::new(()))
             .channel::<Gated>("g:*", gate),
     );
-    Socket::new(info, router, pubsub, config)
+    Socket::new(connect_info(socket_id), router, pubsub, config)
+}
+
+/// What an anonymous V2 client presents, with socket id `socket_id`.
+fn connect_info(socket_id: Option<&str>) -> ConnectInfo {
+    ConnectInfo {
+        request: ConnectRequest {
+            params: Default::default(),
+            auth_token: None,
+            serializer: Serializer::V2,
+            peer: None,
+        },
+        socket_id: socket_id.map(str::to_owned),
+        assigns: None,
+    }
 }
 
 async fn feed(s: &mut Socket, text: &str) -> Vec<String> {
@@ -218,17 +221,12 @@ async fn pushes_over_the_rate_are_refused_and_a_flooder_is_closed() {
 
 /// A socket of identity `id` on `router`, joined to `p:yes`.
 async fn socket_of(router: &Arc<Router>, config: SocketConfig, id: &str) -> Socket {
-    let info = ConnectInfo {
-        request: ConnectRequest {
-            params: Default::default(),
-            auth_token: None,
-            serializer: Serializer::V2,
-            peer: None,
-        },
-        socket_id: Some(id.to_owned()),
-        assigns: None,
-    };
-    let (mut s, rx) = Socket::new(info, router.clone(), Arc::new(LocalPubSub::new()), config);
+    let (mut s, rx) = Socket::new(
+        connect_info(Some(id)),
+        router.clone(),
+        Arc::new(LocalPubSub::new()),
+        config,
+    );
     // The queue's receiver goes with the socket's life in the driver; here it may go.
     drop(rx);
     feed(&mut s, r#"["1","1","p:yes","phx_join",{}]"#).await;
