@@ -376,8 +376,10 @@ function closeChat() {
   const chat = state.chat;
   if (!chat) return;
   sendTyping("stop");
-  chat.channel.leave();
+  // What was on screen was read: a mark still waiting for its timer goes out before the leave.
   clearTimeout(chat.markTimer);
+  markRead(chat);
+  chat.channel.leave();
   state.chat = null;
   const params = fragment();
   params.delete("chat");
