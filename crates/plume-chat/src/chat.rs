@@ -42,7 +42,7 @@ use crate::auth::UserSession;
 use crate::config::Membership;
 use crate::events::*;
 use crate::failure::store_reason;
-use crate::state::{ChatState, Subject};
+use crate::state::ChatState;
 use crate::store::{
     Appended, Draft, LogHead, LoggedMessage, SendKey, SentRecord, StoreError, epoch_text,
 };
@@ -369,27 +369,6 @@ impl ChatChannel {
             Ok(send) => send,
             Err(invalid) => return self.refuse_send(ctx, invalid.reason, &invalid.mobile_ref_id),
         };
-        // Membership is checked on every send, not only at join: a member removed while
-        // joined, whose socket did not get (or not yet handle) the leave order, cannot send.
-        match self
-            .state
-            .stores
-            .membership
-            .is_member(&self.chat_id, &self.user)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::info!(chat = %self.chat_id, user = %self.user,
-                    "send_message refused: no longer a member");
-                return self.refuse_send(ctx, REASON_UNAUTHORIZED, &send.mobile_ref_id);
-            }
-            Err(err) => {
-                tracing::error!(chat = %self.chat_id, user = %self.user, %err,
-                    "send_message: membership unavailable");
-                return self.refuse_send(ctx, store_reason(&err), &send.mobile_ref_id);
-            }
-        }
         let key = SendKey {
             user: self.user.clone(),
             chat: self.chat_id.clone(),
@@ -400,11 +379,19 @@ impl ChatChannel {
             ts_ms: now_millis(),
             content: send.content,
         };
-        let appended = match self.state.stores.log.append(&key, &draft).await {
-            Ok(appended) => appended,
+        // Membership is checked on every send, in the same step as the append: a member
+        // removed while joined, whose socket did not get (or not yet handle) the leave
+        // order, cannot send.
+        let appended = match self.state.stores.append_as_member(&key, &draft).await {
+            Ok(Some(appended)) => appended,
+            Ok(None) => {
+                tracing::info!(chat = %self.chat_id, user = %self.user,
+                    "send_message refused: no longer a member");
+                return self.refuse_send(ctx, REASON_UNAUTHORIZED, &key.mobile_ref_id);
+            }
             Err(err) => {
                 tracing::error!(chat = %self.chat_id, user = %self.user, %err,
-                    timeout = err.is_timeout(), "send_message: the log refused the append");
+                    timeout = err.is_timeout(), "send_message: the store refused the append");
                 return self.refuse_send(ctx, store_reason(&err), &key.mobile_ref_id);
             }
         };
@@ -447,24 +434,21 @@ impl ChatChannel {
     }
 
     /// The broadcast to the chat's other sockets, then notifications for members who are
-    /// not in the chat (stored before the sender hears "sent"). A failure here is logged,
-    /// not reported to the sender: the message is in the log already, and the send key stays
-    /// "not delivered" so a retry delivers again.
+    /// not in the chat (stored before the sender hears "sent", in one store step that also
+    /// marks the send delivered). A failure here is logged, not reported to the sender: the
+    /// message is in the log already, and the send key stays "not delivered" so a retry
+    /// delivers again.
     async fn deliver(&self, ctx: &mut Context<'_>, key: &SendKey, message: &LoggedMessage) {
-        if let Err(err) = self.try_deliver(ctx, message).await {
+        if let Err(err) = self.try_deliver(ctx, key, message).await {
             tracing::error!(chat = %self.chat_id, seq = message.seq, %err,
                 "delivery incomplete; the message is in the log for recovery and history");
-            return;
-        }
-        // Stores record this without waiting (a lost mark only means a retry delivers again).
-        if let Err(err) = self.state.stores.log.mark_delivered(key).await {
-            tracing::warn!(%err, "could not record a delivered send");
         }
     }
 
     async fn try_deliver(
         &self,
         ctx: &mut Context<'_>,
+        key: &SendKey,
         message: &LoggedMessage,
     ) -> Result<(), StoreError> {
         let broadcast = receive_broadcast(self.topic.clone(), message, ctx.from_self())?;
@@ -473,16 +457,7 @@ impl ChatChannel {
             tracing::warn!(chat = %self.chat_id, seq = message.seq, %err,
                 "cross-node fan-out failed; other nodes will read the message from the log");
         }
-        let members = self.state.stores.membership.members(&self.chat_id).await?;
-        self.state
-            .notify_all(
-                &members,
-                Some(&self.user),
-                Some(&self.chat_id),
-                Subject::Logged(message),
-            )
-            .await?;
-        Ok(())
+        self.state.route_message(key, message).await
     }
 
     /// `typing` `{"status"}`: forwarded to the chat's other sockets as `user_typing`, at most

@@ -9,7 +9,8 @@
 //!
 //! Live notifications are intercepted (they reach `handle_info`, not the fast path): the
 //! channel pushes `new_notification` and, once the frame is written, removes the copy the
-//! sender stored as pending for this user (see [`ChatState::notify_all`]).
+//! sender stored as pending for this user (see [`ChatState::notify_all`] and
+//! [`ChatState::route_message`]).
 
 use std::any::Any;
 use std::sync::Arc;

@@ -8,7 +8,9 @@ use plume_wire::Payload;
 
 use crate::config::ChatConfig;
 use crate::events::{NEW_NOTIFICATION, NOTIFICATION_ALIAS_PREFIX, NOTIFICATIONS_PREFIX};
-use crate::store::{LoggedMessage, Notification, PendingItem, PendingLimits, StoreError, Stores};
+use crate::store::{
+    LoggedMessage, Notification, PendingItem, PendingLimits, SendKey, StoreError, Stores,
+};
 
 /// What a notification is about: a message in a chat log (stored as a reference to it) or a
 /// notification the backend sent through the API (stored whole). Built into a
@@ -138,6 +140,34 @@ impl ChatState {
             .pending
             .push_many(&notified, &subject.item(), self.pending_limits())
             .await?;
+        self.push_live(live, dropped, subject)?;
+        Ok(outcome)
+    }
+
+    /// The notification step of a chat message after its broadcast: pending for the
+    /// members not in the chat, `new_notification` now for those of them listening, the
+    /// send marked delivered ([`Stores::route`]: one round trip on a shared store).
+    pub async fn route_message(
+        &self,
+        key: &SendKey,
+        message: &LoggedMessage,
+    ) -> Result<(), StoreError> {
+        let subject = Subject::Logged(message);
+        let routed = self
+            .stores
+            .route(key, &subject.item(), self.pending_limits())
+            .await?;
+        self.push_live(&routed.live, routed.dropped, subject)
+    }
+
+    /// `new_notification` to each of `live` (their pending copies are stored already), and
+    /// a log line when storing them dropped older items.
+    fn push_live<U: AsRef<str>>(
+        &self,
+        live: impl IntoIterator<Item = U>,
+        dropped: usize,
+        subject: Subject<'_>,
+    ) -> Result<(), StoreError> {
         if dropped > 0 {
             tracing::warn!(
                 dropped,
@@ -146,14 +176,16 @@ impl ChatState {
                 "pending notifications over the limit; oldest dropped"
             );
         }
-        if !live.is_empty() {
-            let payload = Payload::json(&subject.notification())
-                .map_err(StoreError::encode("new_notification"))?;
-            for user in live {
-                self.broadcast_notification(user, &payload);
-            }
+        let mut live = live.into_iter().peekable();
+        if live.peek().is_none() {
+            return Ok(());
         }
-        Ok(outcome)
+        let payload = Payload::json(&subject.notification())
+            .map_err(StoreError::encode("new_notification"))?;
+        for user in live {
+            self.broadcast_notification(user.as_ref(), &payload);
+        }
+        Ok(())
     }
 
     /// How much each user's pending notifications may hold.

@@ -155,6 +155,18 @@ fn node_users_key(node: &str) -> String {
     format!("plume:node-users:{node}")
 }
 
+/// The users with a socket of this node on `target`: one set per node and target, so that a
+/// send reads who is in its chat with one `SDIFF` over the live nodes' sets (the node id is
+/// length-prefixed, as the Lua scripts spell it, so no two pairs share a key).
+fn here_key(node: &str, target: &str) -> String {
+    format!("plume:here:{}:{node}:{target}", node.len())
+}
+
+/// The targets a node has (or had) a `here` set for, so a dead node's sets can be swept.
+fn node_targets_key(node: &str) -> String {
+    format!("plume:node-targets:{node}")
+}
+
 /// Lua prelude of every script that asks whether a node is alive: `live(node)` is true while
 /// the node's expiry in KEYS[1] (`plume:nodes`) has not passed (Redis clock), cached per run.
 pub(crate) const LIVE_LUA: &str = r"
@@ -203,11 +215,16 @@ end
 return out
 ";
 
-/// Appends a message unless its send key is known. KEYS: idem hash, seq, log, epoch.
-/// ARGV: message id, ts ms, entry (JSON), limit, idempotency ttl ms, log ttl ms, new epoch.
-/// Returns {kind, message_id, seq, ts, delivered, log entry or false, epoch}; kind is `new`,
-/// `own` (this very draft was appended before: a re-run after a lost reply) or `retry`.
+/// Appends a message unless its send key is known. KEYS: idem hash, seq, log, epoch, and
+/// optionally the chat's members set. ARGV: message id, ts ms, entry (JSON), limit,
+/// idempotency ttl ms, log ttl ms, new epoch, sender. Returns {kind, message_id, seq, ts,
+/// delivered, log entry or false, epoch}; kind is `new`, `own` (this very draft was
+/// appended before: a re-run after a lost reply) or `retry`; or {`not_member`} when the
+/// members set is given and the sender is not in it.
 const APPEND_LUA: &str = r"
+if KEYS[5] and redis.call('SISMEMBER', KEYS[5], ARGV[8]) == 0 then
+  return {'not_member'}
+end
 local epoch = redis.call('GET', KEYS[4])
 local found = redis.call('HMGET', KEYS[1], 'message_id', 'seq', 'ts', 'delivered')
 if found[1] then
@@ -246,32 +263,99 @@ local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 return {epoch, last, first[2] or false}
 ";
 
+/// Lua prelude of the scripts that store pending items: `push_pending(counter, set, bytes,
+/// item, limit, budget)` stores `item` once in a user's pending `set` (ids from `counter`),
+/// keeps the newest `limit` items and, beyond the newest, no more than `budget` bytes (kept in
+/// `bytes`); returns how many older items it dropped.
+const PENDING_LUA: &str = r"
+local function push_pending(counter, set, bytes, item, limit, budget)
+  if redis.call('ZSCORE', set, item) then
+    return 0
+  end
+  local dropped = 0
+  local id = redis.call('INCR', counter)
+  redis.call('ZADD', set, id, item)
+  local held = redis.call('INCRBY', bytes, #item)
+  local n = redis.call('ZCARD', set)
+  while n > 1 and (n > limit or held > budget) do
+    local oldest = redis.call('ZPOPMIN', set)
+    held = redis.call('DECRBY', bytes, #oldest[1])
+    n = n - 1
+    dropped = dropped + 1
+  end
+  if held < 0 then redis.call('SET', bytes, 0) end
+  return dropped
+end
+";
+
 /// Stores a pending item for several users, once each. KEYS[1]: the id counter, then per
 /// user two keys: the pending set and its byte counter. ARGV: item, count limit, byte limit.
-/// Keeps each user's newest `count` items and, beyond the newest, no more than `bytes`
-/// bytes; returns how many older items were dropped.
+/// Returns how many older items were dropped. (After [`PENDING_LUA`].)
 const PUSH_PENDING_LUA: &str = r"
 local limit = tonumber(ARGV[2])
 local budget = tonumber(ARGV[3])
-local size = #ARGV[1]
 local dropped = 0
 for i = 2, #KEYS, 2 do
-  local set, bytes = KEYS[i], KEYS[i + 1]
-  if not redis.call('ZSCORE', set, ARGV[1]) then
-    local id = redis.call('INCR', KEYS[1])
-    redis.call('ZADD', set, id, ARGV[1])
-    local held = redis.call('INCRBY', bytes, size)
-    local n = redis.call('ZCARD', set)
-    while n > 1 and (n > limit or held > budget) do
-      local oldest = redis.call('ZPOPMIN', set)
-      held = redis.call('DECRBY', bytes, #oldest[1])
-      n = n - 1
-      dropped = dropped + 1
-    end
-    if held < 0 then redis.call('SET', bytes, 0) end
-  end
+  dropped = dropped + push_pending(KEYS[1], KEYS[i], KEYS[i + 1], ARGV[1], limit, budget)
 end
 return dropped
+";
+
+/// The step of a chat send after its broadcast, in one script whatever the chat's size:
+/// the members with no socket in the chat on any live node (one `SDIFF` of the members
+/// against the live nodes' `here` sets, so a chat whose members are all in it costs no work
+/// per member in Lua), each of them but the sender gets the item pending, and those with a
+/// notifications topic joined on a live node are returned for a live push; the send key is
+/// marked delivered. KEYS: nodes zset, members set, pending id counter, send key hash. ARGV:
+/// chat target, sender, item, count limit, byte limit. Returns {dropped, {live users}}.
+/// (After [`PENDING_LUA`].)
+const ROUTE_LUA: &str = r"
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now_ms, '+inf')
+local function here(node, target)
+  return 'plume:here:' .. #node .. ':' .. node .. ':' .. target
+end
+local sets = {KEYS[2]}
+for _, node in ipairs(nodes) do
+  sets[#sets + 1] = here(node, ARGV[1])
+end
+local absent = redis.call('SDIFF', unpack(sets))
+local limit = tonumber(ARGV[4])
+local budget = tonumber(ARGV[5])
+local dropped = 0
+local live = {}
+for _, user in ipairs(absent) do
+  if user ~= ARGV[2] then
+    dropped = dropped + push_pending(KEYS[3], 'plume:pending:' .. user,
+      'plume:pending-bytes:' .. user, ARGV[3], limit, budget)
+    for _, node in ipairs(nodes) do
+      if redis.call('SISMEMBER', here(node, 'notifications'), user) == 1 then
+        live[#live + 1] = user
+        break
+      end
+    end
+  end
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[4], 'delivered', 1)
+end
+return {dropped, live}
+";
+
+/// A socket left a target: its presence field goes, and the user leaves the node's `here`
+/// set of the target unless another of their sockets on this node is still on it. KEYS:
+/// presence hash, here set. ARGV: field, field prefix (`{node}|{target}|`), user.
+const LEAVE_LUA: &str = r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+local prefix = ARGV[2]
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix and string.find(string.sub(f, #prefix + 1), '^%d+$') then
+    return 0
+  end
+end
+redis.call('SREM', KEYS[2], ARGV[3])
+return 1
 ";
 
 /// Removes one pending item of a user and gives its bytes back. KEYS: set, byte counter.
@@ -315,8 +399,13 @@ end
 return dead
 ";
 
-/// Removes every presence record of a node. KEYS: node-users set. ARGV: node.
+/// Removes every presence record of a node, and its `here` sets. KEYS: node-users set,
+/// node-targets set. ARGV: node.
 const CLEAR_NODE_LUA: &str = r"
+for _, target in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  redis.call('DEL', 'plume:here:' .. #ARGV[1] .. ':' .. ARGV[1] .. ':' .. target)
+end
+redis.call('DEL', KEYS[2])
 local prefix = ARGV[1] .. '|'
 local users = redis.call('SMEMBERS', KEYS[1])
 for _, user in ipairs(users) do
@@ -349,7 +438,12 @@ static MARK_READ: LazyLock<Script> = LazyLock::new(|| {
          return cur",
     )
 });
-static PUSH_PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(PUSH_PENDING_LUA));
+static PUSH_PENDING: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PENDING_LUA}{PUSH_PENDING_LUA}")));
+static ROUTE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PENDING_LUA}{ROUTE_LUA}")));
+static LEAVE: LazyLock<Script> = LazyLock::new(|| Script::new(LEAVE_LUA));
+static CLEAR_NODE: LazyLock<Script> = LazyLock::new(|| Script::new(CLEAR_NODE_LUA));
 static REMOVE_PENDING_ITEM: LazyLock<Script> =
     LazyLock::new(|| Script::new(REMOVE_PENDING_ITEM_LUA));
 static REMOVE_PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE_PENDING_LUA));
@@ -363,6 +457,9 @@ pub enum AppendKind {
     Own,
     /// The send key was used by an earlier send: nothing appended.
     Retry,
+    /// The sender is not a member (asked with [`AppendArgs::require_member`]): nothing
+    /// appended, and the other fields are empty.
+    NotMember,
 }
 
 /// The answer of [`RedisState::append`].
@@ -418,6 +515,18 @@ pub struct AppendArgs<'a> {
     pub log_ttl: Duration,
     /// The epoch to use if the chat has none.
     pub new_epoch: u64,
+    /// Append only if `user` is a member of `chat` (checked in the same script).
+    pub require_member: bool,
+}
+
+/// The answer of [`RedisState::route`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteReply {
+    /// Members not in the chat with their notifications topic joined somewhere (each got
+    /// the item pending too).
+    pub live: Vec<String>,
+    /// Older pending items dropped to keep the limits.
+    pub dropped: usize,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -572,12 +681,15 @@ impl RedisState {
     /// Appends a message to a chat's log unless its send key was used (one script, safe to
     /// run twice: a second run finds its own append and answers [`AppendKind::Own`]).
     pub async fn append(&self, a: &AppendArgs<'_>) -> Result<AppendReply> {
-        let keys = [
+        let mut keys = vec![
             idem_key(a.user, a.chat, a.mobile_ref_id),
             seq_key(a.chat),
             log_key(a.chat),
             epoch_key(a.chat),
         ];
+        if a.require_member {
+            keys.push(members_key(a.chat));
+        }
         let reply: Vec<redis::Value> = self
             .run("append", |mut c| {
                 let mut call = APPEND.prepare_invoke();
@@ -590,10 +702,24 @@ impl RedisState {
                     .arg(a.limit.max(1) as u64)
                     .arg(millis(a.idempotency_ttl))
                     .arg(millis(a.log_ttl))
-                    .arg(a.new_epoch.to_string());
+                    .arg(a.new_epoch.to_string())
+                    .arg(a.user);
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
+        if let [redis::Value::BulkString(only)] = reply.as_slice()
+            && only.as_slice() == b"not_member"
+        {
+            return Ok(AppendReply {
+                kind: AppendKind::NotMember,
+                message_id: String::new(),
+                seq: 0,
+                ts_ms: 0,
+                delivered: false,
+                entry: None,
+                epoch: 0,
+            });
+        }
         let [kind, id, seq, ts, delivered, entry, epoch] = reply.as_slice() else {
             return Err(StateError::reply(
                 "append",
@@ -636,6 +762,48 @@ impl RedisState {
             })
             .await?;
         Ok(())
+    }
+
+    /// The step of a chat send after its broadcast (see [`ROUTE_LUA`]): one round trip and
+    /// no work per member for members who are in the chat.
+    pub async fn route(
+        &self,
+        user: &str,
+        chat: &str,
+        mobile_ref_id: &str,
+        item: &str,
+        limit: usize,
+        bytes: usize,
+    ) -> Result<RouteReply> {
+        let keys = [
+            NODES.to_owned(),
+            members_key(chat),
+            PENDING_ID.to_owned(),
+            idem_key(user, chat, mobile_ref_id),
+        ];
+        let target = format!("chat:{chat}");
+        let (dropped, live): (i64, Vec<String>) = self
+            .run("route", |mut c| {
+                let mut call = ROUTE.prepare_invoke();
+                for key in &keys {
+                    call.key(key);
+                }
+                call.arg(&target)
+                    .arg(user)
+                    .arg(item)
+                    .arg(limit.max(1) as u64)
+                    .arg(
+                        u64::try_from(bytes)
+                            .unwrap_or(u64::MAX)
+                            .min(i64::MAX as u64),
+                    );
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(RouteReply {
+            live,
+            dropped: dropped.max(0) as usize,
+        })
     }
 
     /// The head of a chat's log (making its epoch if it has none).
@@ -928,9 +1096,14 @@ impl RedisState {
     /// One field per socket, so running it twice changes nothing.
     pub async fn enter(&self, user: &str, target: &str, socket: u64) -> Result<()> {
         let mut pipe = redis::pipe();
-        pipe.hset(presence_key(user), self.field(target, socket), 1)
+        pipe.atomic()
+            .hset(presence_key(user), self.field(target, socket), 1)
             .ignore()
             .sadd(node_users_key(&self.node), user)
+            .ignore()
+            .sadd(here_key(&self.node, target), user)
+            .ignore()
+            .sadd(node_targets_key(&self.node), target)
             .ignore();
         self.run("presence_enter", |mut c| {
             let pipe = pipe.clone();
@@ -941,11 +1114,14 @@ impl RedisState {
 
     /// Socket `socket` of `user` on this node left `target`.
     pub async fn leave(&self, user: &str, target: &str, socket: u64) -> Result<()> {
-        let (key, field) = (presence_key(user), self.field(target, socket));
+        let keys = [presence_key(user), here_key(&self.node, target)];
+        let field = self.field(target, socket);
+        let prefix = format!("{}|{target}|", self.node);
         let _: i64 = self
             .run("presence_leave", |mut c| {
-                let (key, field) = (key.clone(), field.clone());
-                async move { c.hdel(key, field).await }
+                let mut call = LEAVE.key(&keys[0]);
+                call.key(&keys[1]).arg(&field).arg(&prefix).arg(user);
+                async move { call.invoke_async(&mut c).await }
             })
             .await?;
         Ok(())
@@ -1021,8 +1197,9 @@ impl RedisState {
     /// Removes every presence record of `node`; returns how many users had some.
     pub async fn clear_node(&self, node: &str) -> Result<i64> {
         let mut c = self.conn.clone();
-        Script::new(CLEAR_NODE_LUA)
+        CLEAR_NODE
             .key(node_users_key(node))
+            .key(node_targets_key(node))
             .arg(node)
             .invoke_async(&mut c)
             .await

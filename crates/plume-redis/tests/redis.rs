@@ -274,6 +274,7 @@ fn append_args<'a>(user: &'a str, chat: &'a str, r: &'a str, id: &'a str) -> App
         idempotency_ttl: Duration::from_secs(60),
         log_ttl: Duration::from_secs(600),
         new_epoch: 77,
+        require_member: false,
     }
 }
 
@@ -611,4 +612,164 @@ async fn publishes_and_pubsub_round_trips_are_timed_in_the_metrics() {
     assert!(metric("plume_redis_pubsub_round_trip_seconds_sum") >= rtt.as_secs_f64());
     // Node b delivered the five to its subscriber (node a has none on the topic).
     assert!(metric("plume_deliveries_total") >= 5.0);
+}
+
+/// Calls of each command since Redis started (`INFO commandstats`; commands a script runs
+/// count too).
+async fn command_calls(redis: &RedisServer) -> std::collections::HashMap<String, u64> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+fn pending_of(items: Vec<(u64, String)>) -> Vec<String> {
+    items.into_iter().map(|(_, i)| i).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_reads_only_the_absent_members_in_one_script() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    // 1,000 members in the chat, spread over both nodes, plus two who are not in it: one
+    // listening on its notifications topic (on b), one offline.
+    let mut in_chat = Vec::new();
+    for i in 0..1000 {
+        let user = format!("m{i}");
+        a.state.add_member("big", &user, 1).await.unwrap();
+        let n = if i % 2 == 0 { &a } else { &b };
+        n.state.enter(&user, "chat:big", i).await.unwrap();
+        in_chat.push(user);
+    }
+    for user in ["listening", "offline"] {
+        a.state.add_member("big", user, 1).await.unwrap();
+    }
+    b.state
+        .enter("listening", "notifications", 7)
+        .await
+        .unwrap();
+    // One member with two sockets on a: leaving one keeps them in the chat.
+    a.state.add_member("big", "two", 1).await.unwrap();
+    a.state.enter("two", "chat:big", 1).await.unwrap();
+    a.state.enter("two", "chat:big", 2).await.unwrap();
+    a.state.leave("two", "chat:big", 1).await.unwrap();
+
+    let before = command_calls(&redis).await;
+    let routed = a
+        .state
+        .route("m0", "big", "r1", "item-1", 10, usize::MAX)
+        .await
+        .unwrap();
+    let after = command_calls(&redis).await;
+    assert_eq!(routed.live, ["listening"]);
+    assert_eq!(routed.dropped, 0);
+    let delta =
+        |cmd: &str| after.get(cmd).copied().unwrap_or(0) - before.get(cmd).copied().unwrap_or(0);
+    assert_eq!(
+        delta("sdiff"),
+        1,
+        "the present members are set aside by one SDIFF"
+    );
+    for per_member in ["hgetall", "hkeys", "smembers", "sismember", "zscore"] {
+        // Only the two absent members cost anything: one SISMEMBER per live node at most for
+        // the listener's topic, one ZSCORE each for the pending check.
+        assert!(
+            delta(per_member) <= 4,
+            "{per_member} ran {} times for 1,003 members",
+            delta(per_member)
+        );
+    }
+    for user in ["listening", "offline"] {
+        assert_eq!(
+            pending_of(a.state.list_pending(user).await.unwrap()),
+            ["item-1"]
+        );
+    }
+    for user in ["m0", "m1", "m999", "two"] {
+        assert!(
+            a.state.list_pending(user).await.unwrap().is_empty(),
+            "{user}"
+        );
+    }
+
+    // The other socket of "two" leaves: now they are absent.
+    a.state.leave("two", "chat:big", 2).await.unwrap();
+    let routed = a
+        .state
+        .route("m0", "big", "r2", "item-2", 10, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(routed.live, ["listening"]);
+    assert_eq!(
+        pending_of(a.state.list_pending("two").await.unwrap()),
+        ["item-2"]
+    );
+
+    // Node b dies without leaving: once its TTL passed, its 500 users are absent (and the
+    // listener on b is no longer live), and a's heartbeat sweeps b's sets.
+    drop(b);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let here_b = "plume:here:1:b:chat:big";
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(here_b)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b's here set was not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let routed = a
+        .state
+        .route("m0", "big", "r3", "item-3", 10, usize::MAX)
+        .await
+        .unwrap();
+    assert!(routed.live.is_empty(), "{:?}", routed.live);
+    assert_eq!(
+        pending_of(a.state.list_pending("m1").await.unwrap()),
+        ["item-3"]
+    );
+    assert!(a.state.list_pending("m2").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_can_require_membership_in_the_same_script() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let s = &a.state;
+    let mut args = append_args("u", "c", "r1", "m1");
+    args.require_member = true;
+    assert_eq!(s.append(&args).await.unwrap().kind, AppendKind::NotMember);
+    assert_eq!(
+        s.log_after("c", 0, 10).await.unwrap().len(),
+        0,
+        "nothing appended"
+    );
+    s.add_member("c", "u", 1).await.unwrap();
+    let reply = s.append(&args).await.unwrap();
+    assert_eq!((reply.kind, reply.seq), (AppendKind::New, 1));
 }

@@ -363,6 +363,37 @@ pub trait PresenceStore: Send + Sync + 'static {
     }
 }
 
+/// What the step of a send after its broadcast did (see [`Stores::route`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Routed {
+    /// Members not in the chat who have their notifications topic joined somewhere: they
+    /// get `new_notification` now (and have it pending, in case the push is lost).
+    pub live: Vec<String>,
+    /// Older pending items dropped to keep users within their limits.
+    pub dropped: usize,
+}
+
+/// The two steps of a chat send that read several stores, for a shared store that can do
+/// each in one round trip whatever the chat's size (Redis). Without one, [`Stores`] composes
+/// them from the other stores.
+#[async_trait]
+pub trait SendStore: Send + Sync + 'static {
+    /// [`MessageLog::append`] if `key.user` is a member of `key.chat`, checked in the same
+    /// step; `None` when they are not (nothing appended).
+    async fn append_as_member(
+        &self,
+        key: &SendKey,
+        draft: &Draft,
+    ) -> Result<Option<Appended>, StoreError>;
+    /// See [`Stores::route`].
+    async fn route(
+        &self,
+        key: &SendKey,
+        item: &PendingItem,
+        limits: PendingLimits,
+    ) -> Result<Routed, StoreError>;
+}
+
 /// A fresh log epoch: 64 random bits (from a UUIDv7's random part), so a wiped store is
 /// never mistaken for the old one.
 pub fn new_epoch() -> u64 {
@@ -392,6 +423,9 @@ pub struct Stores {
     /// The cluster-wide presence roster and online status; `None` on a single node, whose
     /// presence tracker holds it all.
     pub roster: Option<Arc<dyn roster::RosterStore>>,
+    /// A send's multi-store steps in one round trip each; `None`: composed from the stores
+    /// above (local stores, where a call costs no round trip).
+    pub send: Option<Arc<dyn SendStore>>,
 }
 
 impl Stores {
@@ -405,7 +439,63 @@ impl Stores {
             presence: Arc::new(memory::MemoryPresence::default()),
             reads: Arc::new(memory::MemoryReads::default()),
             roster: None,
+            send: None,
         }
+    }
+
+    /// Appends `draft` if `key.user` is a member of `key.chat` (checked on every send, not
+    /// only at join: a member removed while joined cannot send); `None`: not a member.
+    pub async fn append_as_member(
+        &self,
+        key: &SendKey,
+        draft: &Draft,
+    ) -> Result<Option<Appended>, StoreError> {
+        if let Some(send) = &self.send {
+            return send.append_as_member(key, draft).await;
+        }
+        if !self.membership.is_member(&key.chat, &key.user).await? {
+            return Ok(None);
+        }
+        self.log.append(key, draft).await.map(Some)
+    }
+
+    /// The step of a send after its broadcast: `item` is stored pending for every member of
+    /// the chat but the sender who has no socket in it, those of them with a notifications
+    /// topic joined are returned (for `new_notification` now), and the send is marked
+    /// delivered ([`MessageLog::mark_delivered`]). Run after the broadcast, so a socket that
+    /// leaves the chat meanwhile either got the broadcast or is no longer in the chat here.
+    pub async fn route(
+        &self,
+        key: &SendKey,
+        item: &PendingItem,
+        limits: PendingLimits,
+    ) -> Result<Routed, StoreError> {
+        if let Some(send) = &self.send {
+            return send.route(key, item, limits).await;
+        }
+        let members = self.membership.members(&key.chat).await?;
+        let located = self.presence.locate(&members, Some(&key.chat)).await?;
+        let mut absent = Vec::new();
+        let mut live = Vec::new();
+        for (user, at) in members.iter().zip(&located) {
+            if at.in_chat || *user == key.user {
+                continue;
+            }
+            absent.push(user.clone());
+            if at.notifications {
+                live.push(user.clone());
+            }
+        }
+        let dropped = if absent.is_empty() {
+            0
+        } else {
+            self.pending.push_many(&absent, item, limits).await?
+        };
+        // Stores record this without waiting (a lost mark only means a retry delivers again).
+        if let Err(err) = self.log.mark_delivered(key).await {
+            tracing::warn!(%err, "could not record a delivered send");
+        }
+        Ok(Routed { live, dropped })
     }
 }
 

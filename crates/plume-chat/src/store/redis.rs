@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
-    PendingLimits, PendingStore, PresenceStore, ReadStore, Retention, SendKey, SentRecord,
-    StoreError, Stores, UserChat, Whereabouts, new_epoch,
+    PendingLimits, PendingStore, PresenceStore, ReadStore, Retention, Routed, SendKey, SendStore,
+    SentRecord, StoreError, Stores, UserChat, Whereabouts, new_epoch,
 };
 use crate::time::now_millis;
 
@@ -35,8 +35,9 @@ pub fn stores(state: RedisState, retention: Retention) -> Stores {
         log: shared.clone(),
         pending: shared.clone(),
         presence: shared.clone(),
-        reads: shared,
+        reads: shared.clone(),
         roster: Some(roster),
+        send: Some(shared),
     }
 }
 
@@ -137,9 +138,14 @@ impl MembershipStore for RedisStores {
     }
 }
 
-#[async_trait]
-impl MessageLog for RedisStores {
-    async fn append(&self, key: &SendKey, draft: &Draft) -> Result<Appended, StoreError> {
+impl RedisStores {
+    /// The append script; `None` when `require_member` and the sender is not a member.
+    async fn append_checked(
+        &self,
+        key: &SendKey,
+        draft: &Draft,
+        require_member: bool,
+    ) -> Result<Option<Appended>, StoreError> {
         let entry = serde_json::to_string(&Entry {
             id: &draft.message_id,
             from: &key.user,
@@ -160,9 +166,13 @@ impl MessageLog for RedisStores {
                 idempotency_ttl: self.retention.idempotency_ttl,
                 log_ttl: self.retention.ttl,
                 new_epoch: new_epoch(),
+                require_member,
             })
             .await
             .map_err(err)?;
+        if reply.kind == AppendKind::NotMember {
+            return Ok(None);
+        }
         let message = match &reply.entry {
             Some(raw) => Some(parse_entry(&key.chat, reply.epoch, raw)?),
             None => None,
@@ -170,12 +180,12 @@ impl MessageLog for RedisStores {
         match (reply.kind, message) {
             // Our own append, found again by a re-run after a lost reply: it is new, and
             // nobody has received it yet.
-            (AppendKind::New | AppendKind::Own, Some(message)) => Ok(Appended::New(message)),
+            (AppendKind::New | AppendKind::Own, Some(message)) => Ok(Some(Appended::New(message))),
             (AppendKind::New | AppendKind::Own, None) => Err(StoreError::corrupt(
                 format!("append reply for chat {}", key.chat),
                 "the appended message is missing from the log",
             )),
-            (AppendKind::Retry, message) => Ok(Appended::Retry {
+            (AppendKind::Retry | AppendKind::NotMember, message) => Ok(Some(Appended::Retry {
                 sent: SentRecord {
                     message_id: reply.message_id,
                     seq: reply.seq,
@@ -183,7 +193,56 @@ impl MessageLog for RedisStores {
                 },
                 message,
                 delivered: reply.delivered,
-            }),
+            })),
+        }
+    }
+}
+
+#[async_trait]
+impl SendStore for RedisStores {
+    async fn append_as_member(
+        &self,
+        key: &SendKey,
+        draft: &Draft,
+    ) -> Result<Option<Appended>, StoreError> {
+        self.append_checked(key, draft, true).await
+    }
+
+    async fn route(
+        &self,
+        key: &SendKey,
+        item: &PendingItem,
+        limits: PendingLimits,
+    ) -> Result<Routed, StoreError> {
+        let item = serde_json::to_string(item).map_err(StoreError::encode("pending item"))?;
+        let reply = self
+            .state
+            .route(
+                &key.user,
+                &key.chat,
+                &key.mobile_ref_id,
+                &item,
+                limits.count,
+                limits.bytes,
+            )
+            .await
+            .map_err(err)?;
+        Ok(Routed {
+            live: reply.live,
+            dropped: reply.dropped,
+        })
+    }
+}
+
+#[async_trait]
+impl MessageLog for RedisStores {
+    async fn append(&self, key: &SendKey, draft: &Draft) -> Result<Appended, StoreError> {
+        match self.append_checked(key, draft, false).await? {
+            Some(appended) => Ok(appended),
+            None => Err(StoreError::corrupt(
+                format!("append reply for chat {}", key.chat),
+                "a membership answer to an append that did not ask for one",
+            )),
         }
     }
 

@@ -220,6 +220,7 @@ pub fn open(dir: &Path, retention: Retention) -> Result<(Stores, Arc<SqliteStats
         presence: Arc::new(MemoryPresence::default()),
         reads: store,
         roster: None,
+        send: None,
     };
     Ok((stores, stats))
 }

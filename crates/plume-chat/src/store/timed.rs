@@ -17,8 +17,8 @@ use plume_channels::metrics::metrics;
 
 use super::{
     Appended, Draft, LogHead, LoggedMessage, MembershipStore, MessageLog, PendingItem,
-    PendingLimits, PendingStore, PresenceStore, ReadStore, SendKey, StoreError, Stores, UserChat,
-    Whereabouts,
+    PendingLimits, PendingStore, PresenceStore, ReadStore, Routed, SendKey, SendStore, StoreError,
+    Stores, UserChat, Whereabouts,
 };
 
 /// A store whose calls are timed. See the module docs.
@@ -59,6 +59,9 @@ impl Stores {
             reads: Arc::new(Timed::new(store, self.reads)),
             // The roster times nothing per send: it runs on join, leave and the sweep.
             roster: self.roster,
+            send: self
+                .send
+                .map(|s| Arc::new(Timed::new(store, s)) as Arc<dyn SendStore>),
         }
     }
 }
@@ -219,6 +222,27 @@ impl PresenceStore for Timed<dyn PresenceStore> {
         chat: Option<&str>,
     ) -> Result<Vec<Whereabouts>, StoreError> {
         self.time("locate", self.inner.locate(users, chat)).await
+    }
+}
+
+#[async_trait]
+impl SendStore for Timed<dyn SendStore> {
+    async fn append_as_member(
+        &self,
+        key: &SendKey,
+        draft: &Draft,
+    ) -> Result<Option<Appended>, StoreError> {
+        self.time("append_as_member", self.inner.append_as_member(key, draft))
+            .await
+    }
+    async fn route(
+        &self,
+        key: &SendKey,
+        item: &PendingItem,
+        limits: PendingLimits,
+    ) -> Result<Routed, StoreError> {
+        self.time("route", self.inner.route(key, item, limits))
+            .await
     }
 }
 
