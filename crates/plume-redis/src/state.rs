@@ -764,8 +764,11 @@ impl RedisState {
         Ok(())
     }
 
-    /// The step of a chat send after its broadcast (see [`ROUTE_LUA`]): one round trip and
-    /// no work per member for members who are in the chat.
+    /// The step of a chat send after its broadcast, one script: the members of `chat` with
+    /// no socket in it on a live node (an `SDIFF` of the members against the live nodes'
+    /// `here` sets, so members in the chat cost no work per member), each but `user` gets
+    /// `item` pending, those of them listening on their notifications topic are returned,
+    /// and the send key is marked delivered.
     pub async fn route(
         &self,
         user: &str,
