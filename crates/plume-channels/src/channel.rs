@@ -115,6 +115,14 @@ pub trait Channel: Sized + Send + 'static {
     /// State shared by all instances of the channel (stores, configuration). Given to `join`.
     type State: Send + Sync + 'static;
 
+    /// Whether the channel reads the connect params ([`ConnectRequest::params`] through
+    /// [`Context::connect_info`]). A socket keeps them for its whole life only when some
+    /// route's channel does; otherwise they are dropped once the connect hook has run (a
+    /// socket's params, the token among them, are most of a kilobyte).
+    ///
+    /// [`ConnectRequest::params`]: crate::ConnectRequest::params
+    const READS_CONNECT_PARAMS: bool = false;
+
     /// Handles `phx_join`: build the instance and the reply response, or refuse.
     fn join(
         state: &Arc<Self::State>,

@@ -46,6 +46,8 @@ struct JoinParams {
 
 impl Channel for EchoChannel {
     type State = ();
+    // The join reply echoes them.
+    const READS_CONNECT_PARAMS: bool = true;
 
     async fn join(
         _state: &Arc<()>,

@@ -74,6 +74,8 @@ pub struct Router {
     /// The push budgets shared by the sockets of one identity (see [`IdBudgets`]): kept
     /// here because the router is what every socket of a server shares.
     id_budgets: Arc<IdBudgets>,
+    /// Some route's channel reads the connect params ([`Channel::READS_CONNECT_PARAMS`]).
+    keeps_params: bool,
 }
 
 impl Default for Router {
@@ -82,6 +84,7 @@ impl Default for Router {
             routes: Vec::new(),
             unmatched: metrics().route(UNMATCHED_PREFIX),
             id_budgets: Arc::new(IdBudgets::default()),
+            keeps_params: false,
         }
     }
 }
@@ -104,7 +107,14 @@ impl Router {
             metrics().route(pattern),
             Box::new(ChannelRoute::<C> { state }),
         ));
+        self.keeps_params |= C::READS_CONNECT_PARAMS;
         self
+    }
+
+    /// Whether sockets must keep their connect params after the connect hook (some route's
+    /// channel reads them).
+    pub fn keeps_connect_params(&self) -> bool {
+        self.keeps_params
     }
 
     /// True when some route serves `topic`.

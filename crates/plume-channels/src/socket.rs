@@ -255,11 +255,15 @@ impl Socket {
     /// A socket for an accepted connection, with its outbound queue. Subscribes the socket id
     /// topic (for `disconnect` broadcasts) when the connect hook named one.
     pub fn new(
-        connect: ConnectInfo,
+        mut connect: ConnectInfo,
         router: Arc<Router>,
         pubsub: Arc<dyn PubSub>,
         config: SocketConfig,
     ) -> (Socket, OutboundRx) {
+        if !router.keeps_connect_params() {
+            // The hook has read them; no channel will (see `Channel::READS_CONNECT_PARAMS`).
+            connect.request.params = serde_json::Map::new();
+        }
         let (tx, rx) = outbound_with_budget(config.outbound_capacity, config.outbound_max_bytes);
         let id = SocketId::next();
         let serializer = connect.request.serializer;

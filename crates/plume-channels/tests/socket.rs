@@ -552,3 +552,73 @@ async fn a_closing_socket_lets_its_callbacks_finish_before_terminate() {
     opener.await.unwrap();
     assert_eq!(s.joined().count(), 0);
 }
+
+/// A channel whose join reply says how many connect params its socket still holds; `READS`
+/// is what it declares as [`Channel::READS_CONNECT_PARAMS`].
+struct Peek<const READS: bool>;
+
+impl<const READS: bool> Channel for Peek<READS> {
+    type State = ();
+    const READS_CONNECT_PARAMS: bool = READS;
+
+    async fn join(
+        _: &Arc<()>,
+        _: &str,
+        _: Payload,
+        ctx: &mut Context<'_>,
+    ) -> Result<(Self, Payload), JoinError> {
+        let held = ctx.connect_info().request.params.len();
+        Ok((
+            Peek,
+            Payload::json(&serde_json::json!({"params": held})).unwrap(),
+        ))
+    }
+
+    async fn handle_in(
+        &mut self,
+        _: &str,
+        _: Payload,
+        _: &mut Context<'_>,
+    ) -> Result<Outcome, ChannelError> {
+        Ok(Reply::ok_empty().into())
+    }
+}
+
+/// The join reply of `topic` on a socket connected with two params (a token among them).
+async fn params_seen(router: Router, topic: &str) -> String {
+    let mut info = connect_info(None);
+    info.request
+        .params
+        .insert("token".into(), "a.jwt.here".into());
+    info.request.params.insert("vsn".into(), "2.0.0".into());
+    let (mut s, _rx) = Socket::new(
+        info,
+        Arc::new(router),
+        Arc::new(LocalPubSub::new()),
+        SocketConfig::default(),
+    );
+    feed(&mut s, &format!(r#"["1","1","{topic}","phx_join",{{}}]"#))
+        .await
+        .concat()
+}
+
+#[tokio::test]
+async fn connect_params_are_dropped_unless_some_channel_reads_them() {
+    let blind = Router::new().channel::<Peek<false>>("b:*", Arc::new(()));
+    assert!(!blind.keeps_connect_params());
+    assert!(
+        params_seen(blind, "b:1")
+            .await
+            .contains(r#"{"response":{"params":0},"status":"ok"}"#)
+    );
+    // One reading route keeps them for every channel of the socket.
+    let mixed = Router::new()
+        .channel::<Peek<false>>("b:*", Arc::new(()))
+        .channel::<Peek<true>>("r:*", Arc::new(()));
+    assert!(mixed.keeps_connect_params());
+    assert!(
+        params_seen(mixed, "b:1")
+            .await
+            .contains(r#"{"response":{"params":2},"status":"ok"}"#)
+    );
+}
