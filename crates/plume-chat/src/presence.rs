@@ -199,8 +199,49 @@ pub struct Tracker {
     nonce: u64,
     counter: AtomicU64,
     chats: Mutex<HashMap<String, LocalChat>>,
+    /// Cluster roster reads of the chats somebody on this node is waiting a state for.
+    reads: Mutex<HashMap<String, RosterReads>>,
     online: Mutex<HashMap<String, OnlineEntry>>,
     online_tx: mpsc::UnboundedSender<OnlineOp>,
+}
+
+/// The roster reads of one chat on this node: joiners that want a `presence_state` at the
+/// same time share one read of the cluster roster (and its encoding), so a join storm costs
+/// Redis one read of the whole roster per chat at a time per node rather than one per join.
+/// A joiner's state must be read after its own meta was written, so it is served by the first
+/// read that *begins* after it asked, never by one already running.
+struct RosterReads {
+    /// Joiners waiting; the entry goes when the last one is served (and its state with it).
+    waiting: usize,
+    /// Requests so far: a joiner's ticket is this count once it has asked.
+    asked: u64,
+    shared: Arc<tokio::sync::Mutex<LastRead>>,
+}
+
+/// Drops a waiter of [`RosterReads`] however its wait ended.
+struct Served<'a> {
+    reads: &'a Mutex<HashMap<String, RosterReads>>,
+    chat: &'a str,
+}
+
+impl Drop for Served<'_> {
+    fn drop(&mut self) {
+        let mut reads = self.reads.lock();
+        if let Some(entry) = reads.get_mut(self.chat) {
+            entry.waiting -= 1;
+            if entry.waiting == 0 {
+                reads.remove(self.chat);
+            }
+        }
+    }
+}
+
+/// The newest roster read of a chat and which requests it covers.
+#[derive(Default)]
+struct LastRead {
+    /// Every ticket up to this one asked before the read began.
+    covers: u64,
+    state: Option<Payload>,
 }
 
 impl Tracker {
@@ -218,6 +259,7 @@ impl Tracker {
             nonce: uuid::Uuid::now_v7().as_u128() as u64,
             counter: AtomicU64::new(0),
             chats: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
             online: Mutex::new(HashMap::new()),
             online_tx,
         });
@@ -391,10 +433,7 @@ impl Tracker {
     /// The `presence_state` of `chat`: every meta, cluster-wide, grouped by user.
     pub async fn state(&self, chat: &str) -> Result<Payload, StoreError> {
         let encoded = match &self.roster {
-            Some(roster) => {
-                let metas = roster.list(chat).await?;
-                Payload::json(&grouped(&metas))
-            }
+            Some(roster) => return self.shared_roster_state(roster.as_ref(), chat).await,
             None => {
                 let chats = self.chats.lock();
                 let map: BTreeMap<&str, &RawValue> = chats
@@ -410,6 +449,47 @@ impl Tracker {
             }
         };
         encoded.map_err(StoreError::encode("presence_state"))
+    }
+
+    /// The cluster-wide state of `chat`, read from the roster by the first read that begins
+    /// after this call (see [`RosterReads`]).
+    async fn shared_roster_state(
+        &self,
+        roster: &dyn RosterStore,
+        chat: &str,
+    ) -> Result<Payload, StoreError> {
+        let (ticket, shared) = {
+            let mut reads = self.reads.lock();
+            let entry = reads.entry(chat.to_owned()).or_insert_with(|| RosterReads {
+                waiting: 0,
+                asked: 0,
+                shared: Arc::default(),
+            });
+            entry.waiting += 1;
+            entry.asked += 1;
+            (entry.asked, entry.shared.clone())
+        };
+        // Served, failed or dropped half-way (the socket went): no longer waiting.
+        let _served = Served {
+            reads: &self.reads,
+            chat,
+        };
+        let mut last = shared.lock().await;
+        if last.covers >= ticket
+            && let Some(state) = &last.state
+        {
+            return Ok(state.clone());
+        }
+        // Everyone who has asked by now asked before this read begins.
+        let covers = self.reads.lock().get(chat).map_or(ticket, |e| e.asked);
+        let metas = roster.list(chat).await?;
+        let state =
+            Payload::json(&grouped(&metas)).map_err(StoreError::encode("presence_state"))?;
+        *last = LastRead {
+            covers,
+            state: Some(state.clone()),
+        };
+        Ok(state)
     }
 
     /// How many metas `chat` has on this node (tests, benchmarks).
@@ -779,5 +859,140 @@ mod tests {
                 "leaves": {"c": {"metas": [{"phx_ref": "9", "device_unique_id": "dev-9", "online_at": 1}]}}
             })
         );
+    }
+
+    /// The real Redis roster, with the answer of `list` held at a gate until the test opens
+    /// it, and its calls counted.
+    struct GatedRoster {
+        inner: crate::store::roster::RedisRoster,
+        gate: tokio::sync::Semaphore,
+        lists: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl RosterStore for GatedRoster {
+        async fn track(&self, chat: &str, meta: &PresenceMeta) -> Result<(), StoreError> {
+            self.inner.track(chat, meta).await
+        }
+        async fn untrack(&self, chat: &str, r: &str, last: bool) -> Result<(), StoreError> {
+            self.inner.untrack(chat, r, last).await
+        }
+        async fn list(&self, chat: &str) -> Result<Vec<PresenceMeta>, StoreError> {
+            let metas = self.inner.list(chat).await;
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            // Read, but answered only once the gate opens.
+            self.gate
+                .acquire()
+                .await
+                .map_err(|_| StoreError::ThreadGone("gate"))?
+                .forget();
+            metas
+        }
+        async fn online_up(&self, user: &str) -> Result<bool, StoreError> {
+            self.inner.online_up(user).await
+        }
+        async fn online_down(&self, user: &str) -> Result<bool, StoreError> {
+            self.inner.online_down(user).await
+        }
+        async fn sweep(&self, own: bool) -> Result<crate::store::roster::Departures, StoreError> {
+            self.inner.sweep(own).await
+        }
+        async fn registered(&self) -> Result<bool, StoreError> {
+            self.inner.registered().await
+        }
+        async fn restore(
+            &self,
+            metas: &[(String, PresenceMeta)],
+            online: &[String],
+        ) -> Result<(), StoreError> {
+            self.inner.restore(metas, online).await
+        }
+        fn node_ttl(&self) -> Duration {
+            self.inner.node_ttl()
+        }
+    }
+
+    fn users_in(state: &Payload) -> Vec<String> {
+        let v: serde_json::Value = state.as_json().unwrap().parse().unwrap();
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    /// Joiners waiting for one chat's state together share one roster read, and none is
+    /// served by a read that began before it asked (it would miss its own meta).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joiners_share_one_roster_read_begun_after_they_asked() {
+        let redis = plume_redis::test_server::RedisServer::start();
+        let config = plume_redis::RedisConfig {
+            url: redis.url(),
+            node_id: "n1".into(),
+            ..plume_redis::RedisConfig::default()
+        };
+        let cluster =
+            plume_redis::Cluster::connect(&config, Arc::new(plume_channels::LocalPubSub::new()))
+                .await
+                .unwrap();
+        let chat_config = ChatConfig::default();
+        let mut stores =
+            crate::store::redis::stores(cluster.state.clone(), chat_config.retention());
+        let roster = Arc::new(GatedRoster {
+            inner: crate::store::roster::RedisRoster::new(cluster.state.clone()),
+            gate: tokio::sync::Semaphore::new(0),
+            lists: AtomicU64::new(0),
+        });
+        stores.roster = Some(roster.clone());
+        // Made off the runtime, so it starts no sweeps: the first one would take the records
+        // this test writes for those of an earlier process of node n1.
+        let pubsub = cluster.pubsub.clone();
+        let tracker = std::thread::spawn(move || Tracker::new(&chat_config, stores, pubsub))
+            .join()
+            .unwrap();
+        let meta = |user: &str| PresenceMeta {
+            user: user.into(),
+            phx_ref: format!("ref-{user}"),
+            device_unique_id: format!("dev-{user}"),
+            online_at: 1,
+        };
+        let waiting = |n: usize| {
+            let tracker = tracker.clone();
+            async move {
+                for _ in 0..500 {
+                    if tracker.reads.lock().get("k").map_or(0, |e| e.waiting) == n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                panic!("never {n} waiting");
+            }
+        };
+        roster.inner.track("k", &meta("first")).await.unwrap();
+        let t = tracker.clone();
+        let first = tokio::spawn(async move { t.state("k").await });
+        waiting(1).await;
+        while roster.lists.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Two more join while the first read is under way: it cannot serve them.
+        roster.inner.track("k", &meta("late")).await.unwrap();
+        let later: Vec<_> = (0..2)
+            .map(|_| {
+                let t = tracker.clone();
+                tokio::spawn(async move { t.state("k").await })
+            })
+            .collect();
+        waiting(3).await;
+        roster.gate.add_permits(10);
+        assert_eq!(users_in(&first.await.unwrap().unwrap()), ["first"]);
+        for joiner in later {
+            assert_eq!(users_in(&joiner.await.unwrap().unwrap()), ["first", "late"]);
+        }
+        assert_eq!(
+            roster.lists.load(Ordering::SeqCst),
+            2,
+            "one read each, not three"
+        );
+        // Nobody waits now: nothing is kept, and the next joiner reads afresh.
+        assert!(tracker.reads.lock().is_empty());
+        tracker.state("k").await.unwrap();
+        assert_eq!(roster.lists.load(Ordering::SeqCst), 3);
     }
 }

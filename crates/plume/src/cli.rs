@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Close a socket silent for this many seconds [default: 60].
     #[arg(long, env = "PLUME_IDLE_TIMEOUT", value_name = "SECS")]
     pub idle_timeout: Option<f64>,
+    /// Close a socket (4008) whose client takes nothing written to it for this many
+    /// seconds [default: 10].
+    #[arg(long, env = "PLUME_WRITE_TIMEOUT", value_name = "SECS")]
+    pub write_timeout: Option<f64>,
     /// Largest frame accepted from a client, in bytes [default: 1048576].
     #[arg(long, env = "PLUME_MAX_FRAME_BYTES", value_name = "N")]
     pub max_frame_bytes: Option<usize>,

@@ -170,6 +170,10 @@ fn apply(config: &mut Config, args: &ServeArgs) -> anyhow::Result<()> {
         server.idle_timeout =
             Duration::try_from_secs_f64(secs).context("--idle-timeout must be >= 0")?;
     }
+    if let Some(secs) = args.write_timeout {
+        server.write_timeout =
+            Duration::try_from_secs_f64(secs).context("--write-timeout must be >= 0")?;
+    }
     if let Some(n) = args.max_frame_bytes {
         server.max_frame_bytes = n;
     }
@@ -371,6 +375,9 @@ fn validate(config: &Config) -> anyhow::Result<()> {
     if s.idle_timeout.is_zero() {
         bail!("idle timeout must be more than 0 seconds");
     }
+    if s.write_timeout.is_zero() {
+        bail!("write timeout must be more than 0 seconds");
+    }
     if s.max_frame_bytes < 1024 {
         bail!("max frame bytes must be at least 1024");
     }
@@ -478,6 +485,7 @@ mod tests {
             max_frame_bytes: Some(8192),
             max_connections: Some(50),
             handshake_timeout: Some(2.5),
+            write_timeout: Some(45.0),
             drain_batch_size: Some(250),
             drain_interval: Some(0.25),
             membership: Some(MembershipArg::Strict),
@@ -488,6 +496,7 @@ mod tests {
         assert_eq!(config.server.max_frame_bytes, 8192);
         assert_eq!(config.server.max_connections, 50);
         assert_eq!(config.server.handshake_timeout, Duration::from_millis(2500));
+        assert_eq!(config.server.write_timeout, Duration::from_secs(45));
         assert_eq!(config.server.drain_batch_size, 250);
         assert_eq!(config.server.drain_interval, Duration::from_millis(250));
         assert_eq!(config.chat.membership, Membership::Strict);
@@ -506,6 +515,9 @@ mod tests {
         let mut config = Config::default();
         config.server.idle_timeout = Duration::ZERO;
         assert!(validate(&config).is_err());
+        let mut config = Config::default();
+        config.server.write_timeout = Duration::ZERO;
+        assert!(validate(&config).is_err(), "every write would time out");
         let mut config = Config::default();
         config.server.drain_batch_size = 0;
         assert!(
