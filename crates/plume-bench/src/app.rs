@@ -187,6 +187,7 @@ fn run_config(args: &BenchArgs, connections: usize, offset_shift: usize) -> RunC
         message_bytes: args.load.message_bytes,
         typing: args.load.typing,
         typing_every: Duration::from_secs_f64(args.load.typing_every),
+        typing_apart: args.load.typing_apart,
         settle: Duration::from_secs(1),
         progress: !args.run.no_progress,
     }
@@ -226,6 +227,7 @@ async fn measure(
         message_bytes: args.load.message_bytes,
         typing: args.load.typing,
         typing_every_s: args.load.typing_every,
+        typing_apart: args.load.typing_apart,
         chats: size.chats,
         users_per_chat: size.users,
         workers: cfg.workers,

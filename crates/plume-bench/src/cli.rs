@@ -181,6 +181,10 @@ pub struct LoadArgs {
     /// server's own throttle of forwarded typing events.
     #[arg(long, default_value_t = 0.0, value_parser = parse_typing_every)]
     pub typing_every: f64,
+    /// chat, with --typing and --rate: push `typing` halfway between two messages instead
+    /// of right before each, so the typing frames cannot share a write with a message.
+    #[arg(long, requires_all = ["typing", "rate"])]
+    pub typing_apart: bool,
     /// Users per chat (chat, idle).
     #[arg(long, default_value_t = 10)]
     pub users: usize,

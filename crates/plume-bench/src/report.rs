@@ -55,6 +55,9 @@ pub struct Params {
     /// every message).
     #[serde(default)]
     pub typing_every_s: f64,
+    /// With `typing` at a fixed rate: typing was pushed halfway between messages.
+    #[serde(default)]
+    pub typing_apart: bool,
     /// Chats (the `chat` scenario).
     pub chats: usize,
     /// Users per chat.

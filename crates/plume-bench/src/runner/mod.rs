@@ -72,6 +72,8 @@ pub struct RunConfig {
     /// With `typing`: the least time between two typing pushes of one sender (zero: before
     /// every message).
     pub typing_every: Duration,
+    /// With `typing` and a fixed rate: push it halfway between two messages, not before each.
+    pub typing_apart: bool,
     /// Pause between the last join and the start (memory is read at its end).
     pub settle: Duration,
     /// Draw a progress bar.

@@ -136,6 +136,8 @@ struct Sender {
     seq: u64,
     /// When this sender last pushed `typing`.
     typed_at: Option<Instant>,
+    /// `--typing-apart`: when the next typing push is due (halfway to the next message).
+    typing_due: Option<Instant>,
 }
 
 /// A connection and its timers.
@@ -158,6 +160,11 @@ impl Slot {
             && next < stop_send
         {
             at = at.min(next);
+        }
+        if let Some(due) = self.sender.as_ref().and_then(|s| s.typing_due)
+            && due < stop_send
+        {
+            at = at.min(due);
         }
         at
     }
@@ -279,6 +286,12 @@ impl Driver<'_> {
             sender.next_at = None;
             return Ok(());
         }
+        let cfg = &self.env.cfg;
+        if sender.typing_due.is_some_and(|at| at <= now) {
+            sender.typing_due = None;
+            slot.conn.send_typing(&sender.topic).await?;
+            sender.typed_at = Some(now);
+        }
         let mut due = 0u32;
         match sender.pacing {
             Pacing::Rate { interval } => {
@@ -310,8 +323,8 @@ impl Driver<'_> {
             let stamp_ns = self.env.clock.now_ns();
             let content = stamp::content(sender.seq, stamp_ns, self.env.cfg.message_bytes);
             let mobile_ref_id = stamp::mobile_ref_id(sender.seq, stamp_ns);
-            let cfg = &self.env.cfg;
             if cfg.typing
+                && !cfg.typing_apart
                 && sender
                     .typed_at
                     .is_none_or(|at| now.duration_since(at) >= cfg.typing_every)
@@ -322,6 +335,14 @@ impl Driver<'_> {
             slot.conn
                 .send_chat(&sender.topic, &content, &mobile_ref_id)
                 .await?;
+            if let (true, true, Pacing::Rate { interval }) =
+                (cfg.typing, cfg.typing_apart, sender.pacing)
+                && sender
+                    .typed_at
+                    .is_none_or(|at| now.duration_since(at) + interval / 2 >= cfg.typing_every)
+            {
+                sender.typing_due = Some(now + interval / 2);
+            }
             sender.in_flight += 1;
             self.report.sent += 1;
             self.report
@@ -408,6 +429,7 @@ async fn connect_one(
         in_flight: 0,
         seq: 0,
         typed_at: None,
+        typing_due: None,
     });
     Ok(Slot {
         conn,
