@@ -58,6 +58,7 @@ pub mod handshake;
 pub mod longpoll;
 pub mod origin;
 pub mod query;
+pub mod wake_gate;
 
 use std::convert::Infallible;
 use std::io;
