@@ -202,6 +202,8 @@ pub struct Context<'a> {
     pub(crate) floor: &'a Arc<AtomicU64>,
     /// During `join` only: whether the channel subscribed early ([`Context::subscribe`]).
     pub(crate) subscribed: Option<&'a mut bool>,
+    /// During `handle_in` only: the ref of the message being handled.
+    pub(crate) msg_ref: Option<&'a Ref>,
 }
 
 impl<'a> Context<'a> {
@@ -213,6 +215,29 @@ impl<'a> Context<'a> {
     /// The join_ref of this instance (the one the client used to join).
     pub fn join_ref(&self) -> Option<&Ref> {
         self.join_ref
+    }
+
+    /// During `handle_in`: the ref of the client's message, for answering it later with
+    /// [`Context::reply_to`] (after returning [`Outcome::NoReply`]). `None` elsewhere, and
+    /// for a message sent without a ref.
+    pub fn msg_ref(&self) -> Option<&Ref> {
+        self.msg_ref
+    }
+
+    /// Answers the client's message `msg_ref` of this instance now (from `handle_info`, when
+    /// the work the message started finished elsewhere): a `phx_reply` with this instance's
+    /// join_ref, written in order with the callback's pushes.
+    pub fn reply_to(&mut self, msg_ref: Option<&Ref>, reply: &Reply) {
+        match self.socket.serializer.encode_reply(
+            self.join_ref,
+            msg_ref,
+            self.topic,
+            &reply.status,
+            &reply.response,
+        ) {
+            Ok(frame) => self.out.push(frame),
+            Err(err) => tracing::warn!(topic = self.topic, %err, "late reply dropped"),
+        }
     }
 
     /// This instance's id within its socket (the address of [`Out::Info`]).

@@ -197,6 +197,7 @@ impl Joined {
             out,
             floor: &self.floor,
             subscribed: None,
+            msg_ref: None,
         };
         Some((&mut **self.channel.as_mut()?, ctx))
     }
@@ -892,6 +893,7 @@ impl Socket {
                 out: &mut held,
                 floor: &floor,
                 subscribed: Some(&mut subscribed_early),
+                msg_ref: None,
             };
             match self.router.join(&msg.topic, msg.payload.clone(), &mut ctx) {
                 Some(fut) => Some(AssertUnwindSafe(fut).catch_unwind().await),

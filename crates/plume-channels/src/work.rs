@@ -79,6 +79,7 @@ impl Owned {
             out,
             floor: &self.floor,
             subscribed: None,
+            msg_ref: None,
         }
     }
 }
@@ -95,6 +96,7 @@ pub(crate) fn handle_in(mut channel: Box<dyn DynChannel>, own: Owned, msg: Messa
         } = msg;
         let result = {
             let mut ctx = own.context(&mut out);
+            ctx.msg_ref = ref_.as_ref();
             AssertUnwindSafe(channel.handle_in(&event, payload, &mut ctx))
                 .catch_unwind()
                 .await

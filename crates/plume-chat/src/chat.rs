@@ -33,7 +33,8 @@ use std::sync::Arc;
 use plume_channels::{
     Broadcast, Channel, ChannelError, Context, JoinError, Outcome, Reply, Seq, Terminate,
 };
-use plume_wire::{Json, Payload};
+use plume_channels::{ChannelHandle, PubSub, SocketId};
+use plume_wire::{Json, Payload, Ref};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -63,6 +64,155 @@ pub struct ChatChannel {
     /// This socket's presence meta (its `phx_ref`) once tracked.
     presence_ref: Option<String>,
     typing: Typing,
+    /// What a send's store work needs, made on the first send.
+    work: Option<Arc<SendWork>>,
+    /// The queue of this channel's send pipeline, made on the first send when the store
+    /// takes several at once (see [`pipeline`]).
+    sends: Option<tokio::sync::mpsc::Sender<SendJob>>,
+}
+
+/// Most sends of one channel whose store work runs at once on the embedded store
+/// ([`crate::store::Stores::sends_in_flight`]; see `pipeline` in this module).
+pub const SENDS_IN_FLIGHT: usize = 16;
+
+/// A validated send, for the channel's pipeline.
+struct SendJob {
+    msg_ref: Option<Ref>,
+    key: SendKey,
+    draft: Draft,
+}
+
+/// A send's store work finished: answered on the channel.
+struct SendDone {
+    msg_ref: Option<Ref>,
+    mobile_ref_id: String,
+    /// What was sent, or why it was refused.
+    result: Result<SentRecord, &'static str>,
+}
+
+/// What a send's store work needs of its channel.
+struct SendWork {
+    state: Arc<ChatState>,
+    chat_id: String,
+    topic: Arc<str>,
+    user: String,
+    pubsub: Arc<dyn PubSub>,
+    from: Option<SocketId>,
+}
+
+/// The send pipeline of one channel: the store work of its sends (the append with the
+/// membership check, the broadcast, notifications) runs here, up to `in_flight` sends at
+/// once, while the channel goes on with the client's next message; each answer
+/// (`message_sent` and the reply) goes back to the channel in the order the sends came.
+///
+/// Why: a send waits for its commit (the embedded store flushes its WAL first), so a channel
+/// that did one send at a time acknowledged at most one message per commit, and a client's
+/// burst (a publisher with several messages in flight) cost a commit and a wake-up per
+/// message; now the burst shares the writer's batch, and its broadcasts go out together.
+///
+/// Only the embedded store runs sends so (`Stores::sends_in_flight`): an in-memory append
+/// does not wait, so answering it in the channel is cheaper, and a Redis append that timed
+/// out can be retried after a later one went through, which would reorder a sender's
+/// messages. Order here: sends are started in the order they came, each first polled before
+/// the next, and the embedded store queues an append at that first poll (its writer's queue
+/// is FIFO), so seqs follow the sender's order. When the channel ends, the queue closes;
+/// sends under way finish (committed and delivered; their answers are dropped, and a
+/// client's retry is answered from the send key).
+async fn pipeline(
+    mut jobs: tokio::sync::mpsc::Receiver<SendJob>,
+    work: Arc<SendWork>,
+    handle: ChannelHandle,
+    in_flight: usize,
+) {
+    use futures_util::StreamExt;
+    let work = &*work;
+    let mut running = futures_util::stream::FuturesOrdered::new();
+    let mut open = true;
+    while open || !running.is_empty() {
+        tokio::select! {
+            biased;
+            Some(done) = running.next(), if !running.is_empty() => {
+                let _ = handle.send_info(Box::new(done));
+            }
+            job = jobs.recv(), if open && running.len() < in_flight => match job {
+                Some(SendJob { msg_ref, key, draft }) => {
+                    running.push_back(async move {
+                        let result = work.run(&key, &draft).await;
+                        SendDone {
+                            msg_ref,
+                            mobile_ref_id: key.mobile_ref_id,
+                            result,
+                        }
+                    });
+                }
+                None => open = false,
+            },
+        }
+    }
+}
+
+impl SendWork {
+    /// The append (with the membership check in the same step), then the delivery.
+    async fn run(&self, key: &SendKey, draft: &Draft) -> Result<SentRecord, &'static str> {
+        // Membership is checked on every send, in the same step as the append: a member
+        // removed while joined, whose socket did not get (or not yet handle) the leave
+        // order, cannot send.
+        let appended = match self.state.stores.append_as_member(key, draft).await {
+            Ok(Some(appended)) => appended,
+            Ok(None) => {
+                tracing::info!(chat = %self.chat_id, user = %self.user,
+                    "send_message refused: no longer a member");
+                return Err(REASON_UNAUTHORIZED);
+            }
+            Err(err) => {
+                tracing::error!(chat = %self.chat_id, user = %self.user, %err,
+                    timeout = err.is_timeout(), "send_message: the store refused the append");
+                return Err(store_reason(&err));
+            }
+        };
+        // From here the message is committed: whatever happens to its delivery, the sender
+        // hears "sent", and members get it live, on recovery or from history.
+        Ok(match appended {
+            Appended::New(message) => {
+                self.deliver(key, &message).await;
+                sent_record(&message)
+            }
+            Appended::Retry {
+                sent,
+                message,
+                delivered,
+            } => {
+                if let (false, Some(message)) = (delivered, message) {
+                    tracing::info!(chat = %self.chat_id, seq = sent.seq,
+                        "retry of a send whose delivery did not finish; delivering again");
+                    self.deliver(key, &message).await;
+                }
+                sent
+            }
+        })
+    }
+
+    /// The broadcast to the chat's other sockets, then notifications for members who are
+    /// not in the chat (stored before the sender hears "sent", in one store step that also
+    /// marks the send delivered). A failure here is logged, not reported to the sender: the
+    /// message is in the log already, and the send key stays "not delivered" so a retry
+    /// delivers again.
+    async fn deliver(&self, key: &SendKey, message: &LoggedMessage) {
+        if let Err(err) = self.try_deliver(key, message).await {
+            tracing::error!(chat = %self.chat_id, seq = message.seq, %err,
+                "delivery incomplete; the message is in the log for recovery and history");
+        }
+    }
+
+    async fn try_deliver(&self, key: &SendKey, message: &LoggedMessage) -> Result<(), StoreError> {
+        let broadcast = receive_broadcast(self.topic.clone(), message, self.from)?;
+        if let Err(err) = self.pubsub.broadcast(broadcast) {
+            // Delivered on this node; other nodes repair the gap from the log.
+            tracing::warn!(chat = %self.chat_id, seq = message.seq, %err,
+                "cross-node fan-out failed; other nodes will read the message from the log");
+        }
+        self.state.route_message(key, message).await
+    }
 }
 
 /// What this socket last said about its user typing.
@@ -379,45 +529,66 @@ impl ChatChannel {
             ts_ms: now_millis(),
             content: send.content,
         };
-        // Membership is checked on every send, in the same step as the append: a member
-        // removed while joined, whose socket did not get (or not yet handle) the leave
-        // order, cannot send.
-        let appended = match self.state.stores.append_as_member(&key, &draft).await {
-            Ok(Some(appended)) => appended,
-            Ok(None) => {
-                tracing::info!(chat = %self.chat_id, user = %self.user,
-                    "send_message refused: no longer a member");
-                return self.refuse_send(ctx, REASON_UNAUTHORIZED, &key.mobile_ref_id);
-            }
-            Err(err) => {
-                tracing::error!(chat = %self.chat_id, user = %self.user, %err,
-                    timeout = err.is_timeout(), "send_message: the store refused the append");
-                return self.refuse_send(ctx, store_reason(&err), &key.mobile_ref_id);
-            }
+        let work = self
+            .work
+            .get_or_insert_with(|| {
+                Arc::new(SendWork {
+                    state: self.state.clone(),
+                    chat_id: self.chat_id.clone(),
+                    topic: self.topic.clone(),
+                    user: self.user.clone(),
+                    pubsub: ctx.pubsub().clone(),
+                    from: ctx.from_self(),
+                })
+            })
+            .clone();
+        let in_flight = self.state.stores.sends_in_flight;
+        if in_flight <= 1 {
+            // One at a time, answered here: an in-memory append does not wait, and a Redis
+            // append may not be overtaken (see `pipeline`).
+            let result = work.run(&key, &draft).await;
+            let done = SendDone {
+                msg_ref: ctx.msg_ref().cloned(),
+                mobile_ref_id: key.mobile_ref_id,
+                result,
+            };
+            self.answer_send(done, ctx)?;
+            return Ok(Outcome::NoReply);
+        }
+        let sends = self
+            .sends
+            .get_or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(pipeline(rx, work, ctx.handle(), in_flight));
+                tx
+            })
+            .clone();
+        let mobile_ref_id = key.mobile_ref_id.clone();
+        let job = SendJob {
+            msg_ref: ctx.msg_ref().cloned(),
+            key,
+            draft,
         };
-        // From here the message is committed: whatever happens to its delivery, the sender
-        // hears "sent", and members get it live, on recovery or from history.
-        let sent = match appended {
-            Appended::New(message) => {
-                self.deliver(ctx, &key, &message).await;
-                sent_record(&message)
-            }
-            Appended::Retry {
-                sent,
-                message,
-                delivered,
-            } => {
-                if let (false, Some(message)) = (delivered, message) {
-                    tracing::info!(chat = %self.chat_id, seq = sent.seq,
-                        "retry of a send whose delivery did not finish; delivering again");
-                    self.deliver(ctx, &key, &message).await;
-                }
-                sent
+        // Waits while the pipeline is full: the channel's next messages wait with it.
+        if sends.send(job).await.is_err() {
+            return self.refuse_send(ctx, REASON_STORAGE_UNAVAILABLE, &mobile_ref_id);
+        }
+        Ok(Outcome::NoReply)
+    }
+
+    /// `message_sent` and the reply of a send whose store work finished.
+    fn answer_send(&self, done: SendDone, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
+        let sent = match done.result {
+            Ok(sent) => sent,
+            Err(reason) => {
+                self.push_refusal(ctx, reason, &done.mobile_ref_id)?;
+                ctx.reply_to(done.msg_ref.as_ref(), &Reply::error_reason(reason));
+                return Ok(());
             }
         };
         let timestamp = format_millis(sent.ts_ms);
         let ack = MessageSent {
-            mobile_ref_id: &key.mobile_ref_id,
+            mobile_ref_id: &done.mobile_ref_id,
             status: STATUS_SENT,
             chat_id: &self.chat_id,
             message_id: Some(&sent.message_id),
@@ -430,34 +601,8 @@ impl ChatChannel {
             message_id: &sent.message_id,
             seq: sent.seq,
         };
-        Ok(Reply::ok(json(&reply)?).into())
-    }
-
-    /// The broadcast to the chat's other sockets, then notifications for members who are
-    /// not in the chat (stored before the sender hears "sent", in one store step that also
-    /// marks the send delivered). A failure here is logged, not reported to the sender: the
-    /// message is in the log already, and the send key stays "not delivered" so a retry
-    /// delivers again.
-    async fn deliver(&self, ctx: &mut Context<'_>, key: &SendKey, message: &LoggedMessage) {
-        if let Err(err) = self.try_deliver(ctx, key, message).await {
-            tracing::error!(chat = %self.chat_id, seq = message.seq, %err,
-                "delivery incomplete; the message is in the log for recovery and history");
-        }
-    }
-
-    async fn try_deliver(
-        &self,
-        ctx: &mut Context<'_>,
-        key: &SendKey,
-        message: &LoggedMessage,
-    ) -> Result<(), StoreError> {
-        let broadcast = receive_broadcast(self.topic.clone(), message, ctx.from_self())?;
-        if let Err(err) = ctx.pubsub().broadcast(broadcast) {
-            // Delivered on this node; other nodes repair the gap from the log.
-            tracing::warn!(chat = %self.chat_id, seq = message.seq, %err,
-                "cross-node fan-out failed; other nodes will read the message from the log");
-        }
-        self.state.route_message(key, message).await
+        ctx.reply_to(done.msg_ref.as_ref(), &Reply::ok(json(&reply)?));
+        Ok(())
     }
 
     /// `typing` `{"status"}`: forwarded to the chat's other sockets as `user_typing`, at most
@@ -720,6 +865,8 @@ impl Channel for ChatChannel {
             present: false,
             presence_ref: None,
             typing: Typing::default(),
+            work: None,
+            sends: None,
         };
         Ok((channel, reply))
     }
@@ -774,6 +921,10 @@ impl Channel for ChatChannel {
         info: Box<dyn Any + Send>,
         ctx: &mut Context<'_>,
     ) -> Result<(), ChannelError> {
+        let info = match info.downcast::<SendDone>() {
+            Ok(done) => return self.answer_send(*done, ctx),
+            Err(info) => info,
+        };
         if let Some(TypingTimeout(generation)) = info.downcast_ref::<TypingTimeout>() {
             if *generation == self.typing.generation && self.typing.last.is_some() {
                 self.forward_typing(TYPING_STOP, ctx)?;

@@ -716,3 +716,65 @@ async fn the_api_with_the_remote_fan_out_failing_is_answered_as_delivered() {
     assert_eq!((code, resp), (202, json!({"status": "accepted"})));
     assert_eq!(next_event(&mut bob, "announce").await, json!({"n": 1}));
 }
+
+/// A burst of sends from one socket on the embedded store: the channel takes them without
+/// waiting for each commit, so they share the writer's batches, and their seqs, replies and
+/// deliveries still follow the order they were sent in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_one_socket_shares_commits_and_keeps_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ChatConfig {
+        membership: Membership::Open,
+        ..ChatConfig::default()
+    };
+    let (stores, stats) = plume_chat::store::sqlite::open(dir.path(), config.retention()).unwrap();
+    let chat = start_on(
+        config,
+        stores,
+        plume_chat::auth::JwtVerifier::hs256(SECRET),
+        Some(API_KEY.into()),
+    )
+    .await;
+    let mut bob = chat.connect("bob", "b").await;
+    join_ok(&mut bob, "chat:burst").await;
+    let mut alice = chat.connect("alice", "a").await;
+    let jr = join_ok(&mut alice, "chat:burst").await;
+    let n = 48;
+    let commits = stats.commits.load(std::sync::atomic::Ordering::SeqCst);
+    let mut refs = Vec::new();
+    for i in 0..n {
+        let body = format!(r#"{{"content":"m{i}","mobile_ref_id":"b{i}"}}"#);
+        refs.push(
+            alice
+                .push(Some(&jr), "chat:burst", "send_message", &json(&body))
+                .await
+                .unwrap(),
+        );
+    }
+    // Replies in the order sent, with seqs 1..=n in that order.
+    let mut seqs = Vec::new();
+    while seqs.len() < n {
+        let m = alice.wait_for(|m| m.event == "phx_reply").await.unwrap();
+        assert_eq!(m.ref_.as_ref(), Some(&refs[seqs.len()]), "replies in order");
+        assert_eq!(m.reply_status().as_deref(), Some("ok"));
+        let response: Value = match m.reply_response().unwrap() {
+            plume_wire::Payload::Json(j) => j.parse().unwrap(),
+            plume_wire::Payload::Binary(_) => Value::Null,
+        };
+        seqs.push(response["seq"].as_u64().unwrap());
+    }
+    let expected: Vec<u64> = (1..=n as u64).collect();
+    assert_eq!(seqs, expected, "seqs follow the sender's order");
+    for (i, seq) in expected.iter().enumerate() {
+        let m = next_event(&mut bob, "receive_message").await;
+        assert_eq!(
+            (m["seq"].as_u64(), m["content"].as_str()),
+            (Some(*seq), Some(&*format!("m{i}")))
+        );
+    }
+    let used = stats.commits.load(std::sync::atomic::Ordering::SeqCst) - commits;
+    assert!(
+        used < n as u64 / 2,
+        "{used} commits for {n} sends: the burst did not share them"
+    );
+}

@@ -426,6 +426,11 @@ pub struct Stores {
     /// A send's multi-store steps in one round trip each; `None`: composed from the stores
     /// above (local stores, where a call costs no round trip).
     pub send: Option<Arc<dyn SendStore>>,
+    /// How many sends of one channel may wait for the log at once (at least 1). More than
+    /// one only for a log whose append waits for a commit and takes appends in the order they
+    /// are first polled (the embedded store's one writer), so that a client's burst shares
+    /// commits and keeps its order; see `chat::pipeline`.
+    pub sends_in_flight: usize,
 }
 
 impl Stores {
@@ -440,6 +445,7 @@ impl Stores {
             reads: Arc::new(memory::MemoryReads::default()),
             roster: None,
             send: None,
+            sends_in_flight: 1,
         }
     }
 

@@ -38,6 +38,8 @@ pub fn stores(state: RedisState, retention: Retention) -> Stores {
         reads: shared.clone(),
         roster: Some(roster),
         send: Some(shared),
+        // An append that timed out can be retried after a later one went through.
+        sends_in_flight: 1,
     }
 }
 

@@ -221,6 +221,8 @@ pub fn open(dir: &Path, retention: Retention) -> Result<(Stores, Arc<SqliteStats
         reads: store,
         roster: None,
         send: None,
+        // The writer's queue is FIFO and an append is queued when first polled.
+        sends_in_flight: crate::chat::SENDS_IN_FLIGHT,
     };
     Ok((stores, stats))
 }

@@ -62,6 +62,7 @@ impl Stores {
             send: self
                 .send
                 .map(|s| Arc::new(Timed::new(store, s)) as Arc<dyn SendStore>),
+            sends_in_flight: self.sends_in_flight,
         }
     }
 }
