@@ -723,18 +723,8 @@ async fn the_api_with_the_remote_fan_out_failing_is_answered_as_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_from_one_socket_shares_commits_and_keeps_its_order() {
     let dir = tempfile::tempdir().unwrap();
-    let config = ChatConfig {
-        membership: Membership::Open,
-        ..ChatConfig::default()
-    };
-    let (stores, stats) = plume_chat::store::sqlite::open(dir.path(), config.retention()).unwrap();
-    let chat = start_on(
-        config,
-        stores,
-        plume_chat::auth::JwtVerifier::hs256(SECRET),
-        Some(API_KEY.into()),
-    )
-    .await;
+    let (chat, stats) =
+        start_embedded_counted(dir.path(), |c| c.membership = Membership::Open).await;
     let mut bob = chat.connect("bob", "b").await;
     join_ok(&mut bob, "chat:burst").await;
     let mut alice = chat.connect("alice", "a").await;

@@ -46,16 +46,25 @@ pub async fn start_embedded(
     dir: &std::path::Path,
     configure: impl FnOnce(&mut ChatConfig),
 ) -> Chat {
+    start_embedded_counted(dir, configure).await.0
+}
+
+/// A chat server on the embedded store in `dir`, with the store's writer counters.
+pub async fn start_embedded_counted(
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut ChatConfig),
+) -> (Chat, Arc<plume_chat::store::sqlite::SqliteStats>) {
     let mut chat_config = ChatConfig::default();
     configure(&mut chat_config);
-    let (stores, _) = plume_chat::store::sqlite::open(dir, chat_config.retention()).unwrap();
-    start_on(
+    let (stores, stats) = plume_chat::store::sqlite::open(dir, chat_config.retention()).unwrap();
+    let chat = start_on(
         chat_config,
         stores,
         JwtVerifier::hs256(SECRET),
         Some(API_KEY.into()),
     )
-    .await
+    .await;
+    (chat, stats)
 }
 
 pub async fn start_on(
