@@ -124,7 +124,7 @@ async fn pipeline(
     handle: ChannelHandle,
     in_flight: usize,
 ) {
-    use futures_util::StreamExt;
+    use futures_util::{FutureExt, StreamExt};
     let work = &*work;
     let mut running = futures_util::stream::FuturesOrdered::new();
     let mut open = true;
@@ -137,7 +137,15 @@ async fn pipeline(
             job = jobs.recv(), if open && running.len() < in_flight => match job {
                 Some(SendJob { msg_ref, key, draft }) => {
                     running.push_back(async move {
-                        let result = work.run(&key, &draft).await;
+                        // A panic in the store work answers this send as failed and leaves
+                        // the pipeline (and the channel's other sends) running.
+                        let result = std::panic::AssertUnwindSafe(work.run(&key, &draft))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| {
+                                tracing::error!(chat = %work.chat_id, "send_message: the store work panicked");
+                                Err(REASON_STORAGE_UNAVAILABLE)
+                            });
                         SendDone {
                             msg_ref,
                             mobile_ref_id: key.mobile_ref_id,
@@ -547,13 +555,7 @@ impl ChatChannel {
             // One at a time, answered here: an in-memory append does not wait, and a Redis
             // append may not be overtaken (see `pipeline`).
             let result = work.run(&key, &draft).await;
-            let done = SendDone {
-                msg_ref: ctx.msg_ref().cloned(),
-                mobile_ref_id: key.mobile_ref_id,
-                result,
-            };
-            self.answer_send(done, ctx)?;
-            return Ok(Outcome::NoReply);
+            return Ok(self.answer_send(result, &key.mobile_ref_id, ctx)?.into());
         }
         let sends = self
             .sends
@@ -576,19 +578,23 @@ impl ChatChannel {
         Ok(Outcome::NoReply)
     }
 
-    /// `message_sent` and the reply of a send whose store work finished.
-    fn answer_send(&self, done: SendDone, ctx: &mut Context<'_>) -> Result<(), ChannelError> {
-        let sent = match done.result {
+    /// Pushes the `message_sent` of a send whose store work finished; returns its reply.
+    fn answer_send(
+        &self,
+        result: Result<SentRecord, &'static str>,
+        mobile_ref_id: &str,
+        ctx: &mut Context<'_>,
+    ) -> Result<Reply, ChannelError> {
+        let sent = match result {
             Ok(sent) => sent,
             Err(reason) => {
-                self.push_refusal(ctx, reason, &done.mobile_ref_id)?;
-                ctx.reply_to(done.msg_ref.as_ref(), &Reply::error_reason(reason));
-                return Ok(());
+                self.push_refusal(ctx, reason, mobile_ref_id)?;
+                return Ok(Reply::error_reason(reason));
             }
         };
         let timestamp = format_millis(sent.ts_ms);
         let ack = MessageSent {
-            mobile_ref_id: &done.mobile_ref_id,
+            mobile_ref_id,
             status: STATUS_SENT,
             chat_id: &self.chat_id,
             message_id: Some(&sent.message_id),
@@ -601,8 +607,7 @@ impl ChatChannel {
             message_id: &sent.message_id,
             seq: sent.seq,
         };
-        ctx.reply_to(done.msg_ref.as_ref(), &Reply::ok(json(&reply)?));
-        Ok(())
+        Ok(Reply::ok(json(&reply)?))
     }
 
     /// `typing` `{"status"}`: forwarded to the chat's other sockets as `user_typing`, at most
@@ -922,7 +927,11 @@ impl Channel for ChatChannel {
         ctx: &mut Context<'_>,
     ) -> Result<(), ChannelError> {
         let info = match info.downcast::<SendDone>() {
-            Ok(done) => return self.answer_send(*done, ctx),
+            Ok(done) => {
+                let reply = self.answer_send(done.result, &done.mobile_ref_id, ctx)?;
+                ctx.reply_to(done.msg_ref.as_ref(), &reply);
+                return Ok(());
+            }
             Err(info) => info,
         };
         if let Some(TypingTimeout(generation)) = info.downcast_ref::<TypingTimeout>() {
