@@ -103,7 +103,7 @@ pub enum SendError {
 }
 
 struct State {
-    items: VecDeque<Out>,
+    items: Items,
     /// Bytes of the frames in `items`.
     bytes: usize,
     overflowed: bool,
@@ -115,6 +115,51 @@ struct Shared {
     notify: Notify,
     capacity: usize,
     max_bytes: usize,
+}
+
+/// The queued items, oldest first. The oldest sits in `first`, inside the queue's own
+/// allocation: most of the time a socket has at most one item waiting (a fan-out to many
+/// sockets queues one frame on each), and writing it next to the lock just taken saves the
+/// cache miss of a separate buffer on every delivery (the fan-out profile had it as the
+/// single largest cost), and an idle socket keeps no buffer at all.
+#[derive(Default)]
+struct Items {
+    first: Option<Out>,
+    /// The rest; empty whenever `first` is.
+    rest: VecDeque<Out>,
+}
+
+impl Items {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn push_back(&mut self, item: Out) {
+        if self.first.is_none() {
+            self.first = Some(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.first = None;
+        self.rest = VecDeque::new();
+    }
+
+    /// Moves every item into `buf`, oldest first.
+    fn drain_into(&mut self, buf: &mut Vec<Out>) {
+        buf.extend(self.first.take());
+        buf.extend(self.rest.drain(..));
+        // A burst may have grown the deque; give the memory back once it is large.
+        if self.rest.capacity() > 64 {
+            self.rest.shrink_to_fit();
+        }
+    }
 }
 
 impl Out {
@@ -153,7 +198,7 @@ pub fn outbound(capacity: usize) -> (OutboundTx, OutboundRx) {
 pub fn outbound_with_budget(capacity: usize, max_bytes: usize) -> (OutboundTx, OutboundRx) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            items: VecDeque::new(),
+            items: Items::default(),
             bytes: 0,
             overflowed: false,
             closed: false,
@@ -178,7 +223,6 @@ impl OutboundTx {
         if state.items.len() >= self.0.capacity || over_bytes {
             state.overflowed = true;
             state.items.clear();
-            state.items.shrink_to_fit();
             state.bytes = 0;
             drop(state);
             self.0.notify.notify_one();
@@ -212,12 +256,8 @@ impl OutboundRx {
                     return Batch::Overflowed;
                 }
                 if !state.items.is_empty() {
-                    buf.extend(state.items.drain(..));
+                    state.items.drain_into(buf);
                     state.bytes = 0;
-                    // A burst may have grown the deque; give the memory back once it is large.
-                    if state.items.capacity() > 64 {
-                        state.items.shrink_to_fit();
-                    }
                     return Batch::Items;
                 }
             }
@@ -260,22 +300,32 @@ mod tests {
 
     #[tokio::test]
     async fn batches_everything_queued_in_order() {
+        fn texts(buf: &[Out]) -> Vec<&[u8]> {
+            buf.iter()
+                .map(|o| match o {
+                    Out::Frame(f) => f.as_bytes().as_ref(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect()
+        }
         let (tx, mut rx) = outbound(8);
         tx.send(frame("a")).unwrap();
         tx.send(frame("b")).unwrap();
+        tx.send(frame("c")).unwrap();
         let mut buf = Vec::new();
         assert_eq!(rx.recv_batch(&mut buf).await, Batch::Items);
-        let texts: Vec<_> = buf
-            .iter()
-            .map(|o| match o {
-                Out::Frame(f) => f.as_bytes().clone(),
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(
-            texts,
-            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
-        );
+        assert_eq!(texts(&buf), [b"a", b"b", b"c"]);
+        // Emptied, the queue fills again in order, one item or several.
+        buf.clear();
+        tx.send(frame("d")).unwrap();
+        assert_eq!(rx.recv_batch(&mut buf).await, Batch::Items);
+        assert_eq!(texts(&buf), [b"d"]);
+        buf.clear();
+        for t in ["e", "f"] {
+            tx.send(frame(t)).unwrap();
+        }
+        assert_eq!(rx.recv_batch(&mut buf).await, Batch::Items);
+        assert_eq!(texts(&buf), [b"e", b"f"]);
     }
 
     #[tokio::test]

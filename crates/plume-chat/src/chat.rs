@@ -45,7 +45,7 @@ use crate::events::*;
 use crate::failure::store_reason;
 use crate::state::ChatState;
 use crate::store::{
-    Appended, Draft, LogHead, LoggedMessage, SendKey, SentRecord, StoreError, epoch_text,
+    Appended, Draft, LogHead, LoggedMessage, RouteMemo, SendKey, SentRecord, StoreError, epoch_text,
 };
 use crate::time::{format_millis, now_millis};
 
@@ -98,6 +98,8 @@ struct SendWork {
     user: String,
     pubsub: Arc<dyn PubSub>,
     from: Option<SocketId>,
+    /// Who was absent at the last send, while the chat's members and presence stay the same.
+    route_memo: RouteMemo,
 }
 
 /// The send pipeline of one channel: the store work of its sends (the append with the
@@ -219,7 +221,9 @@ impl SendWork {
             tracing::warn!(chat = %self.chat_id, seq = message.seq, %err,
                 "cross-node fan-out failed; other nodes will read the message from the log");
         }
-        self.state.route_message(key, message).await
+        self.state
+            .route_message(key, message, Some(&self.route_memo))
+            .await
     }
 }
 
@@ -547,6 +551,7 @@ impl ChatChannel {
                     user: self.user.clone(),
                     pubsub: ctx.pubsub().clone(),
                     from: ctx.from_self(),
+                    route_memo: RouteMemo::default(),
                 })
             })
             .clone();

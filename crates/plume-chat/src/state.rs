@@ -9,7 +9,7 @@ use plume_wire::Payload;
 use crate::config::ChatConfig;
 use crate::events::{NEW_NOTIFICATION, NOTIFICATION_ALIAS_PREFIX, NOTIFICATIONS_PREFIX};
 use crate::store::{
-    LoggedMessage, Notification, PendingItem, PendingLimits, SendKey, StoreError, Stores,
+    LoggedMessage, Notification, PendingItem, PendingLimits, RouteMemo, SendKey, StoreError, Stores,
 };
 
 /// What a notification is about: a message in a chat log (stored as a reference to it) or a
@@ -151,11 +151,12 @@ impl ChatState {
         &self,
         key: &SendKey,
         message: &LoggedMessage,
+        memo: Option<&RouteMemo>,
     ) -> Result<(), StoreError> {
         let subject = Subject::Logged(message);
         let routed = self
             .stores
-            .route(key, &subject.item(), self.pending_limits())
+            .route(key, &subject.item(), self.pending_limits(), memo)
             .await?;
         self.push_live(&routed.live, routed.dropped, subject)
     }

@@ -566,47 +566,83 @@ impl PendingStore for MemoryPending {
 /// on their notifications topic. Lookups by `&str`, without allocating.
 #[derive(Default)]
 pub struct MemoryPresence {
-    chats: Mutex<HashMap<String, HashMap<String, usize>>>,
+    chats: Mutex<ChatsPresent>,
     notifications: Mutex<HashMap<String, usize>>,
 }
 
-fn increment(map: &mut HashMap<String, usize>, key: &str) {
+/// Who is in each chat, with a version per chat (see [`PresenceStore::chat_version`]).
+#[derive(Default)]
+struct ChatsPresent {
+    chats: HashMap<String, InChat>,
+    /// The last version handed out; every change of a chat's users takes the next one, so a
+    /// version never stands for two different sets (an empty chat is 0, and has no entry).
+    last_version: u64,
+}
+
+struct InChat {
+    /// Sockets per user.
+    users: HashMap<String, usize>,
+    version: u64,
+}
+
+fn increment(map: &mut HashMap<String, usize>, key: &str) -> bool {
     match map.get_mut(key) {
-        Some(n) => *n += 1,
+        Some(n) => {
+            *n += 1;
+            false
+        }
         None => {
             map.insert(key.to_owned(), 1);
+            true
         }
     }
 }
 
-fn decrement(map: &mut HashMap<String, usize>, key: &str) {
+fn decrement(map: &mut HashMap<String, usize>, key: &str) -> bool {
     if let Some(n) = map.get_mut(key) {
         *n -= 1;
         if *n == 0 {
             map.remove(key);
+            return true;
         }
     }
+    false
 }
 
 #[async_trait]
 impl PresenceStore for MemoryPresence {
     async fn enter_chat(&self, user: &str, chat: &str, _socket: u64) -> Result<(), StoreError> {
-        let mut chats = self.chats.lock();
-        match chats.get_mut(chat) {
-            Some(users) => increment(users, user),
+        let mut present = self.chats.lock();
+        let present = &mut *present;
+        match present.chats.get_mut(chat) {
+            Some(in_chat) => {
+                if increment(&mut in_chat.users, user) {
+                    present.last_version += 1;
+                    in_chat.version = present.last_version;
+                }
+            }
             None => {
-                chats.insert(chat.to_owned(), HashMap::from([(user.to_owned(), 1)]));
+                present.last_version += 1;
+                let in_chat = InChat {
+                    users: HashMap::from([(user.to_owned(), 1)]),
+                    version: present.last_version,
+                };
+                present.chats.insert(chat.to_owned(), in_chat);
             }
         }
         Ok(())
     }
 
     async fn leave_chat(&self, user: &str, chat: &str, _socket: u64) -> Result<(), StoreError> {
-        let mut chats = self.chats.lock();
-        if let Some(users) = chats.get_mut(chat) {
-            decrement(users, user);
-            if users.is_empty() {
-                chats.remove(chat);
+        let mut present = self.chats.lock();
+        let present = &mut *present;
+        if let Some(in_chat) = present.chats.get_mut(chat) {
+            if decrement(&mut in_chat.users, user) {
+                present.last_version += 1;
+                in_chat.version = present.last_version;
+            }
+            if in_chat.users.is_empty() {
+                present.chats.remove(chat);
             }
         }
         Ok(())
@@ -616,8 +652,9 @@ impl PresenceStore for MemoryPresence {
         Ok(self
             .chats
             .lock()
+            .chats
             .get(chat)
-            .is_some_and(|users| users.contains_key(user)))
+            .is_some_and(|in_chat| in_chat.users.contains_key(user)))
     }
 
     async fn enter_notifications(&self, user: &str, _socket: u64) -> Result<(), StoreError> {
@@ -639,16 +676,20 @@ impl PresenceStore for MemoryPresence {
         users: &[String],
         chat: Option<&str>,
     ) -> Result<Vec<Whereabouts>, StoreError> {
-        let chats = self.chats.lock();
-        let in_chat = chat.and_then(|c| chats.get(c));
+        let present = self.chats.lock();
+        let in_chat = chat.and_then(|c| present.chats.get(c));
         let notifications = self.notifications.lock();
         Ok(users
             .iter()
             .map(|u| Whereabouts {
-                in_chat: in_chat.is_some_and(|m| m.contains_key(u.as_str())),
+                in_chat: in_chat.is_some_and(|c| c.users.contains_key(u.as_str())),
                 notifications: notifications.contains_key(u.as_str()),
             })
             .collect())
+    }
+
+    fn chat_version(&self, chat: &str) -> Option<u64> {
+        Some(self.chats.lock().chats.get(chat).map_or(0, |c| c.version))
     }
 }
 

@@ -361,6 +361,58 @@ pub trait PresenceStore: Send + Sync + 'static {
         }
         Ok(out)
     }
+
+    /// A number that changes whenever the set of users with sockets in `chat` changes, and
+    /// only then: a caller may keep what it derived from [`PresenceStore::locate`] for the
+    /// chat while the number stays the same (see [`RouteMemo`]). `None`: the store cannot
+    /// tell cheaply (a remote store), and callers locate every time.
+    fn chat_version(&self, _chat: &str) -> Option<u64> {
+        None
+    }
+}
+
+/// What one channel's sends remember between them of who was not in the chat, so that a send
+/// into a chat whose members and presence did not change skips locating every member (in a
+/// chat of 10,000 that was two hash lookups per member per message). Exact: it is used only
+/// while the membership store hands out the same member list (the list is shared until the
+/// membership changes) and the presence store reports the same [`PresenceStore::chat_version`].
+#[derive(Default)]
+pub struct RouteMemo(parking_lot::Mutex<Option<Remembered>>);
+
+struct Remembered {
+    chat: String,
+    sender: String,
+    members: Arc<[String]>,
+    presence: u64,
+    /// The members other than the sender without a socket in the chat.
+    absent: Arc<[String]>,
+}
+
+impl RouteMemo {
+    fn recall(
+        &self,
+        key: &SendKey,
+        members: &Arc<[String]>,
+        presence: u64,
+    ) -> Option<Arc<[String]>> {
+        let memo = self.0.lock();
+        let r = memo.as_ref()?;
+        (Arc::ptr_eq(&r.members, members)
+            && r.presence == presence
+            && r.chat == key.chat
+            && r.sender == key.user)
+            .then(|| r.absent.clone())
+    }
+
+    fn keep(&self, key: &SendKey, members: Arc<[String]>, presence: u64, absent: Arc<[String]>) {
+        *self.0.lock() = Some(Remembered {
+            chat: key.chat.clone(),
+            sender: key.user.clone(),
+            members,
+            presence,
+            absent,
+        });
+    }
 }
 
 /// What the step of a send after its broadcast did (see [`Stores::route`]).
@@ -475,23 +527,51 @@ impl Stores {
         key: &SendKey,
         item: &PendingItem,
         limits: PendingLimits,
+        memo: Option<&RouteMemo>,
     ) -> Result<Routed, StoreError> {
         if let Some(send) = &self.send {
             return send.route(key, item, limits).await;
         }
         let members = self.membership.members(&key.chat).await?;
-        let located = self.presence.locate(&members, Some(&key.chat)).await?;
-        let mut absent = Vec::new();
-        let mut live = Vec::new();
-        for (user, at) in members.iter().zip(&located) {
-            if at.in_chat || *user == key.user {
-                continue;
+        // Read before locating: a change after this read gives the next send another version,
+        // so what is kept below is never newer than the version it is kept under.
+        let version = self.presence.chat_version(&key.chat);
+        let recalled = match (memo, version) {
+            (Some(memo), Some(version)) => memo.recall(key, &members, version),
+            _ => None,
+        };
+        let (absent, live) = match recalled {
+            Some(absent) if absent.is_empty() => (absent, Vec::new()),
+            Some(absent) => {
+                let located = self.presence.locate(&absent, None).await?;
+                let live = absent
+                    .iter()
+                    .zip(&located)
+                    .filter(|(_, at)| at.notifications)
+                    .map(|(user, _)| user.clone())
+                    .collect();
+                (absent, live)
             }
-            absent.push(user.clone());
-            if at.notifications {
-                live.push(user.clone());
+            None => {
+                let located = self.presence.locate(&members, Some(&key.chat)).await?;
+                let mut absent = Vec::new();
+                let mut live = Vec::new();
+                for (user, at) in members.iter().zip(&located) {
+                    if at.in_chat || *user == key.user {
+                        continue;
+                    }
+                    absent.push(user.clone());
+                    if at.notifications {
+                        live.push(user.clone());
+                    }
+                }
+                let absent: Arc<[String]> = absent.into();
+                if let (Some(memo), Some(version)) = (memo, version) {
+                    memo.keep(key, members.clone(), version, absent.clone());
+                }
+                (absent, live)
             }
-        }
+        };
         let dropped = if absent.is_empty() {
             0
         } else {
@@ -527,5 +607,180 @@ pub(crate) mod test_support {
             ts_ms: now_millis(),
             content: format!("text {id}"),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test fails
+mod route_memo_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The in-memory presence, counting how often a whole chat is located.
+    #[derive(Default)]
+    struct Counting {
+        inner: memory::MemoryPresence,
+        chat_locates: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl PresenceStore for Counting {
+        async fn enter_chat(&self, user: &str, chat: &str, socket: u64) -> Result<(), StoreError> {
+            self.inner.enter_chat(user, chat, socket).await
+        }
+        async fn leave_chat(&self, user: &str, chat: &str, socket: u64) -> Result<(), StoreError> {
+            self.inner.leave_chat(user, chat, socket).await
+        }
+        async fn in_chat(&self, user: &str, chat: &str) -> Result<bool, StoreError> {
+            self.inner.in_chat(user, chat).await
+        }
+        async fn enter_notifications(&self, user: &str, socket: u64) -> Result<(), StoreError> {
+            self.inner.enter_notifications(user, socket).await
+        }
+        async fn leave_notifications(&self, user: &str, socket: u64) -> Result<(), StoreError> {
+            self.inner.leave_notifications(user, socket).await
+        }
+        async fn has_notifications(&self, user: &str) -> Result<bool, StoreError> {
+            self.inner.has_notifications(user).await
+        }
+        async fn locate(
+            &self,
+            users: &[String],
+            chat: Option<&str>,
+        ) -> Result<Vec<Whereabouts>, StoreError> {
+            if chat.is_some() {
+                self.chat_locates.fetch_add(1, Ordering::Relaxed);
+            }
+            self.inner.locate(users, chat).await
+        }
+        fn chat_version(&self, chat: &str) -> Option<u64> {
+            self.inner.chat_version(chat)
+        }
+    }
+
+    const LIMITS: PendingLimits = PendingLimits {
+        count: 1000,
+        bytes: usize::MAX,
+    };
+
+    fn item(seq: u64) -> PendingItem {
+        PendingItem::Message {
+            chat_id: "c".into(),
+            seq,
+        }
+    }
+
+    fn sender() -> SendKey {
+        SendKey {
+            user: "a".into(),
+            chat: "c".into(),
+            mobile_ref_id: "r".into(),
+        }
+    }
+
+    async fn pending_of(stores: &Stores, user: &str) -> usize {
+        stores.pending.list(user).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn a_remembered_route_follows_every_change_of_members_and_presence() {
+        let presence = Arc::new(Counting::default());
+        let stores = Stores {
+            presence: presence.clone(),
+            ..Stores::memory(Retention::default())
+        }
+        .timed("memory");
+        for user in ["a", "b", "x"] {
+            stores.membership.add("c", user).await.unwrap();
+        }
+        stores.presence.enter_chat("a", "c", 1).await.unwrap();
+        stores.presence.enter_chat("b", "c", 2).await.unwrap();
+        stores.presence.enter_notifications("x", 3).await.unwrap();
+        let memo = RouteMemo::default();
+        let locates = || presence.chat_locates.load(Ordering::Relaxed);
+
+        // x is absent: pending and live, the first time after locating the chat ...
+        let routed = stores
+            .route(&sender(), &item(1), LIMITS, Some(&memo))
+            .await
+            .unwrap();
+        assert_eq!(routed.live, ["x"]);
+        assert_eq!(locates(), 1);
+        // ... then from the memo, still with x's notifications looked up.
+        let routed = stores
+            .route(&sender(), &item(2), LIMITS, Some(&memo))
+            .await
+            .unwrap();
+        assert_eq!(routed.live, ["x"]);
+        assert_eq!(
+            locates(),
+            1,
+            "nothing changed: the chat is not located again"
+        );
+        assert_eq!(pending_of(&stores, "x").await, 2);
+        stores.presence.leave_notifications("x", 3).await.unwrap();
+        let routed = stores
+            .route(&sender(), &item(3), LIMITS, Some(&memo))
+            .await
+            .unwrap();
+        assert!(
+            routed.live.is_empty(),
+            "x's notifications left: pending only"
+        );
+        assert_eq!(pending_of(&stores, "x").await, 3);
+
+        // x joins the chat: located again, nobody absent.
+        stores.presence.enter_chat("x", "c", 4).await.unwrap();
+        stores
+            .route(&sender(), &item(4), LIMITS, Some(&memo))
+            .await
+            .unwrap();
+        assert_eq!(locates(), 2);
+        assert_eq!(pending_of(&stores, "x").await, 3);
+        // A second socket of a user already there changes nothing.
+        stores.presence.enter_chat("b", "c", 5).await.unwrap();
+        stores
+            .route(&sender(), &item(5), LIMITS, Some(&memo))
+            .await
+            .unwrap();
+        assert_eq!(locates(), 2);
+
+        // b leaves with both sockets: absent from the next send on.
+        stores.presence.leave_chat("b", "c", 2).await.unwrap();
+        stores.presence.leave_chat("b", "c", 5).await.unwrap();
+        stores
+            .route(&sender(), &item(6), LIMITS, Some(&memo))
+            .await
+            .unwrap();
+        assert_eq!(pending_of(&stores, "b").await, 1);
+        assert_eq!(locates(), 3);
+
+        // A new member is absent at once.
+        stores.membership.add("c", "y").await.unwrap();
+        stores
+            .route(&sender(), &item(7), LIMITS, Some(&memo))
+            .await
+            .unwrap();
+        assert_eq!(pending_of(&stores, "y").await, 1);
+        assert_eq!(pending_of(&stores, "b").await, 2);
+        assert_eq!(locates(), 4);
+
+        // Everybody leaves and x alone comes back: the emptied chat's version is not reused
+        // for a set it never stood for.
+        for (user, socket) in [("a", 1), ("x", 4)] {
+            stores.presence.leave_chat(user, "c", socket).await.unwrap();
+        }
+        stores
+            .route(&sender(), &item(8), LIMITS, Some(&memo))
+            .await
+            .unwrap();
+        assert_eq!(pending_of(&stores, "x").await, 4);
+        stores.presence.enter_chat("x", "c", 6).await.unwrap();
+        stores
+            .route(&sender(), &item(9), LIMITS, Some(&memo))
+            .await
+            .unwrap();
+        assert_eq!(pending_of(&stores, "x").await, 4, "x is back in the chat");
+        assert_eq!(pending_of(&stores, "y").await, 3);
     }
 }

@@ -199,6 +199,9 @@ impl PresenceStore for Timed<dyn PresenceStore> {
     async fn in_chat(&self, user: &str, chat: &str) -> Result<bool, StoreError> {
         self.time("in_chat", self.inner.in_chat(user, chat)).await
     }
+    fn chat_version(&self, chat: &str) -> Option<u64> {
+        self.inner.chat_version(chat)
+    }
     async fn enter_notifications(&self, user: &str, socket: u64) -> Result<(), StoreError> {
         self.time(
             "enter_notifications",
