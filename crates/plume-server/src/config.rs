@@ -22,8 +22,9 @@ pub struct ServerConfig {
     /// Read buffer allocated per connection. Small, because most sockets are idle most of the
     /// time (tungstenite allocates it up front); it grows for a larger frame. Default 1 KiB.
     pub read_buffer_bytes: usize,
-    /// Bytes of queued frames that trigger a write before the batch's flush; the write buffer
-    /// keeps this capacity once reached. Default 16 KiB.
+    /// The WebSocket library's write buffer, which holds only control frames (a pong, the
+    /// close frame): data frames are written from their encoded bytes without a buffer (see
+    /// the driver). Default 16 KiB.
     pub write_buffer_bytes: usize,
     /// A flush that cannot complete within this time (the client stopped reading) closes the
     /// connection. Default 10 s.

@@ -18,16 +18,16 @@ use plume_channels::outbound::Batch;
 use plume_channels::{Out, OutboundRx, Socket};
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{DecodeError, Frame};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use crate::frame_writer::FrameWriter;
 use crate::wake_gate::WakeGated;
 
 /// The upgraded connection type the server drives.
@@ -58,44 +58,6 @@ enum End {
     Gone,
 }
 
-/// The WebSocket message for an encoded frame. A text frame goes out as a raw frame with the
-/// text opcode: its bytes are UTF-8 by construction (plume-wire's encoders write them from
-/// `str`s and already validated JSON), so they are not checked again here, once per
-/// subscriber, as `Message::Text` would need.
-/// Frames longer than this go out as a fragmented WebSocket message of pieces this long.
-///
-/// tungstenite copies a whole frame into the connection's write buffer before writing it,
-/// and that buffer keeps its largest size for the connection's life: one 1 MB
-/// `presence_state` would leave every socket that got one 1 MB larger for good (the
-/// presence storm's peak RSS was about the sum of the states sent). In pieces, the buffer
-/// never holds more than about `write_buffer_bytes` plus one piece. Clients reassemble
-/// fragments before their `onmessage` (RFC 6455 section 5.4), so nothing changes for them;
-/// most frames (a chat message, a reply) are far below this and go out whole.
-pub const FRAGMENT_BYTES: usize = 16 << 10;
-
-/// The WebSocket frames of one outbound frame: itself, or its fragments.
-fn ws_frames(frame: Frame) -> impl Iterator<Item = Message> {
-    let (mut rest, data) = match frame {
-        Frame::Text(bytes) => (bytes, Data::Text),
-        Frame::Binary(bytes) => (bytes, Data::Binary),
-    };
-    let mut first = true;
-    std::iter::from_fn(move || {
-        if rest.is_empty() && !first {
-            return None;
-        }
-        let piece = rest.split_to(rest.len().min(FRAGMENT_BYTES));
-        let opcode = if first { data } else { Data::Continue };
-        first = false;
-        let fin = rest.is_empty();
-        Some(Message::Frame(WsFrame::message(
-            piece,
-            OpCode::Data(opcode),
-            fin,
-        )))
-    })
-}
-
 /// Drives one connection until it closes, then ends its channels. `shutdown` is this
 /// socket's drain token: when it is cancelled the socket closes with 1001.
 ///
@@ -123,6 +85,7 @@ pub fn drive<S: Stream>(
         // future locks it twice per turn (2 % in the embedded-store profile).
         let mut stopping = WakeGated::new(shutdown.cancelled());
         let mut batch: Vec<Out> = Vec::new();
+        let mut writer = FrameWriter::default();
         let end = loop {
             let step = tokio::select! {
                 biased;
@@ -163,12 +126,16 @@ pub fn drive<S: Stream>(
                     "idle timeout: nothing received",
                 ))),
             };
+            if let Some(End::Gone) = step {
+                // The client closed or the connection broke: nothing more goes out.
+                break End::Gone;
+            }
             // While the client is slow to take a write, the queue may overflow: that is noticed
             // here, not after the write, so the socket is told at once (the close frame goes
             // after what the stream has already taken) instead of after `write_timeout`.
             let written = tokio::select! {
                 biased;
-                result = write_frames(&mut ws, &mut socket, cfg.write_timeout) => result,
+                result = write_frames(&mut ws, &mut writer, &mut socket, cfg.write_timeout) => result,
                 () = rx.overflowed() => break End::Close(overflow()),
             };
             match written {
@@ -191,6 +158,7 @@ pub fn drive<S: Stream>(
             // A burst can grow these buffers to the queue's capacity; give that back once the
             // burst is written, so a socket that was busy once does not stay large.
             release_burst_capacity(&mut batch);
+            writer.release_capacity(RETAINED_ITEMS);
             socket.release_frame_capacity();
             if let Some(end) = step {
                 break end;
@@ -207,7 +175,14 @@ pub fn drive<S: Stream>(
             } else {
                 cfg.write_timeout.min(Duration::from_secs(2))
             };
-            Box::pin(close_with(&mut ws, socket.id().0, reason, limit)).await;
+            Box::pin(close_with(
+                &mut ws,
+                &mut writer,
+                socket.id().0,
+                reason,
+                limit,
+            ))
+            .await;
         }
     }
 }
@@ -281,29 +256,30 @@ fn release_burst_capacity<T>(buf: &mut Vec<T>) {
     }
 }
 
+/// Writes the socket's frames (see [`FrameWriter`]), after whatever tungstenite buffered
+/// itself (a pong). Frames leave the socket before the write starts, so a write cut short by
+/// the timeout or an overflow keeps its progress in `writer` for [`close_with`].
 async fn write_frames<S: Stream>(
     ws: &mut WebSocketStream<S>,
+    writer: &mut FrameWriter,
     socket: &mut Socket,
     limit: Duration,
 ) -> Result<(), WsError> {
-    if socket.frames().is_empty() {
-        // A ping's pong may be waiting in tungstenite's buffer.
-        return match timeout(limit, ws.flush()).await {
-            Ok(result) => result,
-            Err(_) => Err(WsError::Io(std::io::ErrorKind::TimedOut.into())),
-        };
+    if !socket.frames().is_empty() {
+        // Counted once per flush, not per frame: two atomic adds however large the batch.
+        let count = socket.frames().len() as u64;
+        let bytes: usize = socket.frames().iter().map(frame_len).sum();
+        metrics().frames_written(count, bytes as u64);
+        writer.extend(socket.drain_frames());
     }
-    // Counted once per flush, not per frame: two atomic adds however large the batch.
-    let count = socket.frames().len() as u64;
-    let bytes: usize = socket.frames().iter().map(frame_len).sum();
-    metrics().frames_written(count, bytes as u64);
     let work = async {
-        for frame in socket.drain_frames() {
-            for message in ws_frames(frame) {
-                ws.feed(message).await?;
-            }
+        // A ping's pong may be waiting in tungstenite's buffer: it goes first, whole.
+        ws.flush().await?;
+        if !writer.is_empty() {
+            writer.write_all(ws.get_mut()).await?;
+            ws.get_mut().flush().await?;
         }
-        ws.flush().await
+        Ok(())
     };
     match timeout(limit, work).await {
         Ok(result) => result,
@@ -317,6 +293,7 @@ fn frame_len(frame: &Frame) -> usize {
 
 async fn close_with<S: Stream>(
     ws: &mut WebSocketStream<S>,
+    writer: &mut FrameWriter,
     socket: u64,
     reason: CloseReason,
     limit: Duration,
@@ -328,66 +305,18 @@ async fn close_with<S: Stream>(
         code: CloseCode::from(reason.code),
         reason: Utf8Bytes::from(reason.reason.as_ref()),
     };
-    // The close frame gets `limit` to go out (behind whatever the stream still holds)...
-    match timeout(limit, ws.close(Some(frame))).await {
+    // The close frame gets `limit` to go out, behind the end of a frame whose write was cut
+    // short (the frames not started are dropped: the socket is closing)...
+    writer.keep_only_started();
+    let close = async {
+        writer.write_all(ws.get_mut()).await?;
+        ws.close(Some(frame)).await
+    };
+    match timeout(limit, close).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) | Err(_) => return,
     }
     // ...then the client's own close frame, so the handshake completes cleanly, at most 2 s.
     let answer = async { while let Some(Ok(_)) = ws.next().await {} };
     let _ = timeout(limit.min(Duration::from_secs(2)), answer).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    fn pieces(frame: Frame) -> Vec<(OpCode, bool, usize)> {
-        ws_frames(frame)
-            .map(|m| match m {
-                Message::Frame(f) => (f.header().opcode, f.header().is_final, f.payload().len()),
-                other => panic!("a raw frame, not {other:?}"),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_small_frame_goes_out_whole() {
-        let text = Frame::Text(Bytes::from_static(b"[null,null,\"t\",\"e\",{}]"));
-        assert_eq!(pieces(text), vec![(OpCode::Data(Data::Text), true, 22)]);
-        let empty = Frame::Binary(Bytes::new());
-        assert_eq!(pieces(empty), vec![(OpCode::Data(Data::Binary), true, 0)]);
-        let exact = Frame::Text(Bytes::from(vec![b'x'; FRAGMENT_BYTES]));
-        assert_eq!(
-            pieces(exact),
-            vec![(OpCode::Data(Data::Text), true, FRAGMENT_BYTES)]
-        );
-    }
-
-    #[test]
-    fn a_large_frame_goes_out_in_pieces_that_add_up_to_it() {
-        let len = 2 * FRAGMENT_BYTES + 5;
-        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        let frames: Vec<WsFrame> = ws_frames(Frame::Binary(Bytes::from(bytes.clone())))
-            .map(|m| match m {
-                Message::Frame(f) => f,
-                other => panic!("a raw frame, not {other:?}"),
-            })
-            .collect();
-        let shape: Vec<_> = frames
-            .iter()
-            .map(|f| (f.header().opcode, f.header().is_final, f.payload().len()))
-            .collect();
-        assert_eq!(
-            shape,
-            vec![
-                (OpCode::Data(Data::Binary), false, FRAGMENT_BYTES),
-                (OpCode::Data(Data::Continue), false, FRAGMENT_BYTES),
-                (OpCode::Data(Data::Continue), true, 5),
-            ]
-        );
-        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
-        assert_eq!(joined, bytes);
-    }
 }

@@ -54,6 +54,7 @@ pub mod api;
 pub mod config;
 pub mod drain;
 pub mod driver;
+mod frame_writer;
 pub mod handshake;
 pub mod longpoll;
 pub mod origin;
