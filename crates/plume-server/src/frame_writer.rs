@@ -27,6 +27,19 @@ const FRAMES_PER_WRITE: usize = 32;
 /// The longest header: 2 bytes, then a 64-bit length.
 const MAX_HEADER: usize = 10;
 
+/// Room on the stack for copies of small parts, per write.
+const SMALL_BYTES: usize = 16 << 10;
+
+/// Parts up to this long are copied (see `poll_write_all`).
+const SMALL_PART: usize = 512;
+
+/// One slice of a write: copied bytes, or frame `.0`'s payload from byte `.1`.
+#[derive(Clone, Copy)]
+enum Part {
+    Small(usize, usize),
+    Payload(usize, usize),
+}
+
 /// Frames waiting to be written, the first perhaps partly written.
 #[derive(Default)]
 pub struct FrameWriter {
@@ -94,37 +107,65 @@ impl FrameWriter {
         std::future::poll_fn(|cx| self.poll_write_all(cx, Pin::new(&mut *stream))).await
     }
 
-    // The slices and headers live on the stack of one poll, not in the (per-connection) future.
+    // The headers, the copies of small frames and the slices live on the stack of one poll,
+    // not in the (per-connection) future.
     fn poll_write_all<W: AsyncWrite>(
         &mut self,
         cx: &mut Context<'_>,
         mut stream: Pin<&mut W>,
     ) -> Poll<io::Result<()>> {
         while !self.queue.is_empty() {
-            let mut headers = [[0u8; MAX_HEADER]; FRAMES_PER_WRITE];
-            let mut lens = [0usize; FRAMES_PER_WRITE];
+            // Small parts (headers, most frames) are copied side by side into `small`; the
+            // kernel copies a few long slices faster than many short ones (`_copy_from_iter`
+            // went from 0.2 % to 4.2 % of server samples in the chat run with one slice per
+            // header and per payload). Larger payloads are written from where they are.
+            let mut small = [0u8; SMALL_BYTES];
+            let mut filled = 0;
+            let mut parts = [Part::Small(0, 0); 2 * FRAMES_PER_WRITE];
+            let mut used = 0;
             let frames = self.queue.len().min(FRAMES_PER_WRITE);
             for i in 0..frames {
-                lens[i] = header(&self.queue[i], &mut headers[i]);
-            }
-            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
-            let mut used = 0;
-            for i in 0..frames {
-                let head = &headers[i][..lens[i]];
+                // Room for this frame's header and a small payload, or the write goes as is.
+                if filled + MAX_HEADER + SMALL_PART > SMALL_BYTES {
+                    break;
+                }
+                let mut head = [0u8; MAX_HEADER];
+                let head_len = header(&self.queue[i], &mut head);
                 let body = payload(&self.queue[i]);
-                let (head, body) = if i > 0 {
-                    (head, body)
-                } else if self.sent < head.len() {
-                    (&head[self.sent..], body)
+                let skip = if i == 0 { self.sent } else { 0 };
+                let (head, body) = if skip < head_len {
+                    (&head[skip..head_len], body)
                 } else {
-                    (&[][..], &body[self.sent - head.len()..])
+                    (&head[..0], &body[skip - head_len..])
                 };
-                for part in [head, body] {
-                    if !part.is_empty() {
-                        slices[used] = IoSlice::new(part);
+                for (part, copied) in [(head, true), (body, body.len() <= SMALL_PART)] {
+                    if part.is_empty() {
+                        continue;
+                    }
+                    if !copied {
+                        parts[used] = Part::Payload(i, payload(&self.queue[i]).len() - part.len());
                         used += 1;
+                        continue;
+                    }
+                    let start = filled;
+                    filled += part.len();
+                    small[start..filled].copy_from_slice(part);
+                    match used.checked_sub(1).map(|last| &mut parts[last]) {
+                        // Right after the copy before it: one slice for both.
+                        Some(Part::Small(_, end)) if *end == start => *end = filled,
+                        _ => {
+                            parts[used] = Part::Small(start, filled);
+                            used += 1;
+                        }
                     }
                 }
+            }
+            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+            for (slice, part) in slices.iter_mut().zip(&parts[..used]) {
+                *slice = match *part {
+                    Part::Small(start, end) => IoSlice::new(&small[start..end]),
+                    Part::Payload(i, from) => IoSlice::new(&payload(&self.queue[i])[from..]),
+                };
             }
             let written = ready!(stream.as_mut().poll_write_vectored(cx, &slices[..used]))?;
             if written == 0 {
@@ -220,12 +261,12 @@ mod tests {
     /// few bytes at a time: a WebSocket client reads each as the message it was, in order.
     #[tokio::test]
     async fn frames_written_in_pieces_are_read_back_whole_and_in_order() {
-        let mut frames: Vec<Frame> = [0, 1, 125, 126, 127, 65_535, 65_536, 200_000]
+        let mut frames: Vec<Frame> = [0, 1, 125, 126, 127, 512, 513, 65_535, 65_536, 200_000]
             .into_iter()
             .map(text)
             .collect();
         frames.push(Frame::Binary(Bytes::from_static(&[0, 1, 2, 255])));
-        frames.extend((0..2 * FRAMES_PER_WRITE + 3).map(|i| text(i % 300)));
+        frames.extend((0..2 * FRAMES_PER_WRITE + 3).map(|i| text(i * 37 % 900)));
         for chunk in [1, 7, 4096, usize::MAX] {
             let mut writer = FrameWriter::default();
             writer.extend(frames.iter().cloned());
