@@ -152,7 +152,7 @@ impl Items {
     }
 
     /// Moves every item into `buf`, oldest first.
-    fn drain_into(&mut self, buf: &mut Vec<Out>) {
+    fn drain_into(&mut self, buf: &mut impl Extend<Out>) {
         buf.extend(self.first.take());
         buf.extend(self.rest.drain(..));
         // A burst may have grown the deque; give the memory back once it is large.
@@ -248,7 +248,7 @@ impl OutboundTx {
 impl OutboundRx {
     /// Waits until at least one item is queued (or the queue overflowed) and moves every queued
     /// item into `buf`. Cancel-safe: nothing is taken before the future completes.
-    pub async fn recv_batch(&mut self, buf: &mut Vec<Out>) -> Batch {
+    pub async fn recv_batch(&mut self, buf: &mut impl Extend<Out>) -> Batch {
         loop {
             {
                 let mut state = self.0.state.lock();
