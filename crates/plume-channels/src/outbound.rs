@@ -10,13 +10,12 @@
 //! as well as items matters because frames differ a thousandfold in size: 1,024 queued 1 MiB
 //! broadcasts are a gigabyte.
 //!
-//! The queue is a `VecDeque` behind a short mutex rather than a tokio mpsc channel because an
-//! idle socket must be small: an empty `VecDeque` owns no allocation, while an mpsc channel
+//! The queue is an [`OutBatch`] behind a short mutex rather than a tokio mpsc channel because
+//! an idle socket must be small: an empty one owns no allocation, while an mpsc channel
 //! allocates a block of slots up front. The writer takes everything queued in one lock, which
 //! is what lets it write a whole batch of frames per flush.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -103,7 +102,7 @@ pub enum SendError {
 }
 
 struct State {
-    items: Items,
+    items: OutBatch,
     /// Bytes of the frames in `items`.
     bytes: usize,
     overflowed: bool,
@@ -117,24 +116,36 @@ struct Shared {
     max_bytes: usize,
 }
 
-/// The queued items, oldest first. The oldest sits in `first`, inside the queue's own
-/// allocation: most of the time a socket has at most one item waiting (a fan-out to many
-/// sockets queues one frame on each), and writing it next to the lock just taken saves the
-/// cache miss of a separate buffer on every delivery (the fan-out profile had it as the
+/// Items oldest first, the oldest held inline. Used for a queue's items and for what a
+/// socket's driver takes from it in one turn: most of the time there is one item (a fan-out
+/// to many sockets queues one frame on each), so writing it next to the lock just taken saves
+/// the cache miss of a separate buffer on every delivery (the fan-out profile had it as the
 /// single largest cost), and an idle socket keeps no buffer at all.
 #[derive(Default)]
-struct Items {
+pub struct OutBatch {
     first: Option<Out>,
     /// The rest; empty whenever `first` is.
-    rest: VecDeque<Out>,
+    rest: Vec<Out>,
 }
 
-impl Items {
+impl Extend<Out> for OutBatch {
+    fn extend<I: IntoIterator<Item = Out>>(&mut self, items: I) {
+        let mut items = items.into_iter();
+        if self.first.is_none() {
+            self.first = items.next();
+        }
+        // One allocation for the rest when the source knows its length (a drain does).
+        self.rest.extend(items);
+    }
+}
+
+impl OutBatch {
     fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()
     }
 
-    fn is_empty(&self) -> bool {
+    /// Nothing held.
+    pub fn is_empty(&self) -> bool {
         self.first.is_none()
     }
 
@@ -142,20 +153,31 @@ impl Items {
         if self.first.is_none() {
             self.first = Some(item);
         } else {
-            self.rest.push_back(item);
+            self.rest.push(item);
         }
     }
 
     fn clear(&mut self) {
         self.first = None;
-        self.rest = VecDeque::new();
+        self.rest = Vec::new();
+    }
+
+    /// Takes every item, oldest first (drop the iterator only once it is exhausted).
+    pub fn drain(&mut self) -> impl Iterator<Item = Out> + '_ {
+        self.first.take().into_iter().chain(self.rest.drain(..))
+    }
+
+    /// Frees the memory of a turn that took several items, once they are gone.
+    pub fn release(&mut self) {
+        if self.first.is_none() && self.rest.capacity() > 0 {
+            self.rest = Vec::new();
+        }
     }
 
     /// Moves every item into `buf`, oldest first.
     fn drain_into(&mut self, buf: &mut impl Extend<Out>) {
-        buf.extend(self.first.take());
-        buf.extend(self.rest.drain(..));
-        // A burst may have grown the deque; give the memory back once it is large.
+        buf.extend(self.drain());
+        // A burst may have grown the buffer; give the memory back once it is large.
         if self.rest.capacity() > 64 {
             self.rest.shrink_to_fit();
         }
@@ -198,7 +220,7 @@ pub fn outbound(capacity: usize) -> (OutboundTx, OutboundRx) {
 pub fn outbound_with_budget(capacity: usize, max_bytes: usize) -> (OutboundTx, OutboundRx) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            items: Items::default(),
+            items: OutBatch::default(),
             bytes: 0,
             overflowed: false,
             closed: false,

@@ -14,8 +14,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use plume_channels::metrics::metrics;
-use plume_channels::outbound::Batch;
-use plume_channels::{Out, OutboundRx, Socket};
+use plume_channels::outbound::{Batch, OutBatch};
+use plume_channels::{OutboundRx, Socket};
 use plume_wire::close::{self, CloseReason};
 use plume_wire::{DecodeError, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -242,42 +242,9 @@ fn bad_input(socket: &Socket, err: &DecodeError) -> CloseReason {
     reason
 }
 
-/// What one turn takes from the outbound queue. One item needs no allocation: most turns
-/// take one (a fan-out queues one frame on each socket), and an idle socket then keeps no
-/// buffer at all (a `Vec` kept the capacity of its first batch: 225 bytes per idle connection
-/// in a heap profile).
-#[derive(Default)]
-struct OutBatch {
-    first: Option<Out>,
-    /// Items after `first`; empty whenever `first` is.
-    rest: Vec<Out>,
-}
-
-impl Extend<Out> for OutBatch {
-    fn extend<I: IntoIterator<Item = Out>>(&mut self, items: I) {
-        let mut items = items.into_iter();
-        if self.first.is_none() {
-            self.first = items.next();
-        }
-        // One allocation for the rest (a drain knows its length).
-        self.rest.extend(items);
-    }
-}
-
-impl OutBatch {
-    /// The items, oldest first.
-    fn drain(&mut self) -> impl Iterator<Item = Out> + '_ {
-        self.first.take().into_iter().chain(self.rest.drain(..))
-    }
-
-    /// Frees the memory of a turn that took several items.
-    fn release(&mut self) {
-        if self.first.is_none() && self.rest.capacity() > 0 {
-            self.rest = Vec::new();
-        }
-    }
-}
-
+/// Writes the socket's frames (see [`FrameWriter`]), after whatever tungstenite buffered
+/// itself (a pong). The frames stay in the socket until all are written, so a write cut short
+/// by the timeout or an overflow leaves the started frame for [`close_with`] to finish.
 async fn write_frames<S: Stream>(
     ws: &mut WebSocketStream<S>,
     writer: &mut FrameWriter,
