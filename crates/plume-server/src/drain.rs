@@ -2,48 +2,58 @@
 //! drainer, so that their clients reconnect to the other nodes spread over a few seconds
 //! instead of all at once.
 //!
-//! Every socket (a WebSocket, a LongPoll session) registers while it lives and gets its own
-//! [`CancellationToken`]; its driver closes the socket (1001 `server shutting down`) when that
-//! token is cancelled. [`Drainer::drain`] cancels `batch_size` tokens, waits `interval`,
-//! cancels the next batch, and so on until none is left. A socket that registers once the
-//! drain has begun gets a token that is already cancelled.
+//! Every socket (a WebSocket, a LongPoll session) registers while it lives. A WebSocket
+//! registers the [`GoAway`] of its outbound queue, which its driver waits on anyway; a
+//! LongPoll session gets a [`CancellationToken`]. Either way the socket closes with 1001
+//! `server shutting down` when the drain reaches it. [`Drainer::drain`] tells `batch_size`
+//! sockets, waits `interval`, tells the next batch, and so on until none is left. A socket
+//! that registers once the drain has begun is told at once.
 //!
-//! Cost: one token (a small allocation) and one map entry per socket, taken and given back
-//! under a mutex when the socket opens and closes, never per message.
+//! Cost: one map entry per socket (and, for a LongPoll session, one token), taken and given
+//! back under a mutex when the socket opens and closes, never per message.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use plume_channels::outbound::GoAway;
 use tokio_util::sync::CancellationToken;
 
 /// The registry of live sockets that a drain closes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Drainer {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     next: u64,
     draining: bool,
-    sockets: HashMap<u64, CancellationToken>,
+    sockets: HashMap<u64, Target>,
+}
+
+/// How a registered socket is told to close.
+enum Target {
+    /// A WebSocket: through its outbound queue.
+    Queue(GoAway),
+    /// A LongPoll session: through its token.
+    Token(CancellationToken),
+}
+
+impl Target {
+    fn tell(&self) {
+        match self {
+            Target::Queue(queue) => queue.go_away(),
+            Target::Token(token) => token.cancel(),
+        }
+    }
 }
 
 /// A registered socket: it leaves the registry when this is dropped.
-#[derive(Debug)]
 pub struct Registration {
     drainer: Arc<Drainer>,
     id: u64,
-    token: CancellationToken,
-}
-
-impl Registration {
-    /// Cancelled when the drain reaches this socket.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
 }
 
 impl Drop for Registration {
@@ -58,22 +68,31 @@ impl Drainer {
         Arc::new(Drainer::default())
     }
 
-    /// Registers a socket. During a drain the token comes back already cancelled.
-    pub fn register(self: &Arc<Self>) -> Registration {
+    /// Registers a WebSocket by its outbound queue. During a drain it is told at once.
+    pub fn register(self: &Arc<Self>, queue: GoAway) -> Registration {
+        self.add(Target::Queue(queue))
+    }
+
+    /// Registers a socket that waits on a token (a LongPoll session), and returns the token.
+    /// During a drain it comes back already cancelled.
+    pub fn register_token(self: &Arc<Self>) -> (Registration, CancellationToken) {
         let token = CancellationToken::new();
+        (self.add(Target::Token(token.clone())), token)
+    }
+
+    fn add(self: &Arc<Self>, target: Target) -> Registration {
         let mut state = self.state.lock();
         let id = state.next;
         state.next += 1;
         if state.draining {
-            token.cancel();
+            target.tell();
         } else {
-            state.sockets.insert(id, token.clone());
+            state.sockets.insert(id, target);
         }
         drop(state);
         Registration {
             drainer: self.clone(),
             id,
-            token,
         }
     }
 
@@ -100,8 +119,8 @@ impl Drainer {
                 let mut state = self.state.lock();
                 let ids: Vec<u64> = state.sockets.keys().take(batch_size).copied().collect();
                 for id in ids {
-                    if let Some(token) = state.sockets.remove(&id) {
-                        batch.push(token);
+                    if let Some(target) = state.sockets.remove(&id) {
+                        batch.push(target);
                     }
                 }
             }
@@ -116,8 +135,8 @@ impl Drainer {
                 left = self.len(),
                 "drain: closing a batch of sockets"
             );
-            for token in batch.drain(..) {
-                token.cancel();
+            for target in batch.drain(..) {
+                target.tell();
             }
             if self.is_empty() {
                 break;
@@ -132,6 +151,7 @@ impl Drainer {
 #[allow(clippy::unwrap_used)] // a panic is how a test fails
 mod tests {
     use super::*;
+    use plume_channels::outbound::{Batch, outbound};
     use tokio::time::Instant;
 
     /// Seven sockets, batches of three a second apart: closed at 0 s, 1 s and 2 s (paused
@@ -139,16 +159,28 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closes_in_batches_at_the_interval() {
         let drainer = Drainer::new();
-        let regs: Vec<Registration> = (0..7).map(|_| drainer.register()).collect();
         let start = Instant::now();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for reg in &regs {
-            let token = reg.token().clone();
+        let mut regs = Vec::new();
+        // Four WebSockets (told through their queues) and three LongPoll sessions.
+        for i in 0..7 {
             let tx = tx.clone();
-            tokio::spawn(async move {
-                token.cancelled().await;
-                let _ = tx.send(start.elapsed());
-            });
+            if i % 2 == 0 {
+                let (_queue_tx, mut queue) = outbound(8);
+                regs.push(drainer.register(queue.go_away_handle()));
+                tokio::spawn(async move {
+                    let mut items = Vec::new();
+                    assert_eq!(queue.recv_batch(&mut items).await, Batch::GoingAway);
+                    let _ = tx.send(start.elapsed());
+                });
+            } else {
+                let (reg, token) = drainer.register_token();
+                regs.push(reg);
+                tokio::spawn(async move {
+                    token.cancelled().await;
+                    let _ = tx.send(start.elapsed());
+                });
+            }
         }
         drop(tx);
         let told = drainer.drain(3, Duration::from_secs(1)).await;
@@ -169,18 +201,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn sockets_that_closed_are_skipped_and_late_ones_start_cancelled() {
         let drainer = Drainer::new();
-        let a = drainer.register();
-        let b = drainer.register();
+        let (_a, a) = drainer.register_token();
+        let (b, _) = drainer.register_token();
         drop(b);
         assert_eq!(drainer.len(), 1);
         let start = Instant::now();
         assert_eq!(drainer.drain(1, Duration::from_secs(5)).await, 1);
-        assert!(a.token().is_cancelled());
+        assert!(a.is_cancelled());
         assert_eq!(start.elapsed(), Duration::ZERO);
-        let late = drainer.register();
-        assert!(
-            late.token().is_cancelled(),
-            "a socket opened while draining"
+        let (_late, late) = drainer.register_token();
+        assert!(late.is_cancelled(), "a session opened while draining");
+        let (_queue_tx, mut queue) = outbound(8);
+        let _late_ws = drainer.register(queue.go_away_handle());
+        let mut items = Vec::new();
+        assert_eq!(
+            queue.recv_batch(&mut items).await,
+            Batch::GoingAway,
+            "a WebSocket opened while draining"
         );
         assert!(drainer.is_empty());
     }

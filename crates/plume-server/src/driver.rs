@@ -2,8 +2,8 @@
 //! socket state machine.
 //!
 //! One task does both directions (no split halves, no second task), because an idle
-//! connection must cost as little as possible. The loop waits on, in priority order: server
-//! shutdown, the outbound queue, channel callbacks in flight (one that waits on a store
+//! connection must cost as little as possible. The loop waits on, in priority order: the
+//! outbound queue (which also says when the server is going away), channel callbacks in flight (one that waits on a store
 //! never stalls the loop: see `plume_channels::work`), the next client frame and the idle
 //! timer. After every step it
 //! writes all frames the socket produced with one flush, so a burst of broadcasts becomes one
@@ -25,10 +25,8 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
 
 use crate::frame_writer::FrameWriter;
-use crate::wake_gate::WakeGated;
 
 /// The upgraded connection type the server drives.
 pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -58,8 +56,8 @@ enum End {
     Gone,
 }
 
-/// Drives one connection until it closes, then ends its channels. `shutdown` is this
-/// socket's drain token: when it is cancelled the socket closes with 1001.
+/// Drives one connection until it closes, then ends its channels. A drain reaches it through
+/// its outbound queue ([`plume_channels::outbound::GoAway`]): the socket then closes with 1001.
 ///
 /// Memory note: this future is the whole per-connection task, allocated once and kept for the
 /// connection's life, so it must stay small. The socket's message handling (joins, channel
@@ -75,24 +73,20 @@ pub fn drive<S: Stream>(
     mut socket: Socket,
     mut rx: OutboundRx,
     cfg: DriverConfig,
-    shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let idle = sleep(cfg.idle_timeout);
         tokio::pin!(idle);
-        // Made once (a fresh `cancelled()` per turn of the loop locked the token's mutex every
-        // time: 1.4 % of server CPU in the chat profile), and gated, since even polling the one
-        // future locks it twice per turn (2 % in the embedded-store profile).
-        let mut stopping = WakeGated::new(shutdown.cancelled());
         let mut batch = OutBatch::default();
         let mut writer = FrameWriter::default();
         let end = loop {
             let step = tokio::select! {
                 biased;
-                () = &mut stopping => {
-                    Some(End::Close(CloseReason::new(close::GOING_AWAY, "server shutting down")))
-                }
                 status = rx.recv_batch(&mut batch) => match status {
+                    Batch::GoingAway => Some(End::Close(CloseReason::new(
+                        close::GOING_AWAY,
+                        "server shutting down",
+                    ))),
                     Batch::Overflowed => Some(End::Close(overflow())),
                     Batch::Items => {
                         let mut end = None;

@@ -59,7 +59,6 @@ pub mod handshake;
 pub mod longpoll;
 pub mod origin;
 pub mod query;
-pub mod wake_gate;
 
 use std::convert::Infallible;
 use std::io;
@@ -611,7 +610,6 @@ fn run_socket(
             socket_id: up.accepted.socket_id,
             assigns: up.accepted.assigns,
         };
-        let registration = shared.drainer.register();
         let driver_cfg = DriverConfig {
             idle_timeout: cfg.idle_timeout,
             write_timeout: cfg.write_timeout,
@@ -619,7 +617,7 @@ fn run_socket(
         };
         // The socket goes into the driver inside this block, so the task does not keep a
         // moved-from slot for it (352 bytes) beside the driver for the connection's life.
-        let (id, driver) = {
+        let (id, _registration, driver) = {
             let (socket, rx) = Socket::new(
                 info,
                 shared.router.clone(),
@@ -627,8 +625,8 @@ fn run_socket(
                 cfg.socket,
             );
             let id = socket.id();
-            let token = registration.token().clone();
-            (id, driver::drive(ws, socket, rx, driver_cfg, token))
+            let registration = shared.drainer.register(rx.go_away_handle());
+            (id, registration, driver::drive(ws, socket, rx, driver_cfg))
         };
         let _counted = plume_channels::metrics::metrics()
             .connection_opened(plume_channels::metrics::Transport::WebSocket);

@@ -21,7 +21,6 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_util::sync::CancellationToken;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -64,7 +63,7 @@ async fn setup(outbound_capacity: usize) -> Setup {
         write_timeout: WRITE_TIMEOUT,
         max_frame_bytes: 1 << 20,
     };
-    let driver = tokio::spawn(drive(server, socket, rx, cfg, CancellationToken::new()));
+    let driver = tokio::spawn(drive(server, socket, rx, cfg));
     client
         .send(Message::text(r#"["1","1","echo:x","phx_join",{}]"#))
         .await
@@ -205,7 +204,7 @@ async fn the_driver_future_of_a_connection_stays_small() {
         write_timeout: WRITE_TIMEOUT,
         max_frame_bytes: 1 << 20,
     };
-    let future = drive(server, socket, rx, cfg, CancellationToken::new());
+    let future = drive(server, socket, rx, cfg);
     let size = std::mem::size_of_val(&future);
     assert!(size <= 2048, "the driver's future grew to {size} bytes");
 }

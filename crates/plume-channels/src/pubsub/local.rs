@@ -2,8 +2,9 @@
 //!
 //! Topics are spread over shards by hash, each behind its own `RwLock`, so there is no global
 //! lock: joins and leaves on different topics rarely contend, and broadcasts on a topic take
-//! only a read lock. Subscribers of a topic live in an `IndexMap` keyed by socket, which
-//! iterates like a `Vec` on the fan-out path and removes in O(1) when a socket leaves.
+//! only a read lock. A topic's only subscriber (a user's notifications topic, most often) is
+//! kept inline; several live in an `IndexMap` keyed by socket, which iterates like a `Vec`
+//! on the fan-out path and removes in O(1) when a socket leaves.
 //!
 //! The fan-out path does, per broadcast: one shard read lock, at most one encode per
 //! serializer, then one reference-count increment and one queue push per subscriber. No lock
@@ -43,9 +44,70 @@ pub trait SeqRepair: Send + Sync + 'static {
 }
 
 struct Topic {
-    subs: IndexMap<SocketId, Subscriber>,
-    /// Ordering state of a sequenced topic; `None` until the first sequenced use.
-    seq: Mutex<Option<SeqState>>,
+    subs: Subs,
+    /// Ordering state of a sequenced topic; `None` until the first sequenced use. Boxed:
+    /// every topic has the slot, only chat topics fill it.
+    seq: Mutex<Option<Box<SeqState>>>,
+}
+
+/// A topic's subscribers. Half the topics of a typical node have one subscriber (each
+/// user's `notifications:` topic), and an `IndexMap` for one costs two allocations (about
+/// 130 bytes in an idle heap profile), so one is kept inline.
+enum Subs {
+    One(Subscriber),
+    Many(IndexMap<SocketId, Subscriber>),
+}
+
+impl Subs {
+    fn insert(&mut self, sub: Subscriber) {
+        match self {
+            Subs::Many(map) if map.is_empty() => *self = Subs::One(sub),
+            Subs::Many(map) => {
+                map.insert(sub.socket, sub);
+            }
+            Subs::One(one) if one.socket == sub.socket => *one = sub,
+            Subs::One(_) => {
+                let Subs::One(one) = std::mem::replace(self, Subs::Many(IndexMap::new())) else {
+                    unreachable!("matched One above")
+                };
+                let mut map = IndexMap::with_capacity(2);
+                map.insert(one.socket, one);
+                map.insert(sub.socket, sub);
+                *self = Subs::Many(map);
+            }
+        }
+    }
+
+    /// Removes `socket`'s subscription; whether it had one.
+    fn remove(&mut self, socket: SocketId) -> bool {
+        match self {
+            Subs::One(one) if one.socket == socket => {
+                *self = Subs::Many(IndexMap::new());
+                true
+            }
+            Subs::One(_) => false,
+            Subs::Many(map) => map.swap_remove(&socket).is_some(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Subs::One(_) => 1,
+            Subs::Many(map) => map.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Subscriber> {
+        let (one, many) = match self {
+            Subs::One(one) => (Some(one), None),
+            Subs::Many(map) => (None, Some(map.values())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 struct SeqState {
@@ -121,16 +183,14 @@ impl LocalPubSub {
         let mut shard = self.shard(topic).write();
         match shard.get_mut(topic) {
             Some(t) => {
-                t.subs.insert(sub.socket, sub);
+                t.subs.insert(sub);
                 false
             }
             None => {
-                let mut subs = IndexMap::with_capacity(1);
-                subs.insert(sub.socket, sub);
                 shard.insert(
                     topic.into(),
                     Topic {
-                        subs,
+                        subs: Subs::One(sub),
                         seq: Mutex::new(None),
                     },
                 );
@@ -145,7 +205,7 @@ impl LocalPubSub {
         let Some(t) = shard.get_mut(topic) else {
             return false;
         };
-        if t.subs.swap_remove(&socket).is_none() {
+        if !t.subs.remove(socket) {
             return false;
         }
         if t.subs.is_empty() {
@@ -177,11 +237,11 @@ impl LocalPubSub {
 
     fn dispatch_seq(&self, topic: &Topic, msg: &Broadcast, seq: Seq) -> (usize, RepairAsk) {
         let mut guard = topic.seq.lock();
-        let state = guard.get_or_insert_with(|| SeqState::new(seq.epoch));
+        let state = guard.get_or_insert_with(|| Box::new(SeqState::new(seq.epoch)));
         if state.epoch != seq.epoch {
             // The log was reset (a new epoch): start over from this message, and forget what
             // every socket was given, since the new seqs start again from 1.
-            *state = SeqState::new(seq.epoch);
+            **state = SeqState::new(seq.epoch);
             state.last = Some(seq.seq.saturating_sub(1));
             for sub in topic.subs.values() {
                 if let Some(floor) = &sub.floor {
@@ -208,7 +268,7 @@ impl LocalPubSub {
 
     /// Dispatches the held broadcasts that are now next in line; asks for a repair when some
     /// remain behind a gap.
-    fn drain_held(&self, subs: &IndexMap<SocketId, Subscriber>, state: &mut SeqState) -> RepairAsk {
+    fn drain_held(&self, subs: &Subs, state: &mut SeqState) -> RepairAsk {
         let mut last = state.last?;
         while let Some(entry) = state.held.first_entry() {
             let seq = *entry.key();
@@ -248,9 +308,9 @@ impl LocalPubSub {
                 return;
             };
             let mut guard = t.seq.lock();
-            let state = guard.get_or_insert_with(|| SeqState::new(epoch));
+            let state = guard.get_or_insert_with(|| Box::new(SeqState::new(epoch)));
             if state.epoch != epoch {
-                *state = SeqState::new(epoch);
+                **state = SeqState::new(epoch);
             }
             if state.last.is_some() {
                 return;
@@ -317,7 +377,7 @@ impl LocalPubSub {
         }
     }
 
-    fn fan_out(&self, subs: &IndexMap<SocketId, Subscriber>, msg: &Broadcast) -> usize {
+    fn fan_out(&self, subs: &Subs, msg: &Broadcast) -> usize {
         let mut encoded: [Option<Option<Frame>>; 2] = [None, None];
         // A leave order's topic, read from its payload once for all of the topic's sockets.
         let mut leave: Option<Option<Arc<str>>> = None;
@@ -607,5 +667,62 @@ mod tests {
         let mut items = Vec::new();
         rx.recv_batch(&mut items).await;
         assert!(matches!(items.as_slice(), [Out::Frame(_)]));
+    }
+
+    /// A topic goes from one inline subscriber to several and back without losing or
+    /// doubling anyone, and ends when its last subscriber leaves.
+    #[tokio::test]
+    async fn subscribers_come_and_go_across_one_and_many() {
+        let registry = LocalPubSub::new();
+        let mut rxs = Vec::new();
+        let sub = |id: u64, rxs: &mut Vec<OutboundRx>| {
+            let (tx, rx) = outbound(64);
+            rxs.push(rx);
+            Subscriber {
+                socket: SocketId(id),
+                serializer: Serializer::V2,
+                kind: SubscriberKind::Fastlane,
+                tx,
+                floor: None,
+            }
+        };
+        let mut plain = msg(0, 0);
+        plain.seq = None;
+        assert!(registry.add("t", sub(1, &mut rxs)), "the first subscriber");
+        // The same socket again replaces its subscription (its new queue gets the frames).
+        assert!(!registry.add("t", sub(1, &mut rxs)));
+        assert_eq!(registry.subscriber_count("t"), 1);
+        assert_eq!(registry.dispatch(&plain), 1);
+        assert!(!registry.add("t", sub(2, &mut rxs)));
+        assert!(!registry.add("t", sub(3, &mut rxs)));
+        assert_eq!(registry.subscriber_count("t"), 3);
+        assert_eq!(registry.dispatch(&plain), 3);
+        assert!(!registry.remove("t", SocketId(9)), "not a subscriber");
+        assert!(!registry.remove("t", SocketId(1)));
+        assert!(!registry.remove("t", SocketId(3)));
+        assert_eq!(registry.dispatch(&plain), 1, "only socket 2 is left");
+        assert!(
+            registry.remove("t", SocketId(2)),
+            "the last one ends the topic"
+        );
+        assert!(registry.topics().is_empty());
+        // One subscriber removed leaves no topic behind either.
+        assert!(registry.add("u", sub(4, &mut rxs)));
+        assert!(!registry.remove("u", SocketId(5)));
+        assert!(registry.remove("u", SocketId(4)));
+        assert!(registry.topics().is_empty());
+        // What each queue got: the first socket-1 queue nothing (replaced before the first
+        // broadcast), the second two frames, sockets 2 and 3 one each.
+        let mut got = Vec::new();
+        for rx in &mut rxs[..4] {
+            let mut items = Vec::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(5),
+                rx.recv_batch(&mut items),
+            )
+            .await;
+            got.push(items.len());
+        }
+        assert_eq!(got, [0, 2, 2, 1]);
     }
 }

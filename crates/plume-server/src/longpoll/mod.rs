@@ -351,7 +351,7 @@ fn open_session(parts: &Parts, peer: SocketAddr, shared: &Arc<Shared>) -> Answer
     let (id, token) = lp.signer.issue();
     // Drained like a WebSocket (in its batch), and counted as a LongPoll connection while it
     // lives.
-    let registration = shared.drainer.register();
+    let (registration, drained) = shared.drainer.register_token();
     match session::start(
         &lp.registry,
         id,
@@ -359,7 +359,7 @@ fn open_session(parts: &Parts, peer: SocketAddr, shared: &Arc<Shared>) -> Answer
         rx,
         session_cfg,
         cfg.longpoll.max_sessions,
-        registration.token().clone(),
+        drained,
     ) {
         Ok(run) => {
             let counted = plume_channels::metrics::metrics()

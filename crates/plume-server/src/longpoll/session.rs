@@ -184,6 +184,9 @@ async fn run(
                 }
             },
             status = rx.recv_batch(&mut batch), if room => match status {
+                Batch::GoingAway => {
+                    Some(CloseReason::new(close::GOING_AWAY, "server shutting down"))
+                }
                 Batch::Overflowed => Some(CloseReason::new(
                     close::SLOW_CONSUMER,
                     "outbound queue overflow: the client polls too slowly",
