@@ -3,11 +3,10 @@
 //!
 //! One task does both directions (no split halves, no second task), because an idle
 //! connection must cost as little as possible. The loop waits on, in priority order: the
-//! outbound queue (which also says when the server is going away), channel callbacks in flight (one that waits on a store
-//! never stalls the loop: see `plume_channels::work`), the next client frame and the idle
-//! timer. After every step it
-//! writes all frames the socket produced with one flush, so a burst of broadcasts becomes one
-//! `write` system call.
+//! outbound queue (which also says when the server is going away), channel callbacks in
+//! flight (one that waits on a store never stalls the loop: see `plume_channels::work`), the
+//! next client frame and the idle timer. After every step it writes all frames the socket
+//! produced with one flush, so a burst of broadcasts becomes one `write` system call.
 
 use std::time::Duration;
 

@@ -67,11 +67,10 @@ impl Subs {
             }
             Subs::One(one) if one.socket == sub.socket => *one = sub,
             Subs::One(_) => {
-                let Subs::One(one) = std::mem::replace(self, Subs::Many(IndexMap::new())) else {
-                    unreachable!("matched One above")
-                };
                 let mut map = IndexMap::with_capacity(2);
-                map.insert(one.socket, one);
+                if let Subs::One(one) = std::mem::replace(self, Subs::Many(IndexMap::new())) {
+                    map.insert(one.socket, one);
+                }
                 map.insert(sub.socket, sub);
                 *self = Subs::Many(map);
             }
