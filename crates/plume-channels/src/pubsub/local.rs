@@ -524,7 +524,7 @@ impl PubSub for LocalPubSub {
 #[allow(clippy::unwrap_used)] // a panic is how a test fails
 mod tests {
     use super::*;
-    use crate::outbound::{OutboundRx, admit_seq, outbound};
+    use crate::outbound::{OutboundRx, OutboundTx, admit_seq, outbound};
     use bytes::Bytes;
     use plume_wire::{Json, Payload};
 
@@ -556,17 +556,19 @@ mod tests {
         registry.set_repair(asked.clone());
         let (tx, rx) = outbound(64);
         let floor = Arc::new(AtomicU64::new(0));
-        registry.add(
-            "t",
-            Subscriber {
-                socket: SocketId(1),
-                serializer: Serializer::V2,
-                kind: SubscriberKind::Fastlane,
-                tx,
-                floor: Some(floor.clone()),
-            },
-        );
+        registry.add("t", fastlane(1, tx, Some(floor.clone())));
         (registry, asked, rx, floor)
+    }
+
+    /// A socket's fan-out subscription.
+    fn fastlane(id: u64, tx: OutboundTx, floor: Option<Arc<AtomicU64>>) -> Subscriber {
+        Subscriber {
+            socket: SocketId(id),
+            serializer: Serializer::V2,
+            kind: SubscriberKind::Fastlane,
+            tx,
+            floor,
+        }
     }
 
     /// The seqs a socket would write, in order (through its floor, as the driver does).
@@ -677,13 +679,7 @@ mod tests {
         let sub = |id: u64, rxs: &mut Vec<OutboundRx>| {
             let (tx, rx) = outbound(64);
             rxs.push(rx);
-            Subscriber {
-                socket: SocketId(id),
-                serializer: Serializer::V2,
-                kind: SubscriberKind::Fastlane,
-                tx,
-                floor: None,
-            }
+            fastlane(id, tx, None)
         };
         let mut plain = msg(0, 0);
         plain.seq = None;

@@ -280,11 +280,6 @@ fn migrate(conn: &Connection, from: i64) -> Result<i64, rusqlite::Error> {
 }
 
 impl Sqlite {
-    #[cfg(test)]
-    fn open(dir: &Path, retention: Retention) -> Result<Sqlite, OpenError> {
-        Sqlite::open_with(dir, retention, WRITER_CHECKPOINT_FRAMES)
-    }
-
     fn open_with(
         dir: &Path,
         retention: Retention,
@@ -1543,7 +1538,9 @@ mod tests {
     #[test]
     fn refuses_a_newer_schema_and_a_foreign_database() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Sqlite::open(dir.path(), Retention::default()).unwrap());
+        drop(
+            Sqlite::open_with(dir.path(), Retention::default(), WRITER_CHECKPOINT_FRAMES).unwrap(),
+        );
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute(
             "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
@@ -1551,7 +1548,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let err = Sqlite::open(dir.path(), Retention::default())
+        let err = Sqlite::open_with(dir.path(), Retention::default(), WRITER_CHECKPOINT_FRAMES)
             .err()
             .unwrap();
         assert!(
@@ -1563,7 +1560,7 @@ mod tests {
         let conn = Connection::open(other.path().join(DB_FILE)).unwrap();
         conn.execute("CREATE TABLE t (x)", []).unwrap();
         drop(conn);
-        let err = Sqlite::open(other.path(), Retention::default())
+        let err = Sqlite::open_with(other.path(), Retention::default(), WRITER_CHECKPOINT_FRAMES)
             .err()
             .unwrap();
         assert!(matches!(err, OpenError::Damaged { .. }), "{err}");
@@ -1574,9 +1571,13 @@ mod tests {
             b"this is not a database at all, no",
         )
         .unwrap();
-        let err = Sqlite::open(garbage.path(), Retention::default())
-            .err()
-            .unwrap();
+        let err = Sqlite::open_with(
+            garbage.path(),
+            Retention::default(),
+            WRITER_CHECKPOINT_FRAMES,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(err, OpenError::Database { .. }), "{err}");
         assert!(err.to_string().contains(DB_FILE), "{err}");
     }
