@@ -133,9 +133,9 @@ pub struct PlumeLaunch {
     pub jwt_secret: String,
     /// Extra `serve` arguments, appended as given.
     pub extra_args: Vec<String>,
-    /// Keep the server's per-socket push and join rate limits. Off for the load scenarios
-    /// (their sockets send far more than any client may: that is their job); on for
-    /// `attack`, which measures those limits.
+    /// Keep the server's per-socket push and join rate limits and its connection cap. Off
+    /// for the load scenarios (their sockets send far more than any client may: that is
+    /// their job); on for `attack`, which measures those limits.
     pub rate_limits: bool,
 }
 
@@ -172,6 +172,9 @@ pub async fn spawn_plume(
     if !launch.rate_limits {
         cmd.env("PLUME_MAX_PUSHES_PER_SECOND", "0");
         cmd.env("PLUME_MAX_JOINS_PER_SECOND", "0");
+        // Nor is the connection cap theirs to meet: 10,000 subscribers and a publisher are
+        // one over the default, and the last to connect was refused with 503.
+        cmd.env("PLUME_MAX_CONNECTIONS", "1000000");
     }
     cmd.args(&launch.extra_args);
     // One log line per connection would cost the server more than the benchmark measures.
