@@ -349,9 +349,9 @@ impl Socket {
     /// given back, for [`Socket::handle_out`].
     pub fn push_out(&mut self, item: Out) -> Option<Out> {
         match item {
-            Out::Frame(frame) => self.out.push(frame),
-            Out::Seq { frame, seq, floor } => {
-                if let Some(frame) = admit_seq(frame, seq, &floor) {
+            Out::Frame(shared) => self.out.push(shared.frame.clone()),
+            Out::Seq { frame, floor } => {
+                if let Some(frame) = admit_seq(&frame, &floor) {
                     self.out.push(frame);
                 }
             }

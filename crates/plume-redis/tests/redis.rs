@@ -73,7 +73,9 @@ async fn frames(rx: &mut OutboundRx, n: usize) -> Vec<String> {
             _ => break,
         }
         for item in buf.drain(..) {
-            if let Out::Frame(Frame::Text(b)) = item {
+            if let Out::Frame(shared) = item
+                && let Frame::Text(b) = &shared.frame
+            {
                 got.push(String::from_utf8(b.to_vec()).unwrap());
             }
         }
@@ -449,7 +451,9 @@ async fn frames_within(rx: &mut OutboundRx, limit: Duration) -> Vec<String> {
     let mut got = Vec::new();
     if let Ok(Batch::Items) = tokio::time::timeout(limit, rx.recv_batch(&mut buf)).await {
         for item in buf {
-            if let Out::Frame(Frame::Text(b)) = item {
+            if let Out::Frame(shared) = item
+                && let Frame::Text(b) = &shared.frame
+            {
                 got.push(String::from_utf8(b.to_vec()).unwrap());
             }
         }

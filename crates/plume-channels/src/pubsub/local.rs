@@ -23,7 +23,7 @@ use super::{
     Broadcast, PubSub, PubSubError, Seq, Subscribed, Subscriber, SubscriberKind, subscribed_now,
 };
 use crate::metrics::metrics;
-use crate::outbound::{Out, SendError, SocketId};
+use crate::outbound::{Out, SendError, SharedFrame, SocketId};
 
 const SHARDS: usize = 64;
 
@@ -377,7 +377,7 @@ impl LocalPubSub {
     }
 
     fn fan_out(&self, subs: &Subs, msg: &Broadcast) -> usize {
-        let mut encoded: [Option<Option<Frame>>; 2] = [None, None];
+        let mut encoded: [Option<Option<Arc<SharedFrame>>>; 2] = [None, None];
         // A leave order's topic, read from its payload once for all of the topic's sockets.
         let mut leave: Option<Option<Arc<str>>> = None;
         let mut delivered = 0;
@@ -404,12 +404,14 @@ impl LocalPubSub {
                 },
                 SubscriberKind::Fastlane => {
                     let slot = &mut encoded[sub.serializer.index()];
-                    let frame = slot.get_or_insert_with(|| encode(sub.serializer, msg));
+                    let frame = slot.get_or_insert_with(|| {
+                        let seq = msg.seq.map_or(0, |seq| seq.seq);
+                        encode(sub.serializer, msg).map(|frame| SharedFrame::new(frame, seq))
+                    });
                     match (frame, msg.seq, &sub.floor) {
                         (None, _, _) => continue,
-                        (Some(frame), Some(seq), Some(floor)) => Out::Seq {
+                        (Some(frame), Some(_), Some(floor)) => Out::Seq {
                             frame: frame.clone(),
-                            seq: seq.seq,
                             floor: floor.clone(),
                         },
                         (Some(frame), _, _) => Out::Frame(frame.clone()),
@@ -582,7 +584,7 @@ mod tests {
         items
             .into_iter()
             .filter_map(|item| match item {
-                Out::Seq { frame, seq, floor } => admit_seq(frame, seq, &floor).map(|_| seq),
+                Out::Seq { frame, floor } => admit_seq(&frame, &floor).map(|_| frame.seq),
                 _ => None,
             })
             .collect()
