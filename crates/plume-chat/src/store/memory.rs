@@ -153,7 +153,8 @@ struct LogInner {
     sends: HashMap<Arc<SendKey>, Send>,
     /// Send keys by insertion number, oldest first: for sweeping (one TTL for all, so
     /// insertion order is expiry order) and for the total cap.
-    order: BTreeMap<u64, Arc<SendKey>>,
+    /// Each entry carries its key's deadline, so sweeping reads no hash map.
+    order: BTreeMap<u64, (Instant, Arc<SendKey>)>,
     /// Each user's send keys by insertion number, oldest first: for the per-user cap.
     by_user: HashMap<String, VecDeque<u64>>,
     next_send: u64,
@@ -195,8 +196,8 @@ impl MemoryLog {
 
 impl LogInner {
     fn sweep(&mut self, now: Instant) {
-        while let Some((_, key)) = self.order.first_key_value() {
-            if self.sends.get(&**key).is_some_and(|s| s.deadline > now) {
+        while let Some((_, (deadline, _))) = self.order.first_key_value() {
+            if *deadline > now {
                 break;
             }
             self.forget_oldest();
@@ -205,7 +206,7 @@ impl LogInner {
 
     /// Forgets the oldest send key of all.
     fn forget_oldest(&mut self) {
-        let Some((id, key)) = self.order.pop_first() else {
+        let Some((id, (_, key))) = self.order.pop_first() else {
             return;
         };
         self.sends.remove(&*key);
@@ -228,7 +229,7 @@ impl LogInner {
             return;
         };
         if let Some(id) = queue.pop_front()
-            && let Some(key) = self.order.remove(&id)
+            && let Some((_, key)) = self.order.remove(&id)
         {
             self.sends.remove(&*key);
         }
@@ -241,15 +242,24 @@ impl LogInner {
     fn remember(&mut self, key: &SendKey, send: Send, retention: &Retention) -> u64 {
         let id = self.next_send;
         self.next_send += 1;
+        let deadline = send.deadline;
         let key = Arc::new(key.clone());
         self.sends.insert(key.clone(), send);
-        self.order.insert(id, key.clone());
-        let queue = self.by_user.entry(key.user.clone()).or_default();
-        queue.push_back(id);
+        self.order.insert(id, (deadline, key.clone()));
+        // The user's queue is looked up before one is made: a user's name is copied once,
+        // not on every send.
+        let queued = match self.by_user.get_mut(&key.user) {
+            Some(queue) => {
+                queue.push_back(id);
+                queue.len()
+            }
+            None => {
+                self.by_user.insert(key.user.clone(), VecDeque::from([id]));
+                1
+            }
+        };
         let mut forgotten = 0;
-        let over_user = queue
-            .len()
-            .saturating_sub(retention.max_send_keys_per_user.max(1));
+        let over_user = queued.saturating_sub(retention.max_send_keys_per_user.max(1));
         for _ in 0..over_user {
             self.forget_oldest_of(&key.user);
             forgotten += 1;
