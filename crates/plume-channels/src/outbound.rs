@@ -370,7 +370,11 @@ mod tests {
     /// so an entry stays at most 32 bytes (it was 56 with the frame inline).
     #[test]
     fn a_queued_item_is_small() {
-        assert!(std::mem::size_of::<Out>() <= 32, "{}", std::mem::size_of::<Out>());
+        assert!(
+            std::mem::size_of::<Out>() <= 32,
+            "{}",
+            std::mem::size_of::<Out>()
+        );
     }
 
     fn frame(s: &'static str) -> Out {
