@@ -169,7 +169,6 @@ struct ChatLog {
 struct Send {
     sent: SentRecord,
     delivered: bool,
-    deadline: Instant,
 }
 
 impl MemoryLog {
@@ -238,11 +237,17 @@ impl LogInner {
         }
     }
 
-    /// Remembers a new send key, then applies the caps; returns how many keys it forgot.
-    fn remember(&mut self, key: &SendKey, send: Send, retention: &Retention) -> u64 {
+    /// Remembers a new send key until `deadline`, then applies the caps; returns how many
+    /// keys it forgot.
+    fn remember(
+        &mut self,
+        key: &SendKey,
+        send: Send,
+        deadline: Instant,
+        retention: &Retention,
+    ) -> u64 {
         let id = self.next_send;
         self.next_send += 1;
-        let deadline = send.deadline;
         let key = Arc::new(key.clone());
         self.sends.insert(key.clone(), send);
         self.order.insert(id, (deadline, key.clone()));
@@ -323,9 +328,8 @@ impl MessageLog for MemoryLog {
         let send = Send {
             sent,
             delivered: false,
-            deadline,
         };
-        let forgotten = inner.remember(key, send, &self.retention);
+        let forgotten = inner.remember(key, send, deadline, &self.retention);
         drop(inner);
         if forgotten > 0 {
             let before = self.forgotten.fetch_add(forgotten, Ordering::Relaxed);
