@@ -146,6 +146,71 @@ async fn a_killed_pubsub_connection_loses_no_cross_node_message() {
     assert_no(&mut on_b, "receive_message").await;
 }
 
+/// A burst from one socket (many sends under way at once, appended in batches) while every
+/// command connection to Redis is killed, several times: each send is answered; those
+/// answered "sent" have seqs in the order they were sent; node b's receiver gets every seq up
+/// to the last of them, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_keeps_the_order_it_was_sent_in_across_killed_redis_connections() {
+    let redis = RedisServer::start();
+    let open = |c: &mut plume_chat::ChatConfig| c.membership = plume_chat::Membership::Open;
+    let (a, _ca) = start_node(&redis.url(), "a", open).await;
+    let (b, _cb) = start_node(&redis.url(), "b", open).await;
+    let mut on_b = b.connect("rb", "rb").await;
+    join_ok(&mut on_b, "chat:burst").await;
+    let mut sender = a.connect("s", "s").await;
+    let jr = join_ok(&mut sender, "chat:burst").await;
+    // The join's own Redis steps (presence) are done before the connections are killed.
+    next_event(&mut sender, "presence_state").await;
+    let port = redis.port();
+    let mut refs = Vec::new();
+    let mut killed = 0;
+    for round in 0..4 {
+        for i in 0..100 {
+            let n = round * 100 + i;
+            let body = json(&format!(r#"{{"content":"m{n}","mobile_ref_id":"m{n}"}}"#));
+            let r = sender
+                .push(Some(&jr), "chat:burst", "send_message", &body)
+                .await
+                .unwrap();
+            refs.push(r);
+        }
+        // Killed while this round's sends are under way (TYPE normal: the nodes' command
+        // connections, not pub/sub).
+        let out =
+            tokio::task::spawn_blocking(move || redis_command(port, "CLIENT KILL TYPE normal"))
+                .await
+                .unwrap();
+        assert!(out.starts_with(':'), "{out}");
+        killed += out[1..].trim().parse::<u32>().unwrap();
+    }
+    assert!(killed >= 1, "no connection was killed");
+    let mut sent = Vec::new();
+    let mut refused = 0;
+    for r in &refs {
+        let reply = sender.reply_to("chat:burst", r).await.unwrap();
+        let response: serde_json::Value = match reply.reply_response().unwrap() {
+            plume_wire::Payload::Json(j) => j.parse().unwrap(),
+            plume_wire::Payload::Binary(_) => panic!("binary reply"),
+        };
+        match reply.reply_status().as_deref() {
+            Some("ok") => sent.push(response["seq"].as_u64().unwrap()),
+            _ => {
+                assert_eq!(response["reason"], "storage_unavailable", "{response}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        sent.windows(2).all(|w| w[0] < w[1]),
+        "seqs out of the order sent: {sent:?}"
+    );
+    assert!(sent.len() >= 300, "{refused} of 400 refused");
+    let last = *sent.last().unwrap();
+    let got = receive_seqs(&mut on_b, last as usize).await;
+    assert_eq!(got, (1..=last).collect::<Vec<u64>>(), "each once, in order");
+}
+
 /// What the proxy does to the replies of the append script.
 const PASS: u8 = 0;
 /// Cut the connection when an append's "new" reply comes back (the reply is lost).

@@ -448,6 +448,80 @@ static REMOVE_PENDING_ITEM: LazyLock<Script> =
     LazyLock::new(|| Script::new(REMOVE_PENDING_ITEM_LUA));
 static REMOVE_PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE_PENDING_LUA));
 
+/// The keys of the append script, in its order.
+fn append_keys(a: &AppendArgs<'_>) -> Vec<String> {
+    let mut keys = vec![
+        idem_key(a.user, a.chat, a.mobile_ref_id),
+        seq_key(a.chat),
+        log_key(a.chat),
+        epoch_key(a.chat),
+    ];
+    if a.require_member {
+        keys.push(members_key(a.chat));
+    }
+    keys
+}
+
+/// The append script's arguments, in its order (a tuple writes one argument per field).
+fn append_argv<'a>(a: &AppendArgs<'a>) -> (&'a str, i64, &'a str, u64, u64, u64, String, &'a str) {
+    (
+        a.message_id,
+        a.ts_ms,
+        a.entry,
+        a.limit.max(1) as u64,
+        millis(a.idempotency_ttl),
+        millis(a.log_ttl),
+        a.new_epoch.to_string(),
+        a.user,
+    )
+}
+
+/// Reads the append script's answer.
+fn append_reply(reply: &[redis::Value]) -> Result<AppendReply> {
+    if let [redis::Value::BulkString(only)] = reply
+        && only.as_slice() == b"not_member"
+    {
+        return Ok(AppendReply {
+            kind: AppendKind::NotMember,
+            message_id: String::new(),
+            seq: 0,
+            ts_ms: 0,
+            delivered: false,
+            entry: None,
+            epoch: 0,
+        });
+    }
+    let [kind, id, seq, ts, delivered, entry, epoch] = reply else {
+        return Err(StateError::reply(
+            "append",
+            format!("{} values, not 7", reply.len()),
+        ));
+    };
+    let kind: String =
+        redis::from_redis_value(kind.clone()).map_err(StateError::parse("append", "kind"))?;
+    let kind = match kind.as_str() {
+        "new" => AppendKind::New,
+        "own" => AppendKind::Own,
+        _ => AppendKind::Retry,
+    };
+    let entry = match entry {
+        redis::Value::Nil | redis::Value::Boolean(false) | redis::Value::Int(0) => None,
+        v => {
+            Some(redis::from_redis_value(v.clone()).map_err(StateError::parse("append", "entry"))?)
+        }
+    };
+    Ok(AppendReply {
+        kind,
+        message_id: redis::from_redis_value(id.clone())
+            .map_err(StateError::parse("append", "message id"))?,
+        seq: parse_num("append", seq, "seq")?,
+        ts_ms: parse_num("append", ts, "ts")?,
+        delivered: parse_num::<i64>("append", delivered, "delivered")? != 0,
+        entry,
+        epoch: parse_num("append", epoch, "epoch")?,
+    })
+}
+
 /// What kind of answer an append got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendKind {
@@ -681,74 +755,63 @@ impl RedisState {
     /// Appends a message to a chat's log unless its send key was used (one script, safe to
     /// run twice: a second run finds its own append and answers [`AppendKind::Own`]).
     pub async fn append(&self, a: &AppendArgs<'_>) -> Result<AppendReply> {
-        let mut keys = vec![
-            idem_key(a.user, a.chat, a.mobile_ref_id),
-            seq_key(a.chat),
-            log_key(a.chat),
-            epoch_key(a.chat),
-        ];
-        if a.require_member {
-            keys.push(members_key(a.chat));
-        }
+        let keys = append_keys(a);
         let reply: Vec<redis::Value> = self
             .run("append", |mut c| {
                 let mut call = APPEND.prepare_invoke();
                 for key in &keys {
                     call.key(key);
                 }
-                call.arg(a.message_id)
-                    .arg(a.ts_ms)
-                    .arg(a.entry)
-                    .arg(a.limit.max(1) as u64)
-                    .arg(millis(a.idempotency_ttl))
-                    .arg(millis(a.log_ttl))
-                    .arg(a.new_epoch.to_string())
-                    .arg(a.user);
+                call.arg(append_argv(a));
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
-        if let [redis::Value::BulkString(only)] = reply.as_slice()
-            && only.as_slice() == b"not_member"
-        {
-            return Ok(AppendReply {
-                kind: AppendKind::NotMember,
-                message_id: String::new(),
-                seq: 0,
-                ts_ms: 0,
-                delivered: false,
-                entry: None,
-                epoch: 0,
-            });
+        append_reply(&reply)
+    }
+
+    /// Several appends in one round trip, run by Redis in the order given (one request of
+    /// `EVALSHA`s), answered in that order. For a channel's burst of sends: their seqs follow
+    /// the order they were sent in, which separate requests could not promise (two commands
+    /// waiting for a reconnection go out in any order). The whole batch is sent again after a
+    /// dead connection or a flushed script cache: each append is safe to run twice, and none
+    /// of the batch ran when all of it failed so.
+    pub async fn append_many(&self, batch: &[AppendArgs<'_>]) -> Result<Vec<AppendReply>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        let [kind, id, seq, ts, delivered, entry, epoch] = reply.as_slice() else {
+        let mut pipe = redis::pipe();
+        for a in batch {
+            let keys = append_keys(a);
+            let cmd = pipe.cmd("EVALSHA").arg(APPEND.get_hash()).arg(keys.len());
+            for key in &keys {
+                cmd.arg(key);
+            }
+            cmd.arg(append_argv(a));
+        }
+        let replies: Vec<Vec<redis::Value>> = self
+            .run("append", |mut c| {
+                let pipe = pipe.clone();
+                async move {
+                    match pipe.query_async(&mut c).await {
+                        Err(err)
+                            if err.kind()
+                                == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                        {
+                            APPEND.prepare_invoke().load_async(&mut c).await?;
+                            pipe.query_async(&mut c).await
+                        }
+                        other => other,
+                    }
+                }
+            })
+            .await?;
+        if replies.len() != batch.len() {
             return Err(StateError::reply(
                 "append",
-                format!("{} values, not 7", reply.len()),
+                format!("{} replies for {} appends", replies.len(), batch.len()),
             ));
-        };
-        let kind: String =
-            redis::from_redis_value(kind.clone()).map_err(StateError::parse("append", "kind"))?;
-        let kind = match kind.as_str() {
-            "new" => AppendKind::New,
-            "own" => AppendKind::Own,
-            _ => AppendKind::Retry,
-        };
-        let entry = match entry {
-            redis::Value::Nil | redis::Value::Boolean(false) | redis::Value::Int(0) => None,
-            v => Some(
-                redis::from_redis_value(v.clone()).map_err(StateError::parse("append", "entry"))?,
-            ),
-        };
-        Ok(AppendReply {
-            kind,
-            message_id: redis::from_redis_value(id.clone())
-                .map_err(StateError::parse("append", "message id"))?,
-            seq: parse_num("append", seq, "seq")?,
-            ts_ms: parse_num("append", ts, "ts")?,
-            delivered: parse_num::<i64>("append", delivered, "delivered")? != 0,
-            entry,
-            epoch: parse_num("append", epoch, "epoch")?,
-        })
+        }
+        replies.iter().map(|reply| append_reply(reply)).collect()
     }
 
     /// Records that a send's delivery finished (only while its key exists, so it keeps

@@ -777,3 +777,60 @@ async fn an_append_can_require_membership_in_the_same_script() {
     let reply = s.append(&args).await.unwrap();
     assert_eq!((reply.kind, reply.seq), (AppendKind::New, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_appends_is_one_request_numbered_in_order_and_safe_to_send_again() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a").await;
+    let s = &a.state;
+    s.append(&append_args("u", "c", "r0", "m0")).await.unwrap();
+    let ids: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
+    let refs: Vec<String> = (1..=5).map(|i| format!("r{i}")).collect();
+    let batch: Vec<AppendArgs<'_>> = ids
+        .iter()
+        .zip(&refs)
+        .map(|(id, r)| append_args("u", "c", r, id))
+        .collect();
+    let before = command_calls(&redis).await;
+    let replies = s.append_many(&batch).await.unwrap();
+    let after = command_calls(&redis).await;
+    assert_eq!(
+        replies.iter().map(|r| (r.kind, r.seq)).collect::<Vec<_>>(),
+        (2..=6)
+            .map(|seq| (AppendKind::New, seq))
+            .collect::<Vec<_>>(),
+        "seqs follow the batch's order"
+    );
+    assert_eq!(
+        after.get("evalsha").copied().unwrap_or(0) - before.get("evalsha").copied().unwrap_or(0),
+        5,
+        "one script call per append"
+    );
+    // The same batch again (its reply was lost): each append recognised as its own.
+    let again = s.append_many(&batch).await.unwrap();
+    assert_eq!(
+        again.iter().map(|r| (r.kind, r.seq)).collect::<Vec<_>>(),
+        (2..=6)
+            .map(|seq| (AppendKind::Own, seq))
+            .collect::<Vec<_>>()
+    );
+    // After the script cache is flushed (a Redis restart), the batch loads the script and
+    // runs: nothing of it ran before the load.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let late = [
+        append_args("u", "c", "r7", "m7"),
+        append_args("u", "c", "r8", "m8"),
+    ];
+    let replies = s.append_many(&late).await.unwrap();
+    assert_eq!(
+        replies.iter().map(|r| (r.kind, r.seq)).collect::<Vec<_>>(),
+        [(AppendKind::New, 7), (AppendKind::New, 8)]
+    );
+    assert!(s.append_many(&[]).await.unwrap().is_empty());
+}

@@ -437,6 +437,19 @@ pub trait SendStore: Send + Sync + 'static {
         key: &SendKey,
         draft: &Draft,
     ) -> Result<Option<Appended>, StoreError>;
+    /// [`SendStore::append_as_member`] for each send, in one step that appends them in the
+    /// order given (one round trip for Redis); answers in that order. An error fails the
+    /// batch: none of it, or any of it, may have been appended (a retry finds out).
+    async fn append_many_as_members(
+        &self,
+        sends: &[(&SendKey, &Draft)],
+    ) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(sends.len());
+        for (key, draft) in sends {
+            out.push(self.append_as_member(key, draft).await);
+        }
+        Ok(out)
+    }
     /// See [`Stores::route`].
     async fn route(
         &self,
@@ -478,11 +491,16 @@ pub struct Stores {
     /// A send's multi-store steps in one round trip each; `None`: composed from the stores
     /// above (local stores, where a call costs no round trip).
     pub send: Option<Arc<dyn SendStore>>,
-    /// How many sends of one channel may wait for the log at once (at least 1). More than
-    /// one only for a log whose append waits for a commit and takes appends in the order they
-    /// are first polled (the embedded store's one writer), so that a client's burst shares
-    /// commits and keeps its order; see `chat::pipeline`.
+    /// How many sends of one channel may be under way at once (at least 1). More than one
+    /// only for a store whose append waits: the embedded store (its one writer takes appends
+    /// in the order they are first polled, so a client's burst shares commits and keeps its
+    /// order; see `chat::pipeline`) and Redis (with [`Stores::batch_appends`]; see
+    /// `chat::batch_pipeline`).
     pub sends_in_flight: usize,
+    /// Whether a channel's waiting sends are appended together, in one
+    /// [`SendStore::append_many_as_members`] step, one batch at a time (Redis: one round trip
+    /// whose order is the order sent); else each send's append runs on its own.
+    pub batch_appends: bool,
 }
 
 impl Stores {
@@ -498,6 +516,7 @@ impl Stores {
             roster: None,
             send: None,
             sends_in_flight: 1,
+            batch_appends: false,
         }
     }
 
@@ -515,6 +534,22 @@ impl Stores {
             return Ok(None);
         }
         self.log.append(key, draft).await.map(Some)
+    }
+
+    /// [`Stores::append_as_member`] for several sends, appended in the order given; see
+    /// [`SendStore::append_many_as_members`].
+    pub async fn append_many_as_members(
+        &self,
+        sends: &[(&SendKey, &Draft)],
+    ) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
+        if let Some(send) = &self.send {
+            return send.append_many_as_members(sends).await;
+        }
+        let mut out = Vec::with_capacity(sends.len());
+        for (key, draft) in sends {
+            out.push(self.append_as_member(key, draft).await);
+        }
+        Ok(out)
     }
 
     /// The step of a send after its broadcast: `item` is stored pending for every member of

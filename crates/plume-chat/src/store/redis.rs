@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use plume_redis::state::{AppendArgs, AppendKind};
+use plume_redis::state::{AppendArgs, AppendKind, AppendReply};
 use plume_redis::{RedisState, StateError};
 use serde::{Deserialize, Serialize};
 
@@ -38,8 +38,10 @@ pub fn stores(state: RedisState, retention: Retention) -> Stores {
         reads: shared.clone(),
         roster: Some(roster),
         send: Some(shared),
-        // An append that timed out can be retried after a later one went through.
-        sends_in_flight: 1,
+        // A channel's waiting sends go to Redis together, one batch at a time, so their
+        // seqs follow the order sent (`chat::batch_pipeline`).
+        sends_in_flight: crate::chat::SENDS_IN_FLIGHT,
+        batch_appends: true,
     }
 }
 
@@ -148,55 +150,75 @@ impl RedisStores {
         draft: &Draft,
         require_member: bool,
     ) -> Result<Option<Appended>, StoreError> {
-        let entry = serde_json::to_string(&Entry {
-            id: &draft.message_id,
-            from: &key.user,
-            ts: draft.ts_ms,
-            text: &draft.content,
-        })
-        .map_err(StoreError::encode("log entry"))?;
+        let entry = log_entry(key, draft)?;
         let reply = self
             .state
-            .append(&AppendArgs {
-                user: &key.user,
-                chat: &key.chat,
-                mobile_ref_id: &key.mobile_ref_id,
-                message_id: &draft.message_id,
-                ts_ms: draft.ts_ms,
-                entry: &entry,
-                limit: self.retention.limit,
-                idempotency_ttl: self.retention.idempotency_ttl,
-                log_ttl: self.retention.ttl,
-                new_epoch: new_epoch(),
-                require_member,
-            })
+            .append(&self.append_args(key, draft, &entry, require_member))
             .await
             .map_err(err)?;
-        if reply.kind == AppendKind::NotMember {
-            return Ok(None);
+        appended(key, reply)
+    }
+
+    fn append_args<'a>(
+        &self,
+        key: &'a SendKey,
+        draft: &'a Draft,
+        entry: &'a str,
+        require_member: bool,
+    ) -> AppendArgs<'a> {
+        AppendArgs {
+            user: &key.user,
+            chat: &key.chat,
+            mobile_ref_id: &key.mobile_ref_id,
+            message_id: &draft.message_id,
+            ts_ms: draft.ts_ms,
+            entry,
+            limit: self.retention.limit,
+            idempotency_ttl: self.retention.idempotency_ttl,
+            log_ttl: self.retention.ttl,
+            new_epoch: new_epoch(),
+            require_member,
         }
-        let message = match &reply.entry {
-            Some(raw) => Some(parse_entry(&key.chat, reply.epoch, raw)?),
-            None => None,
-        };
-        match (reply.kind, message) {
-            // Our own append, found again by a re-run after a lost reply: it is new, and
-            // nobody has received it yet.
-            (AppendKind::New | AppendKind::Own, Some(message)) => Ok(Some(Appended::New(message))),
-            (AppendKind::New | AppendKind::Own, None) => Err(StoreError::corrupt(
-                format!("append reply for chat {}", key.chat),
-                "the appended message is missing from the log",
-            )),
-            (AppendKind::Retry | AppendKind::NotMember, message) => Ok(Some(Appended::Retry {
-                sent: SentRecord {
-                    message_id: reply.message_id,
-                    seq: reply.seq,
-                    ts_ms: reply.ts_ms,
-                },
-                message,
-                delivered: reply.delivered,
-            })),
-        }
+    }
+}
+
+/// A send's log entry, as the append script stores it.
+fn log_entry(key: &SendKey, draft: &Draft) -> Result<String, StoreError> {
+    serde_json::to_string(&Entry {
+        id: &draft.message_id,
+        from: &key.user,
+        ts: draft.ts_ms,
+        text: &draft.content,
+    })
+    .map_err(StoreError::encode("log entry"))
+}
+
+/// What an append script's answer means for the send; `None`: not a member.
+fn appended(key: &SendKey, reply: AppendReply) -> Result<Option<Appended>, StoreError> {
+    if reply.kind == AppendKind::NotMember {
+        return Ok(None);
+    }
+    let message = match &reply.entry {
+        Some(raw) => Some(parse_entry(&key.chat, reply.epoch, raw)?),
+        None => None,
+    };
+    match (reply.kind, message) {
+        // Our own append, found again by a re-run after a lost reply: it is new, and
+        // nobody has received it yet.
+        (AppendKind::New | AppendKind::Own, Some(message)) => Ok(Some(Appended::New(message))),
+        (AppendKind::New | AppendKind::Own, None) => Err(StoreError::corrupt(
+            format!("append reply for chat {}", key.chat),
+            "the appended message is missing from the log",
+        )),
+        (AppendKind::Retry | AppendKind::NotMember, message) => Ok(Some(Appended::Retry {
+            sent: SentRecord {
+                message_id: reply.message_id,
+                seq: reply.seq,
+                ts_ms: reply.ts_ms,
+            },
+            message,
+            delivered: reply.delivered,
+        })),
     }
 }
 
@@ -208,6 +230,27 @@ impl SendStore for RedisStores {
         draft: &Draft,
     ) -> Result<Option<Appended>, StoreError> {
         self.append_checked(key, draft, true).await
+    }
+
+    async fn append_many_as_members(
+        &self,
+        sends: &[(&SendKey, &Draft)],
+    ) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
+        let entries = sends
+            .iter()
+            .map(|(key, draft)| log_entry(key, draft))
+            .collect::<Result<Vec<_>, _>>()?;
+        let args: Vec<AppendArgs<'_>> = sends
+            .iter()
+            .zip(&entries)
+            .map(|((key, draft), entry)| self.append_args(key, draft, entry, true))
+            .collect();
+        let replies = self.state.append_many(&args).await.map_err(err)?;
+        Ok(sends
+            .iter()
+            .zip(replies)
+            .map(|((key, _), reply)| appended(key, reply))
+            .collect())
     }
 
     async fn route(

@@ -238,6 +238,7 @@ fn open_with(
         send: None,
         // The writer's queue is FIFO and an append is queued when first polled.
         sends_in_flight: crate::chat::SENDS_IN_FLIGHT,
+        batch_appends: false,
     };
     Ok((stores, stats))
 }

@@ -63,6 +63,7 @@ impl Stores {
                 .send
                 .map(|s| Arc::new(Timed::new(store, s)) as Arc<dyn SendStore>),
             sends_in_flight: self.sends_in_flight,
+            batch_appends: self.batch_appends,
         }
     }
 }
@@ -238,6 +239,16 @@ impl SendStore for Timed<dyn SendStore> {
     ) -> Result<Option<Appended>, StoreError> {
         self.time("append_as_member", self.inner.append_as_member(key, draft))
             .await
+    }
+    async fn append_many_as_members(
+        &self,
+        sends: &[(&SendKey, &Draft)],
+    ) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
+        self.time(
+            "append_many_as_members",
+            self.inner.append_many_as_members(sends),
+        )
+        .await
     }
     async fn route(
         &self,
