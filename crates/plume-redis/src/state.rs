@@ -776,8 +776,10 @@ impl RedisState {
     /// dead connection or a flushed script cache: each append is safe to run twice, and none
     /// of the batch ran when all of it failed so.
     pub async fn append_many(&self, batch: &[AppendArgs<'_>]) -> Result<Vec<AppendReply>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
+        match batch {
+            [] => return Ok(Vec::new()),
+            [only] => return Ok(vec![self.append(only).await?]),
+            _ => {}
         }
         let mut pipe = redis::pipe();
         for a in batch {
