@@ -706,8 +706,7 @@ impl ChatChannel {
             .clone();
         let in_flight = self.state.stores.sends_in_flight;
         if in_flight <= 1 {
-            // One at a time, answered here: an in-memory append does not wait, and a Redis
-            // append may not be overtaken (see `pipeline`).
+            // One at a time, answered here: an in-memory append does not wait.
             let result = work.run(&key, &draft).await;
             return Ok(self.answer_send(result, &key.mobile_ref_id, ctx)?.into());
         }
