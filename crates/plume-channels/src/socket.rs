@@ -658,6 +658,7 @@ impl Socket {
                 refused = self.limits.refused,
                 "closing socket: it kept sending over its rate limit"
             );
+            self.answer_queued_refusals();
             return Some(CloseReason::new(
                 close::RATE_LIMITED,
                 "rate limited: too many messages",
@@ -672,6 +673,25 @@ impl Socket {
             None => self.refuse(msg),
         }
         None
+    }
+
+    /// Answers now the refusals waiting behind busy channels (written before the close that
+    /// follows, which would otherwise drop them: the client hears why each push failed).
+    fn answer_queued_refusals(&mut self) {
+        let mut refused = Vec::new();
+        for joined in &mut self.channels {
+            for item in std::mem::take(&mut joined.backlog) {
+                match item {
+                    Queued::Refused(msg) => refused.push(msg),
+                    other => joined.backlog.push_back(other),
+                }
+            }
+        }
+        self.queued -= refused.len();
+        self.queued_messages -= refused.len();
+        for msg in &refused {
+            self.refuse(msg);
+        }
     }
 
     /// Answers a message refused by the rate limit: with the channel's own reply for a

@@ -219,6 +219,32 @@ async fn pushes_over_the_rate_are_refused_and_a_flooder_is_closed() {
     assert_eq!(close.map(|c| c.code), Some(close::RATE_LIMITED));
 }
 
+#[tokio::test(start_paused = true)]
+async fn refusals_waiting_behind_a_busy_channel_are_answered_before_the_close() {
+    let config = SocketConfig {
+        max_pushes_per_second: 10,
+        push_burst: 1,
+        max_rate_limited_per_10s: 3,
+        ..SocketConfig::default()
+    };
+    let (mut s, _rx, _gate) = gated(config).await;
+    // The burst's one push makes g:1 busy; what follows is refused, and the refusals wait
+    // behind it (its replies come in order).
+    waits(&mut s, r#"["1","w","g:1","wait",{}]"#).await;
+    for i in 0..3 {
+        waits(&mut s, &format!(r#"["1","r{i}","g:1","quick",{{}}]"#)).await;
+    }
+    // One refusal too many: the socket closes, and the three waiting refusals go out first.
+    let (frames, close) = feed_close(&mut s, r#"["1","x","g:1","quick",{}]"#).await;
+    assert_eq!(close.map(|c| c.code), Some(close::RATE_LIMITED));
+    assert_eq!(
+        frames,
+        (0..3)
+            .map(|i| format!(r#"["1","r{i}","g:1","phx_reply",{RATE_LIMITED}]"#))
+            .collect::<Vec<_>>()
+    );
+}
+
 /// A socket of identity `id` on `router`, joined to `p:yes`.
 async fn socket_of(router: &Arc<Router>, config: SocketConfig, id: &str) -> Socket {
     let (mut s, rx) = Socket::new(
