@@ -116,11 +116,11 @@ struct SendWork {
 ///
 /// The embedded store runs sends so (`Stores::sends_in_flight`); an in-memory append does
 /// not wait, so answering it in the channel is cheaper, and Redis appends go in batches
-/// ([`batch_pipeline`]). Order here: sends are started in the order they came, each first polled before
-/// the next, and the embedded store queues an append at that first poll (its writer's queue
-/// is FIFO), so seqs follow the sender's order. When the channel ends, the queue closes;
-/// sends under way finish (committed and delivered; their answers are dropped, and a
-/// client's retry is answered from the send key).
+/// ([`batch_pipeline`]). Order here: sends are started in the order they came, each first
+/// polled before the next, and the embedded store queues an append at that first poll (its
+/// writer's queue is FIFO), so seqs follow the sender's order. When the channel ends, the
+/// queue closes; sends under way finish (committed and delivered; their answers are
+/// dropped, and a client's retry is answered from the send key).
 async fn pipeline(
     mut jobs: tokio::sync::mpsc::Receiver<Box<SendJob>>,
     work: Arc<SendWork>,

@@ -773,8 +773,10 @@ impl RedisState {
     /// `EVALSHA`s), answered in that order. For a channel's burst of sends: their seqs follow
     /// the order they were sent in, which separate requests could not promise (two commands
     /// waiting for a reconnection go out in any order). The whole batch is sent again after a
-    /// dead connection or a flushed script cache: each append is safe to run twice, and none
-    /// of the batch ran when all of it failed so.
+    /// dead connection or a flushed script cache, and the order still holds: each append is
+    /// safe to run twice, so those that ran before the failure keep their seqs (answered
+    /// `Own`) and the rest follow them in order. (A flushed cache fails every append of the
+    /// batch, unless another client loads the script while Redis is part-way through it.)
     pub async fn append_many(&self, batch: &[AppendArgs<'_>]) -> Result<Vec<AppendReply>> {
         match batch {
             [] => return Ok(Vec::new()),

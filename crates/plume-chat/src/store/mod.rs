@@ -443,13 +443,7 @@ pub trait SendStore: Send + Sync + 'static {
     async fn append_many_as_members(
         &self,
         sends: &[(&SendKey, &Draft)],
-    ) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
-        let mut out = Vec::with_capacity(sends.len());
-        for (key, draft) in sends {
-            out.push(self.append_as_member(key, draft).await);
-        }
-        Ok(out)
-    }
+    ) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError>;
     /// See [`Stores::route`].
     async fn route(
         &self,
